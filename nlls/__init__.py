@@ -1,0 +1,38 @@
+"""nlls: differentiable, batched nonlinear least squares on PyTorch.
+
+Build an :class:`Objective` from :class:`Variable` s and cost functions, then minimize it with
+:class:`GaussNewton` or :class:`LevenbergMarquardt`; every tensor carries a leading batch
+dimension and a batch of problems is solved at once.
+"""
+from .core import (
+    AutoDiffCostFunction,
+    CostFunction,
+    CostWeight,
+    DiagonalCostWeight,
+    Manifold,
+    Objective,
+    Point2,
+    Point3,
+    ScaleCostWeight,
+    Variable,
+    Vector,
+)
+from .solve import (
+    DenseCholesky,
+    DenseLU,
+    GaussNewton,
+    LevenbergMarquardt,
+    LinearSolver,
+    Optimizer,
+    OptimizerInfo,
+    Status,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold",
+    "Objective", "Point2", "Point3", "ScaleCostWeight", "Variable", "Vector",
+    "DenseCholesky", "DenseLU", "GaussNewton", "LevenbergMarquardt", "LinearSolver",
+    "Optimizer", "OptimizerInfo", "Status",
+]

@@ -1,0 +1,9 @@
+"""The problem: variables, cost functions, weights and the objective (no solver code here)."""
+from .cost_function import AutoDiffCostFunction, CostFunction
+from .cost_weight import CostWeight, DiagonalCostWeight, ScaleCostWeight
+from .manifold import Manifold, Point2, Point3, Vector
+from .objective import Objective
+from .variable import Variable
+
+__all__ = ["AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight",
+           "ScaleCostWeight", "Manifold", "Point2", "Point3", "Vector", "Objective", "Variable"]

@@ -1,0 +1,271 @@
+"""Cost functions: residuals ``r(x)`` and their Jacobians with respect to the tangent of ``x``.
+
+A cost function holds its variables (``optim_vars`` that the optimizer moves, ``aux_vars`` that
+it only reads) and an optional :class:`~nlls.core.cost_weight.CostWeight`. Its contribution to the
+objective is ``0.5 * ||w * r||^2`` per batch element.
+
+Three ways to give the Jacobians ``dr / d delta`` (``delta`` the tangent step of each optim var):
+
+* :class:`CostFunction`: subclass it and write ``error()`` and ``jacobians()`` by hand (fastest);
+* :class:`AutoDiffCostFunction`: give only the error function; Jacobians come from ``torch.func``;
+* ``NumericDiffCostFunction``: finite differences, for residuals computed outside torch.
+
+All methods work on whole batches ``(B, ...)``. The solver stacks cost functions of the same kind
+along the batch dimension and calls them once (``nlls.solve.evaluate``), so ``error()`` and
+``jacobians()`` must treat every row independently and use only the registered variables.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from .cost_weight import CostWeight, ScaleCostWeight
+from .manifold import Manifold
+from .variable import Variable
+
+ErrorFunction = Callable[[Tuple[Manifold, ...], Tuple[Variable, ...]], torch.Tensor]
+
+
+class CostFunction:
+    """Base class of all cost functions.
+
+    Subclasses call ``super().__init__(optim_vars=..., aux_vars=..., cost_weight=..., name=...)``
+    and define :meth:`dim`, :meth:`error` and :meth:`jacobians`.
+
+    Args:
+        optim_vars: the :class:`~nlls.core.manifold.Manifold` variables the residual depends on.
+        aux_vars: data variables the residual reads (measurements, parameters).
+        cost_weight: a :class:`~nlls.core.cost_weight.CostWeight`, a float or a tensor (taken as
+            a :class:`~nlls.core.cost_weight.ScaleCostWeight`); ``None`` means weight 1.
+        name: unique name inside an objective; a fresh one is made when omitted.
+    """
+
+    _counter = 0
+
+    def __init__(
+        self,
+        optim_vars: Sequence[Manifold],
+        aux_vars: Sequence[Variable] = (),
+        cost_weight: Optional[CostWeight] = None,
+        name: Optional[str] = None,
+    ):
+        if name is None:
+            CostFunction._counter += 1
+            name = f"{type(self).__name__}__{CostFunction._counter}"
+        if not isinstance(name, str):
+            raise TypeError(f"cost function name must be a str, got {type(name).__name__}")
+        self._name = name
+        if isinstance(optim_vars, Variable):
+            optim_vars = (optim_vars,)
+        if isinstance(aux_vars, Variable):
+            aux_vars = (aux_vars,)
+        optim_vars, aux_vars = tuple(optim_vars), tuple(aux_vars)
+        if not optim_vars:
+            raise ValueError(f"cost function {name!r}: needs at least one optim variable")
+        for v in optim_vars:
+            if not isinstance(v, Manifold):
+                raise TypeError(
+                    f"cost function {name!r}: optim variable {v!r} must be a Manifold "
+                    f"(Vector, Point2, SE3, ...), got {type(v).__name__}"
+                )
+        for v in aux_vars:
+            if not isinstance(v, Variable):
+                raise TypeError(
+                    f"cost function {name!r}: aux variable must be a Variable, "
+                    f"got {type(v).__name__}"
+                )
+        if cost_weight is not None and not isinstance(cost_weight, CostWeight):
+            cost_weight = ScaleCostWeight(cost_weight)
+        self._optim_vars = optim_vars
+        self._aux_vars = aux_vars
+        self.cost_weight = cost_weight
+
+    # ---- what subclasses define --------------------------------------------------------
+    def dim(self) -> int:
+        """Residual size per batch element."""
+        raise NotImplementedError
+
+    def error(self) -> torch.Tensor:
+        """The unweighted residual, ``(B, dim)``."""
+        raise NotImplementedError
+
+    def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Jacobians of the unweighted residual and the residual itself.
+
+        Returns:
+            ``([J_k of shape (B, dim, dof_k) for each optim var], error (B, dim))``.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} {self.name!r} defines no jacobians(); write them by hand or "
+            f"use AutoDiffCostFunction"
+        )
+
+    # ---- shared behaviour ----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def optim_vars(self) -> Tuple[Manifold, ...]:
+        return self._optim_vars
+
+    @property
+    def aux_vars(self) -> Tuple[Variable, ...]:
+        return self._aux_vars
+
+    @property
+    def weight_vars(self) -> Tuple[Variable, ...]:
+        """The variables holding the cost weight's data (part of the objective's aux vars)."""
+        return self.cost_weight.aux_vars if self.cost_weight is not None else ()
+
+    def weighted_error(self) -> torch.Tensor:
+        """``w * r``, ``(B, dim)``."""
+        error = self.error()
+        if self.cost_weight is None:
+            return error
+        return self.cost_weight.weight_error(error)
+
+    def weighted_jacobians_error(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Jacobians and residual, both multiplied by the weight."""
+        jacobians, error = self.jacobians()
+        if self.cost_weight is None:
+            return list(jacobians), error
+        return self.cost_weight.weight_jacobians(list(jacobians), error)
+
+    def _signature(self) -> tuple:
+        """What must agree for two cost functions to be evaluated as one stacked call.
+
+        The solver adds the variable types and shapes and the weight; subclasses add the
+        non-variable data their residual depends on (``AutoDiffCostFunction``: its function).
+        """
+        return ()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, "
+            f"optim_vars={[v.name for v in self.optim_vars]}, "
+            f"aux_vars={[v.name for v in self.aux_vars]})"
+        )
+
+
+class AutoDiffCostFunction(CostFunction):
+    """A cost function defined by its error function alone; Jacobians by ``torch.func``.
+
+    ``err_fn(optim_vars, aux_vars)`` receives the two tuples of variables and returns the
+    residual ``(B, dim)``. It must treat batch rows independently and use torch operations.
+
+    The Jacobian with respect to the tangent step ``delta`` of every optim variable is computed
+    at ``delta = 0`` in one batched call (no loop over the batch):
+
+    * forward mode (``torch.func.jvp`` vmapped over the ``D = sum(dof)`` tangent directions,
+      each direction applied to every batch row at once): ``D`` directional derivatives;
+    * reverse mode (``torch.func.vjp`` vmapped over the ``dim`` residual entries): ``dim``
+      vector-Jacobian products.
+
+    ``autograd_mode="auto"`` picks forward mode when ``D <= dim`` (the usual case: few unknowns,
+    many residuals) and reverse mode otherwise; if an operation has no forward-mode rule it falls
+    back to reverse mode once and remembers it.
+
+    Args:
+        optim_vars: Manifold variables.
+        err_fn: ``(optim_vars, aux_vars) -> (B, dim)``.
+        dim: residual size.
+        aux_vars: data variables passed to ``err_fn``.
+        cost_weight: weight (see :class:`CostFunction`).
+        name: unique name.
+        autograd_mode: ``"auto"``, ``"forward"`` or ``"reverse"``.
+    """
+
+    _MODES = ("auto", "forward", "reverse")
+
+    def __init__(
+        self,
+        optim_vars: Sequence[Manifold],
+        err_fn: ErrorFunction,
+        dim: int,
+        aux_vars: Sequence[Variable] = (),
+        cost_weight: Optional[CostWeight] = None,
+        name: Optional[str] = None,
+        autograd_mode: str = "auto",
+    ):
+        super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
+        if not callable(err_fn):
+            raise TypeError(f"AutoDiffCostFunction {self.name!r}: err_fn must be callable")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"AutoDiffCostFunction {self.name!r}: dim must be a positive int, got {dim!r}")
+        if autograd_mode not in self._MODES:
+            raise ValueError(
+                f"AutoDiffCostFunction {self.name!r}: autograd_mode must be one of "
+                f"{self._MODES}, got {autograd_mode!r}"
+            )
+        self.err_fn = err_fn
+        self._dim = dim
+        self.autograd_mode = autograd_mode
+
+    def dim(self) -> int:
+        return self._dim
+
+    def error(self) -> torch.Tensor:
+        return self.err_fn(self.optim_vars, self.aux_vars)
+
+    def _signature(self) -> tuple:
+        return (self.err_fn, self._dim, self.autograd_mode)
+
+    def _mode(self) -> str:
+        if self.autograd_mode != "auto":
+            return self.autograd_mode
+        total_dof = sum(v.dof() for v in self.optim_vars)
+        return "forward" if total_dof <= self._dim else "reverse"
+
+    def _error_at(self, *deltas: torch.Tensor) -> torch.Tensor:
+        moved = tuple(
+            v._with_tensor(type(v)._retract_tensor(v.tensor.expand(d.shape[0], *v.event_shape), d))
+            for v, d in zip(self.optim_vars, deltas)
+        )
+        return self.err_fn(moved, self.aux_vars)
+
+    def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        batch = max(v.batch_size for v in self.optim_vars + self.aux_vars)
+        zeros = tuple(
+            torch.zeros(batch, v.dof(), dtype=v.dtype, device=v.device) for v in self.optim_vars
+        )
+        if self._mode() == "forward":
+            try:
+                return _forward_jacobians(self._error_at, zeros)
+            except (NotImplementedError, RuntimeError) as exc:
+                if self.autograd_mode == "forward" or "forward" not in str(exc).lower():
+                    raise
+                self.autograd_mode = "reverse"  # no forward-mode rule for some op: remember
+        return _reverse_jacobians(self._error_at, zeros, self._dim)
+
+
+def _forward_jacobians(fn, zeros):
+    """Jacobians of a row-independent ``fn(*deltas) -> (B, dim)`` at ``deltas = zeros``, by
+    forward mode vmapped over the tangent directions."""
+    dofs = [z.shape[1] for z in zeros]
+    total = sum(dofs)
+    ref = zeros[0]
+    # direction i moves tangent coordinate i of every batch row at once
+    basis = torch.eye(total, dtype=ref.dtype, device=ref.device)
+    tangents = tuple(
+        t[:, None, :].expand(total, z.shape[0], z.shape[1])
+        for t, z in zip(torch.split(basis, dofs, dim=1), zeros)
+    )
+
+    def directional(*tangent):
+        return torch.func.jvp(fn, zeros, tangent)
+
+    error, columns = torch.func.vmap(directional, out_dims=(None, 0))(*tangents)  # (D, B, dim)
+    jac = columns.permute(1, 2, 0)  # (B, dim, D)
+    return list(torch.split(jac, dofs, dim=2)), error
+
+
+def _reverse_jacobians(fn, zeros, dim):
+    """Jacobians of a row-independent ``fn(*deltas) -> (B, dim)`` at ``deltas = zeros``, by
+    reverse mode vmapped over the residual entries."""
+    error, vjp_fn = torch.func.vjp(fn, *zeros)
+    basis = torch.eye(dim, dtype=error.dtype, device=error.device)
+    cotangents = basis[:, None, :].expand(dim, error.shape[0], dim)
+    rows = torch.func.vmap(vjp_fn)(cotangents)  # tuple of (dim, B, dof_k)
+    return [r.transpose(0, 1) for r in rows], error

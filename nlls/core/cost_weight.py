@@ -1,0 +1,131 @@
+"""Cost weights: the ``w`` in ``0.5 * ||w * r||^2``.
+
+A weight multiplies the residual (and its Jacobians) before they are squared, so a weight of
+``1/sigma`` turns a residual measured in metres into one measured in standard deviations. The
+weight's data is an auxiliary :class:`~nlls.core.variable.Variable`: it can be updated by name
+through ``Objective.update`` and, when its tensor requires grad, learned through
+``OptimizationLayer``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from .variable import Variable, _as_tensor
+
+WeightLike = Union[float, int, torch.Tensor, Variable]
+
+
+def _as_weight_variable(value: WeightLike, what: str, name: Optional[str]) -> Variable:
+    if isinstance(value, Variable):
+        return value
+    if isinstance(value, (int, float)):
+        return Variable(torch.tensor([[float(value)]], dtype=torch.get_default_dtype()), name=name)
+    tensor = _as_tensor(value, what)
+    if tensor.ndim == 0:
+        tensor = tensor.reshape(1, 1)
+    elif tensor.ndim == 1:
+        tensor = tensor[None]  # a single weight vector shared by the batch
+    return Variable(tensor, name=name)
+
+
+class CostWeight:
+    """Base class: multiplies residuals and Jacobians by a weight.
+
+    Subclasses implement :meth:`weight_error` and :meth:`weight_jacobians`; ``aux_vars`` lists
+    the variables holding the weight's data.
+    """
+
+    def __init__(self, aux_vars: Tuple[Variable, ...] = ()):
+        self._aux_vars = tuple(aux_vars)
+
+    @property
+    def aux_vars(self) -> Tuple[Variable, ...]:
+        return self._aux_vars
+
+    def weight_error(self, error: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight_jacobians(
+        self, jacobians: List[torch.Tensor], error: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def _check(self, dim: int, owner: str) -> None:
+        """Check the weight fits a residual of size ``dim``; ``owner`` names the cost function."""
+
+    def _signature(self) -> tuple:
+        return (type(self),) + tuple(v.event_shape for v in self.aux_vars)
+
+
+class ScaleCostWeight(CostWeight):
+    """One scale per batch element: ``w * r`` with ``w`` of shape ``(B, 1)`` (or a float).
+
+    Args:
+        scale: a float, a tensor of shape ``()``, ``(1,)`` or ``(B, 1)``, or a Variable of shape
+            ``(B, 1)``. A tensor that requires grad makes the scale learnable.
+        name: name of the variable created for a float or tensor.
+    """
+
+    def __init__(self, scale: WeightLike, name: Optional[str] = None):
+        self.scale = _as_weight_variable(scale, "ScaleCostWeight scale", name)
+        if self.scale.ndim != 2 or self.scale.shape[1] != 1:
+            raise ValueError(
+                f"ScaleCostWeight {self.scale.name!r}: scale must have shape (B, 1), "
+                f"got {tuple(self.scale.shape)}"
+            )
+        super().__init__((self.scale,))
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        return self.scale.tensor.to(dtype=like.dtype, device=like.device)
+
+    def weight_error(self, error: torch.Tensor) -> torch.Tensor:
+        return self._weight(error) * error
+
+    def weight_jacobians(self, jacobians, error):
+        w = self._weight(error)
+        return [w[..., None] * j for j in jacobians], w * error
+
+    def __repr__(self) -> str:
+        return f"ScaleCostWeight({self.scale!r})"
+
+
+class DiagonalCostWeight(CostWeight):
+    """One weight per residual entry: ``w * r`` with ``w`` of shape ``(B, dim)``.
+
+    Args:
+        diagonal: a tensor of shape ``(dim,)`` (shared by the batch) or ``(B, dim)``, a Variable of
+            shape ``(B, dim)``, or a float (the same weight for every entry).
+        name: name of the variable created for a float or tensor.
+    """
+
+    def __init__(self, diagonal: WeightLike, name: Optional[str] = None):
+        self.diagonal = _as_weight_variable(diagonal, "DiagonalCostWeight diagonal", name)
+        if self.diagonal.ndim != 2:
+            raise ValueError(
+                f"DiagonalCostWeight {self.diagonal.name!r}: diagonal must have shape (B, dim), "
+                f"got {tuple(self.diagonal.shape)}"
+            )
+        super().__init__((self.diagonal,))
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        return self.diagonal.tensor.to(dtype=like.dtype, device=like.device)
+
+    def weight_error(self, error: torch.Tensor) -> torch.Tensor:
+        return self._weight(error) * error
+
+    def weight_jacobians(self, jacobians, error):
+        w = self._weight(error)
+        return [w[..., None] * j for j in jacobians], w * error
+
+    def _check(self, dim: int, owner: str) -> None:
+        width = self.diagonal.shape[1]
+        if width not in (1, dim):
+            raise ValueError(
+                f"cost function {owner!r}: DiagonalCostWeight {self.diagonal.name!r} has "
+                f"{width} entries, the error has dimension {dim}"
+            )
+
+    def __repr__(self) -> str:
+        return f"DiagonalCostWeight({self.diagonal!r})"

@@ -1,0 +1,208 @@
+"""The objective: what to minimize.
+
+An :class:`Objective` is a set of cost functions and the variables they share, registered by
+name. Its value per batch element is ``0.5 * sum_i ||w_i * r_i||^2``. The objective knows nothing
+about how it is minimized: solvers read it (``nlls.solve.evaluate``), and it never calls them.
+"""
+from __future__ import annotations
+
+import copy as _copy
+from typing import Dict, Iterable, List, Mapping, Optional
+
+import torch
+
+from .cost_function import CostFunction
+from .manifold import Manifold
+from .variable import Variable
+
+
+class Objective:
+    """A batch of least-squares problems: cost functions and their variables, by name.
+
+    Args:
+        dtype: optional dtype every optim variable must have (checked in :meth:`add`).
+    """
+
+    def __init__(self, dtype: Optional[torch.dtype] = None):
+        self._dtype = dtype
+        self.cost_functions: Dict[str, CostFunction] = {}
+        self.optim_vars: Dict[str, Manifold] = {}
+        self.aux_vars: Dict[str, Variable] = {}
+        # bumped whenever the structure (cost functions, variables) changes; solvers cache on it
+        self._structure_version = 0
+
+    # ---- building ---------------------------------------------------------------------------
+    def add(self, cost_function: CostFunction) -> "Objective":
+        """Register a cost function and its variables.
+
+        Raises:
+            TypeError: ``cost_function`` is not a CostFunction.
+            ValueError: a name already used by another cost function or variable, a variable used
+                both as optim and aux variable, or a batch size that does not broadcast.
+        """
+        if not isinstance(cost_function, CostFunction):
+            raise TypeError(f"Objective.add expects a CostFunction, got {type(cost_function).__name__}")
+        cf = cost_function
+        name = cf.name
+        if name in self.cost_functions:
+            if self.cost_functions[name] is cf:
+                raise ValueError(f"cost function {name!r} was already added to this objective")
+            raise ValueError(f"cost function name {name!r} is used by another cost function")
+        new_optim, new_aux = {}, {}
+        for var in cf.optim_vars:
+            self._check_name(var, cf, as_optim=True, pending=(new_optim, new_aux))
+            new_optim[var.name] = var
+        for var in cf.aux_vars + cf.weight_vars:
+            self._check_name(var, cf, as_optim=False, pending=(new_optim, new_aux))
+            new_aux[var.name] = var
+        dtype = self._dtype
+        if dtype is None:
+            dtype = next(iter({**self.optim_vars, **new_optim}.values())).dtype
+        for var in new_optim.values():
+            if var.dtype != dtype:
+                raise ValueError(
+                    f"cost function {name!r}: optim variable {var.name!r} has dtype {var.dtype}, "
+                    f"the objective's is {dtype}"
+                )
+        dim = cf.dim()
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"cost function {name!r}: dim() must be a positive int, got {dim!r}")
+        if cf.cost_weight is not None:
+            cf.cost_weight._check(cf.dim(), name)
+        self._check_batch(list(new_optim.values()) + list(new_aux.values()), owner=cf)
+        self.cost_functions[name] = cf
+        self.optim_vars.update(new_optim)
+        self.aux_vars.update(new_aux)
+        self._dtype = dtype
+        self._structure_version += 1
+        return self
+
+    def _check_name(self, var, cf, as_optim, pending):
+        kind = "optim" if as_optim else "aux"
+        for registry, other_kind in (
+            (self.optim_vars, "optim"), (self.aux_vars, "aux"),
+            (pending[0], "optim"), (pending[1], "aux"),
+        ):
+            existing = registry.get(var.name)
+            if existing is None:
+                continue
+            if existing is not var:
+                raise ValueError(
+                    f"cost function {cf.name!r}: variable name {var.name!r} is already used by "
+                    f"another variable of this objective"
+                )
+            if other_kind != kind:
+                raise ValueError(
+                    f"cost function {cf.name!r}: variable {var.name!r} is used as an {kind} "
+                    f"variable here and as an {other_kind} variable elsewhere"
+                )
+
+    def _check_batch(self, extra: Iterable[Variable] = (), owner=None) -> int:
+        variables = list(self.optim_vars.values()) + list(self.aux_vars.values()) + list(extra)
+        sizes = {v.batch_size for v in variables} - {1}
+        if len(sizes) > 1:
+            by_size: Dict[int, str] = {}
+            for v in variables:
+                by_size.setdefault(v.batch_size, v.name)
+            detail = ", ".join(f"{name!r} has batch {size}" for size, name in by_size.items())
+            where = f"cost function {owner.name!r}: " if owner is not None else ""
+            raise ValueError(f"{where}batch sizes do not broadcast: {detail}")
+        return sizes.pop() if sizes else 1
+
+    def update(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Set variables (optim or aux) by name; their per-element shapes are checked.
+
+        Nothing changes when any entry is refused.
+
+        Raises:
+            KeyError: an unknown variable name (the message lists the known ones).
+            ValueError: a wrong shape or batch sizes that do not broadcast.
+        """
+        known = {**self.optim_vars, **self.aux_vars}
+        for name in tensors:
+            if name not in known:
+                raise KeyError(
+                    f"Objective.update: no variable named {name!r}; known variables: "
+                    f"{sorted(known)}"
+                )
+        old = {name: known[name].tensor for name in tensors}
+        try:
+            for name, tensor in tensors.items():
+                known[name].update(tensor)
+            self._check_batch()
+        except Exception:
+            for name, tensor in old.items():
+                known[name].tensor = tensor
+            raise
+
+    # ---- reading ------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self._check_batch()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype if self._dtype is not None else torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        for v in self.optim_vars.values():
+            return v.device
+        return torch.device("cpu")
+
+    def dim(self) -> int:
+        """Total residual size per batch element."""
+        return sum(cf.dim() for cf in self.cost_functions.values())
+
+    def size(self) -> int:
+        """Number of cost functions."""
+        return len(self.cost_functions)
+
+    def error(self) -> torch.Tensor:
+        """The weighted residual of every cost function, concatenated: ``(B, dim())``."""
+        batch = self.batch_size
+        parts: List[torch.Tensor] = []
+        for cf in self.cost_functions.values():
+            err = cf.weighted_error()
+            if err.ndim != 2 or err.shape[1] != cf.dim() or err.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"cost function {cf.name!r}: error has shape {tuple(err.shape)}, "
+                    f"expected (B={batch}, dim={cf.dim()})"
+                )
+            parts.append(err.expand(batch, cf.dim()))
+        if not parts:
+            return torch.zeros(batch, 0, dtype=self.dtype, device=self.device)
+        return torch.cat(parts, dim=1)
+
+    def error_metric(self) -> torch.Tensor:
+        """``0.5 * sum ||w r||^2`` per batch element, ``(B,)``."""
+        return 0.5 * (self.error() ** 2).sum(dim=1)
+
+    # ---- moving and copying ---------------------------------------------------------------
+    def to(self, *args, **kwargs) -> "Objective":
+        """Move every variable (``torch.Tensor.to`` arguments); returns ``self``."""
+        for var in list(self.optim_vars.values()) + list(self.aux_vars.values()):
+            var.to(*args, **kwargs)
+        if self.optim_vars:
+            self._dtype = next(iter(self.optim_vars.values())).dtype
+        return self
+
+    def copy(self) -> "Objective":
+        """An independent objective: new cost function and variable objects, cloned tensors.
+
+        Functions (error functions) and modules referenced by cost functions are shared.
+        """
+        memo: dict = {}
+        for var in list(self.optim_vars.values()) + list(self.aux_vars.values()):
+            memo[id(var.tensor)] = var.tensor.clone()
+        for cf in self.cost_functions.values():
+            for value in vars(cf).values():
+                if isinstance(value, torch.nn.Module):
+                    memo[id(value)] = value
+        return _copy.deepcopy(self, memo)
+
+    def __repr__(self) -> str:
+        return (
+            f"Objective({len(self.cost_functions)} cost functions, {len(self.optim_vars)} optim "
+            f"vars, {len(self.aux_vars)} aux vars, dim={self.dim()})"
+        )

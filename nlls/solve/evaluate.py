@@ -1,0 +1,339 @@
+"""Vectorized evaluation: many cost functions, one call per kind.
+
+Real problems hold thousands of cost functions of a few kinds (every odometry edge of a pose
+graph is the same ``Between``; every data point of a fit the same residual). Calling them one by
+one costs thousands of Python calls and tiny kernels per iteration. Instead:
+
+* **Variable blocks.** Optim variables of the same type and shape form a block whose values live
+  in one tensor ``(N, B, *shape)``; a solver step ``(B, D)`` is retracted block by block, one call
+  each.
+* **Cost groups.** Cost functions with the same *signature* (class, error function or other
+  non-variable data, variable types, shapes and dtypes, weight type) form a group of ``K``
+  members. The group keeps a *twin*: a copy of its first member whose variables are placeholders.
+  Per evaluation each placeholder receives the stacked data of that slot for all members,
+  ``(K * B, *shape)``, gathered from the blocks with one indexed read, and the twin's
+  ``weighted_error()`` / ``weighted_jacobians_error()`` run once for the whole group.
+
+The structure (blocks, groups, index tensors) is computed once per objective structure; only
+values move per iteration. The objective is only read: it never knows it was vectorized.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..core.cost_function import CostFunction
+from ..core.cost_weight import CostWeight
+from ..core.manifold import Manifold
+from ..core.objective import Objective
+from ..core.variable import Variable
+
+State = Tuple[torch.Tensor, ...]  # one (N, B, *shape) tensor per block
+_BASE_ATTRS = {"_name", "_optim_vars", "_aux_vars", "cost_weight"}
+
+
+class _Block:
+    """Optim variables of one type and shape; their values are one ``(N, B, *shape)`` tensor."""
+
+    def __init__(self, cls, event_shape, variables: List[Manifold], offset: int):
+        self.cls = cls
+        self.event_shape = event_shape
+        self.variables = variables
+        self.dof = cls._dof_of(event_shape)
+        self.offset = offset  # first tangent column of the block in the solver's step
+
+    @property
+    def size(self) -> int:
+        return len(self.variables) * self.dof
+
+
+class _Slot:
+    """One variable position of a cost group: a placeholder and where its data comes from."""
+
+    def __init__(self, placeholder: Variable, members: List[Variable]):
+        self.placeholder = placeholder
+        self.members = members
+        self.block: Optional[int] = None  # optim slots: block index
+        self.index: Optional[torch.Tensor] = None  # optim slots: (K,) rows of the block
+        self.whole_block = False  # index is arange(N): no gather needed
+
+
+class _Group:
+    """Cost functions of one signature, evaluated as one stacked call."""
+
+    def __init__(self, members: List[CostFunction]):
+        self.members = members
+        first = members[0]
+        self.dim = first.dim()
+        self.dofs = [v.dof() for v in first.optim_vars]
+        mapping: Dict[int, Variable] = {}
+        self.optim_slots: List[_Slot] = []
+        self.aux_slots: List[_Slot] = []
+        for position, var in enumerate(_all_vars(first)):
+            if id(var) in mapping:  # the same variable twice in one cost function
+                continue
+            placeholder = var._with_tensor(var.tensor)
+            mapping[id(var)] = placeholder
+            slot = _Slot(placeholder, [_all_vars(m)[position] for m in members])
+            (self.optim_slots if position < len(first.optim_vars) else self.aux_slots).append(slot)
+        self.twin = _twin(first, mapping)
+        self.checked = False
+        self.offsets: Optional[torch.Tensor] = None  # (K, sum dofs) tangent columns per member
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def describe(self) -> str:
+        more = f" (and {self.size - 1} more of its kind)" if self.size > 1 else ""
+        return f"cost function {self.members[0].name!r}{more}"
+
+
+def _all_vars(cf: CostFunction) -> Tuple[Variable, ...]:
+    return cf.optim_vars + cf.aux_vars + cf.weight_vars
+
+
+def _twin(obj, mapping: Dict[int, Variable]):
+    """A shallow copy of ``obj`` in which every registered variable is replaced by its placeholder."""
+    twin = object.__new__(type(obj))
+    twin.__dict__.update({k: _remap(v, mapping) for k, v in vars(obj).items()})
+    return twin
+
+
+def _remap(value, mapping):
+    if isinstance(value, Variable):
+        return mapping.get(id(value), value)
+    if isinstance(value, CostWeight):
+        return _twin(value, mapping)
+    if isinstance(value, CostFunction):  # wrappers (e.g. robust losses) hold their inner cost
+        return _twin(value, mapping)
+    if isinstance(value, tuple):
+        return tuple(_remap(v, mapping) for v in value)
+    if isinstance(value, list):
+        return [_remap(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: _remap(v, mapping) for k, v in value.items()}
+    return value
+
+
+def _attr_signature(value, positions: Dict[int, int]):
+    """Hashable description of non-variable data a residual may depend on."""
+    if isinstance(value, Variable):
+        return ("var", positions.get(id(value), id(value)))
+    if isinstance(value, (CostWeight, CostFunction)):
+        return (type(value),) + tuple(
+            (k, _attr_signature(v, positions)) for k, v in sorted(vars(value).items())
+            if k not in _BASE_ATTRS
+        )
+    if isinstance(value, (tuple, list)):
+        return (type(value),) + tuple(_attr_signature(v, positions) for v in value)
+    if isinstance(value, dict):
+        return ("dict",) + tuple((k, _attr_signature(v, positions)) for k, v in sorted(value.items()))
+    if value is None or isinstance(value, (bool, int, float, complex, str, torch.dtype)):
+        return value
+    return ("id", id(value))  # tensors, functions, modules: grouped only when shared
+
+
+def signature(cf: CostFunction) -> tuple:
+    """What must agree for cost functions to be evaluated as one stacked call."""
+    variables = _all_vars(cf)
+    positions = {id(v): i for i, v in enumerate(variables)}
+    var_sig = tuple((type(v), v.event_shape, v.dtype, positions[id(v)]) for v in variables)
+    weight = cf.cost_weight
+    weight_sig = None if weight is None else _attr_signature(weight, positions)
+    attrs = tuple(
+        (k, _attr_signature(v, positions)) for k, v in vars(cf).items() if k not in _BASE_ATTRS
+    )
+    return (type(cf), len(cf.optim_vars), var_sig, weight_sig, attrs)
+
+
+class Evaluator:
+    """Reads an objective once and evaluates it group by group on a block state.
+
+    Args:
+        objective: the problem; its structure must not change while this evaluator is used
+            (``structure_version`` tells).
+    """
+
+    def __init__(self, objective: Objective):
+        self.objective = objective
+        self.structure_version = objective._structure_version
+        # blocks of optim variables, in first-seen order
+        by_kind: Dict[tuple, List[Manifold]] = {}
+        for var in objective.optim_vars.values():
+            by_kind.setdefault((type(var), var.event_shape), []).append(var)
+        self.blocks: List[_Block] = []
+        self._where: Dict[int, Tuple[int, int]] = {}  # id(var) -> (block, row)
+        offset = 0
+        for (cls, shape), variables in by_kind.items():
+            block = _Block(cls, shape, variables, offset)
+            for row, var in enumerate(variables):
+                self._where[id(var)] = (len(self.blocks), row)
+            self.blocks.append(block)
+            offset += block.size
+        self.dof = offset
+        # groups of cost functions
+        by_sig: Dict[tuple, List[CostFunction]] = {}
+        for cf in objective.cost_functions.values():
+            by_sig.setdefault(signature(cf), []).append(cf)
+        self.groups = [_Group(members) for members in by_sig.values()]
+        for group in self.groups:
+            self._index_group(group)
+        self.dim = sum(g.dim * g.size for g in self.groups)
+
+    def _index_group(self, group: _Group) -> None:
+        columns = []
+        for slot in group.optim_slots:
+            rows = [self._where[id(v)] for v in slot.members]
+            block_index = rows[0][0]
+            slot.block = block_index
+            index = [row for _, row in rows]
+            block = self.blocks[block_index]
+            slot.index = torch.tensor(index, dtype=torch.long)
+            slot.whole_block = index == list(range(len(block.variables)))
+            start = block.offset + slot.index * block.dof
+            columns.append(start[:, None] + torch.arange(block.dof))
+        # columns of every member's Jacobian in the step, in twin's optim-var order
+        dofs_by_position = []
+        first = group.members[0]
+        seen = {}
+        for position, var in enumerate(first.optim_vars):
+            seen.setdefault(id(var), len(seen))
+            dofs_by_position.append(columns[seen[id(var)]])
+        group.offsets = torch.cat(dofs_by_position, dim=1)
+
+    # ---- state -------------------------------------------------------------------------
+    def batch_size(self) -> int:
+        return self.objective.batch_size
+
+    def gather(self, batch_size: Optional[int] = None) -> State:
+        """The optim variables' values as block tensors ``(N, B, *shape)``."""
+        batch = batch_size or self.batch_size()
+        return tuple(
+            torch.stack([v.tensor.expand(batch, *b.event_shape) for v in b.variables])
+            for b in self.blocks
+        )
+
+    def scatter(self, state: State) -> None:
+        """Write block values back into the objective's variables."""
+        for block, values in zip(self.blocks, state):
+            for var, value in zip(block.variables, values.unbind(0)):
+                var.tensor = value
+
+    def as_dict(self, state: State) -> Dict[str, torch.Tensor]:
+        return {
+            var.name: value
+            for block, values in zip(self.blocks, state)
+            for var, value in zip(block.variables, values.unbind(0))
+        }
+
+    def aux(self, batch_size: Optional[int] = None) -> List[List[torch.Tensor]]:
+        """Stacked aux data per group and slot, ``(K * B, *shape)``; read once per solve."""
+        batch = batch_size or self.batch_size()
+        out = []
+        for group in self.groups:
+            per_slot = []
+            for slot in group.aux_slots:
+                tensors = [v.tensor for v in slot.members]
+                shape = slot.members[0].event_shape
+                if len(tensors) == 1:
+                    per_slot.append(tensors[0].expand(batch, *shape))
+                else:
+                    per_slot.append(torch.cat([t.expand(batch, *shape) for t in tensors]))
+            out.append(per_slot)
+        return out
+
+    def retract(self, state: State, delta: torch.Tensor) -> State:
+        """``state (+) delta`` with ``delta`` the solver's step ``(B, D)``."""
+        batch = delta.shape[0]
+        out = []
+        for block, values in zip(self.blocks, state):
+            n = len(block.variables)
+            d = delta[:, block.offset: block.offset + block.size]
+            d = d.reshape(batch, n, block.dof).transpose(0, 1).reshape(n * batch, block.dof)
+            flat = values.reshape(n * batch, *block.event_shape)
+            out.append(block.cls._retract_tensor(flat, d).reshape(values.shape))
+        return tuple(out)
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def _load(self, group: _Group, state: State, aux: List[torch.Tensor]) -> int:
+        batch = state[0].shape[1] if state else aux[0].shape[0] // group.size
+        for slot in group.optim_slots:
+            values = state[slot.block]
+            if not slot.whole_block:
+                values = values.index_select(0, slot.index.to(values.device))
+            slot.placeholder.tensor = values.reshape(group.size * batch, *values.shape[2:])
+        for slot, tensor in zip(group.aux_slots, aux):
+            slot.placeholder.tensor = tensor
+        return batch
+
+    def _check_error(self, group: _Group, error: torch.Tensor, batch: int) -> None:
+        expected = (group.size * batch, group.dim)
+        if tuple(error.shape) != expected:
+            rows = error.shape[0] // group.size if error.ndim else "?"
+            got = (rows,) + tuple(error.shape[1:])
+            raise ValueError(
+                f"{group.describe()}: error has shape {got} per cost function, expected "
+                f"(B={batch}, dim={group.dim})"
+            )
+
+    def errors(self, state: State, aux: List[List[torch.Tensor]]) -> List[torch.Tensor]:
+        """Weighted residuals per group, ``(K, B, dim)``."""
+        out = []
+        for group, group_aux in zip(self.groups, aux):
+            batch = self._load(group, state, group_aux)
+            error = group.twin.weighted_error()
+            if not group.checked:
+                self._check_error(group, error, batch)
+            out.append(error.reshape(group.size, batch, group.dim))
+        return out
+
+    def error_metric(self, state: State, aux: List[List[torch.Tensor]]) -> torch.Tensor:
+        """``0.5 * sum ||w r||^2`` per batch element, ``(B,)``."""
+        return _half_squared_norm(self.errors(state, aux))
+
+    def jacobians(self, state: State, aux: List[List[torch.Tensor]]):
+        """Weighted Jacobians and residuals per group.
+
+        Returns:
+            list of ``(J (K, B, dim, sum dofs), r (K, B, dim))``, the Jacobian columns in the
+            order of ``group.offsets``.
+        """
+        out = []
+        for group, group_aux in zip(self.groups, aux):
+            batch = self._load(group, state, group_aux)
+            jacobians, error = group.twin.weighted_jacobians_error()
+            if not group.checked:
+                self._check_error(group, error, batch)
+                self._check_jacobians(group, jacobians, batch)
+                group.checked = True
+            jac = jacobians[0] if len(jacobians) == 1 else torch.cat(jacobians, dim=-1)
+            out.append((
+                jac.reshape(group.size, batch, group.dim, jac.shape[-1]),
+                error.reshape(group.size, batch, group.dim),
+            ))
+        return out
+
+    def _check_jacobians(self, group: _Group, jacobians: Sequence[torch.Tensor], batch: int):
+        if len(jacobians) != len(group.dofs):
+            raise ValueError(
+                f"{group.describe()}: jacobians() returned {len(jacobians)} Jacobians for "
+                f"{len(group.dofs)} optim variables"
+            )
+        for var, jac, dof in zip(group.members[0].optim_vars, jacobians, group.dofs):
+            expected = (group.size * batch, group.dim, dof)
+            if tuple(jac.shape) != expected:
+                got = (jac.shape[0] // group.size,) + tuple(jac.shape[1:])
+                raise ValueError(
+                    f"{group.describe()}: Jacobian for variable {var.name!r} has shape {got}, "
+                    f"expected (B={batch}, dim={group.dim}, dof={dof})"
+                )
+
+
+def _half_squared_norm(errors: List[torch.Tensor]) -> torch.Tensor:
+    total = None
+    for error in errors:
+        part = (error * error).sum(dim=(0, 2))
+        total = part if total is None else total + part
+    return 0.5 * total

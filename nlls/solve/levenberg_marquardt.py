@@ -1,0 +1,103 @@
+"""Levenberg-Marquardt: Gauss-Newton with a damping that adapts per batch element.
+
+The step solves ``(J^T J + lambda D) delta = -J^T r``. A small ``lambda`` gives the Gauss-Newton
+step, a large one a short gradient-descent step, and any ``lambda > 0`` makes the system solvable
+even when some variable is unconstrained. ``D`` is the identity or, with ``diagonal_scaling``,
+Marquardt's ``diag(J^T J)`` (clamped below by 1e-6, as Ceres does), which makes the step invariant
+to the scale of each unknown.
+
+With ``adaptive_damping`` a step is judged by the ratio of the actual to the predicted decrease,
+``rho = (e - e') / (-(g.delta + 0.5 delta^T A delta))``. It is accepted when ``rho`` exceeds
+``min_relative_decrease`` and ``lambda`` is then scaled by ``max(1/3, 1 - (2 rho - 1)^3)``;
+otherwise it is rejected, the values stay, and ``lambda`` grows by a factor that doubles with each
+consecutive rejection (Nielsen's rule, as in Ceres). An element whose damping passes
+``max_damping`` can decrease no further and stops as converged. Without ``adaptive_damping`` the
+damping stays fixed and every finite step is taken (a damped Gauss-Newton, convenient to unroll).
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from ..core.objective import Objective
+from .linear import LinearSolver
+from .optimizer import Optimizer, _check_number
+
+
+class LevenbergMarquardt(Optimizer):
+    """Levenberg-Marquardt with per-element adaptive damping.
+
+    Args:
+        objective, linear_solver, max_iterations, step_size, abs_err_tolerance,
+        rel_err_tolerance, check_every: see :class:`~nlls.solve.optimizer.Optimizer`.
+        damping: initial ``lambda``.
+        adaptive_damping: adapt ``lambda`` and reject steps that do not decrease the error.
+        diagonal_scaling: damp with ``diag(J^T J)`` instead of the identity.
+        min_relative_decrease: smallest ``rho`` for an accepted step.
+        max_damping: past it an element stops (it cannot decrease further).
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        linear_solver: Union[str, LinearSolver] = "dense_cholesky",
+        max_iterations: int = 20,
+        step_size: float = 1.0,
+        abs_err_tolerance: float = 1e-10,
+        rel_err_tolerance: float = 1e-8,
+        damping: float = 1e-3,
+        adaptive_damping: bool = True,
+        diagonal_scaling: bool = False,
+        min_relative_decrease: float = 1e-3,
+        max_damping: float = 1e16,
+        check_every: int = 1,
+    ):
+        super().__init__(
+            objective, linear_solver=linear_solver, max_iterations=max_iterations,
+            step_size=step_size, abs_err_tolerance=abs_err_tolerance,
+            rel_err_tolerance=rel_err_tolerance, check_every=check_every,
+        )
+        _check_number(self, "damping", damping, minimum=0, open_minimum=True)
+        _check_number(self, "min_relative_decrease", min_relative_decrease, minimum=0)
+        _check_number(self, "max_damping", max_damping, minimum=damping, open_minimum=True)
+        for key, value in (("adaptive_damping", adaptive_damping), ("diagonal_scaling", diagonal_scaling)):
+            if not isinstance(value, bool):
+                raise TypeError(f"LevenbergMarquardt: {key} must be a bool, got {value!r}")
+        self.damping = float(damping)
+        self.adaptive_damping = adaptive_damping
+        self.diagonal_scaling = diagonal_scaling
+        self.min_relative_decrease = float(min_relative_decrease)
+        self.max_damping = float(max_damping)
+
+    def _init_memory(self, error):
+        return {
+            "damping": torch.full_like(error, self.damping),
+            "growth": torch.full_like(error, 2.0),
+        }
+
+    def _damping_for_display(self, memory):
+        return memory["damping"]
+
+    def _compute_step(self, system, memory):
+        matrix = system.damped(memory["damping"], self.diagonal_scaling)
+        return self.linear_solver.factor(matrix).solve(-system.g)
+
+    def _accept(self, system, memory, delta, solved, error, new_error):
+        finite = solved & torch.isfinite(new_error)
+        if not self.adaptive_damping:
+            return finite, ~finite, torch.zeros_like(finite), memory
+        predicted = system.quadratic_decrease(delta * self.step_size)
+        actual = error - new_error
+        ratio = actual / torch.where(predicted > 0, predicted, torch.ones_like(predicted))
+        # a step the model predicts no decrease for (at a minimum, g = 0) is taken when it does
+        # not increase the error; the relative tolerance then ends the run
+        accept = finite & torch.where(
+            predicted > 0, ratio > self.min_relative_decrease, actual >= 0
+        )
+        damping, growth = memory["damping"], memory["growth"]
+        shrink = torch.clamp(1.0 - (2.0 * ratio - 1.0) ** 3, min=1.0 / 3.0)
+        damping = torch.where(accept, damping * shrink, damping * growth)
+        growth = torch.where(accept, torch.full_like(growth, 2.0), growth * 2.0)
+        stalled = ~accept & (damping > self.max_damping)
+        return accept, torch.zeros_like(accept), stalled, {"damping": damping, "growth": growth}

@@ -1,0 +1,330 @@
+"""The shared optimization loop.
+
+Every nonlinear least-squares method here repeats the same iteration, per batch element::
+
+    linearize:  A = J^T J, g = J^T r at the current estimate x
+    step:       a step rule turns (A, g) into a tangent step delta     (GaussNewton, LM, ...)
+    try:        x' = x (+) step_size * delta, evaluate the error at x'
+    accept:     the step rule says whether x' replaces x (and adapts its own state)
+    converge:   an accepted step with error <= abs_err_tolerance, or a relative change
+                |e - e'| <= rel_err_tolerance * e (of an accepted or rejected step), ends
+                that element's run
+
+This module owns all of it but the step rule: iteration, per-element freezing (an element that
+converged or failed keeps its values while the rest of the batch goes on), best-solution tracking,
+error history and the :class:`OptimizerInfo`. Per-element decisions are boolean masks applied
+with ``torch.where``, so the loop never reads a value back to the host except for the "all
+done?" test, made every ``check_every`` iterations.
+"""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import torch
+
+from ..core.objective import Objective
+from .evaluate import Evaluator, State
+from .linear import LinearSolver, make_linear_solver
+from .linearization import DenseLinearization, DenseSystem
+
+
+class Status(enum.IntEnum):
+    """Why a batch element stopped (``OptimizerInfo.status``)."""
+
+    RUNNING = 0
+    CONVERGED = 1
+    MAX_ITERATIONS = 2
+    FAILED = 3
+
+
+@dataclass
+class OptimizerInfo:
+    """What ``optimize()`` reports, per batch element.
+
+    Attributes:
+        converged: ``(B,)`` bool, the element met a tolerance (or could decrease no further).
+        iterations: ``(B,)`` iterations the element ran before it stopped.
+        initial_error, final_error: ``(B,)`` objective values ``0.5 * sum ||w r||^2``.
+        status: ``(B,)`` :class:`Status` codes.
+        best_solution: name -> ``(B, ...)`` tensor of the lowest-error iterate, when tracked.
+        best_error: ``(B,)`` error of ``best_solution``, when tracked.
+        err_history: ``(B, iterations run + 1)`` error after each iteration, when tracked.
+        linear_solver: the linear solver used.
+        message: why the run stopped, in words.
+    """
+
+    converged: torch.Tensor
+    iterations: torch.Tensor
+    initial_error: torch.Tensor
+    final_error: torch.Tensor
+    status: torch.Tensor
+    linear_solver: str
+    message: str
+    best_solution: Optional[Dict[str, torch.Tensor]] = None
+    best_error: Optional[torch.Tensor] = None
+    err_history: Optional[torch.Tensor] = None
+    elapsed: float = field(default=0.0)
+
+    def __repr__(self) -> str:
+        return f"OptimizerInfo({self.message})"
+
+
+@dataclass
+class _Loop:
+    """The mutable state of one run."""
+
+    state: State
+    aux: list
+    error: torch.Tensor
+    active: torch.Tensor
+    status: torch.Tensor
+    iterations: torch.Tensor
+    memory: dict
+    best_state: Optional[State] = None
+    best_error: Optional[torch.Tensor] = None
+    history: Optional[List[torch.Tensor]] = None
+
+
+def _where(mask: torch.Tensor, new: State, old: State) -> State:
+    out = []
+    for n, o in zip(new, old):
+        m = mask.reshape(1, -1, *([1] * (n.ndim - 2)))
+        out.append(torch.where(m, n, o))
+    return tuple(out)
+
+
+class Optimizer:
+    """Base of the nonlinear least-squares optimizers: the loop; subclasses give the step rule.
+
+    Args:
+        objective: the problem; its optim variables are updated in place by :meth:`optimize`.
+        linear_solver: a name (``"dense_cholesky"``, ``"dense_lu"``) or a LinearSolver instance.
+        max_iterations: iterations at most.
+        step_size: the step taken is ``step_size * delta``.
+        abs_err_tolerance: an element whose error falls to this value has converged.
+        rel_err_tolerance: an element whose accepted step changes the error by at most this
+            fraction has converged (at least 100 machine epsilons of the dtype: smaller changes
+            are rounding noise).
+        check_every: iterations between the reads of "has every element stopped?" (a host sync).
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        linear_solver: Union[str, LinearSolver] = "dense_cholesky",
+        max_iterations: int = 20,
+        step_size: float = 1.0,
+        abs_err_tolerance: float = 1e-10,
+        rel_err_tolerance: float = 1e-8,
+        check_every: int = 1,
+    ):
+        if not isinstance(objective, Objective):
+            raise TypeError(f"{type(self).__name__}: objective must be an nlls.Objective, got {type(objective).__name__}")
+        _check_number(self, "max_iterations", max_iterations, integer=True, minimum=0)
+        _check_number(self, "step_size", step_size, minimum=0, open_minimum=True)
+        _check_number(self, "abs_err_tolerance", abs_err_tolerance, minimum=0)
+        _check_number(self, "rel_err_tolerance", rel_err_tolerance, minimum=0)
+        _check_number(self, "check_every", check_every, integer=True, minimum=1)
+        self.objective = objective
+        self.linear_solver = make_linear_solver(linear_solver)
+        if self.linear_solver.linearization != "dense":
+            raise ValueError(
+                f"{type(self).__name__}: linear solver {self.linear_solver!r} needs a "
+                f"{self.linear_solver.linearization} linearization, which is not available"
+            )
+        self.max_iterations = int(max_iterations)
+        self.step_size = float(step_size)
+        self.abs_err_tolerance = float(abs_err_tolerance)
+        self.rel_err_tolerance = float(rel_err_tolerance)
+        self.check_every = int(check_every)
+        self._evaluator: Optional[Evaluator] = None
+        self._linearization: Optional[DenseLinearization] = None
+
+    # ---- step rule: what subclasses define ----------------------------------------------
+    def _init_memory(self, error: torch.Tensor) -> dict:
+        """Per-element state of the step rule (e.g. the damping), given the initial error."""
+        return {}
+
+    def _compute_step(self, system: DenseSystem, memory: dict):
+        """Returns ``(delta (B, D), solved (B,) bool)``."""
+        raise NotImplementedError
+
+    def _accept(self, system, memory, delta, solved, error, new_error):
+        """Returns ``(accept (B,), failed (B,), stalled (B,), memory)``. ``stalled`` elements
+        cannot decrease further and stop as converged."""
+        raise NotImplementedError
+
+    def _damping_for_display(self, memory: dict) -> Optional[torch.Tensor]:
+        return None
+
+    # ---- structure ----------------------------------------------------------------------
+    def _prepare(self) -> Evaluator:
+        version = self.objective._structure_version
+        if self._evaluator is None or self._evaluator.structure_version != version:
+            if not self.objective.optim_vars:
+                raise ValueError(f"{type(self).__name__}: the objective has no optim variables")
+            self._evaluator = Evaluator(self.objective)
+            self._linearization = DenseLinearization(self._evaluator)
+            self.linear_solver.setup(self._linearization)
+        return self._evaluator
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _start(self, track_best_solution: bool, track_err_history: bool) -> _Loop:
+        evaluator = self._prepare()
+        batch = evaluator.batch_size()
+        state = evaluator.gather(batch)
+        aux = evaluator.aux(batch)
+        error = evaluator.error_metric(state, aux)
+        active = torch.isfinite(error) & (error > self.abs_err_tolerance)
+        status = torch.where(
+            torch.isfinite(error),
+            torch.where(active, Status.RUNNING, Status.CONVERGED),
+            Status.FAILED,
+        ).to(torch.int8)
+        loop = _Loop(
+            state=state, aux=aux, error=error, active=active, status=status,
+            iterations=torch.zeros_like(error, dtype=torch.long),
+            memory=self._init_memory(error),
+        )
+        if track_best_solution:
+            loop.best_state, loop.best_error = state, error
+        if track_err_history:
+            loop.history = [error]
+        return loop
+
+    def _iterate(self, loop: _Loop) -> dict:
+        """One iteration of every active element; returns numbers for the verbose line."""
+        evaluator = self._evaluator
+        system = self._linearization.linearize(loop.state, loop.aux)
+        delta, solved = self._compute_step(system, loop.memory)
+        step = delta * self.step_size if self.step_size != 1.0 else delta
+        candidate = evaluator.retract(loop.state, step)
+        new_error = evaluator.error_metric(candidate, loop.aux)
+        accept, failed, stalled, loop.memory = self._accept(
+            system, loop.memory, delta, solved, loop.error, new_error
+        )
+        active = loop.active
+        accept = accept & active
+        failed = failed & active & ~accept
+        stalled = stalled & active & ~accept & ~failed
+        change = (loop.error - new_error).abs()
+        # a relative change below the dtype's resolution is rounding noise: never ask for less
+        rel_tolerance = max(self.rel_err_tolerance, 100 * torch.finfo(new_error.dtype).eps)
+        # as in Ceres, a rejected step that changes the error by less than the relative
+        # tolerance also ends the run: the model has nothing left to gain
+        evaluated = active & solved & torch.isfinite(new_error) & ~failed
+        converged = (accept & (new_error <= self.abs_err_tolerance)) | (
+            evaluated & (change <= rel_tolerance * loop.error)
+        )
+        loop.state = _where(accept, candidate, loop.state)
+        loop.error = torch.where(accept, new_error, loop.error)
+        loop.iterations = loop.iterations + active.long()
+        done = converged | stalled
+        loop.status = torch.where(done, Status.CONVERGED, loop.status)
+        loop.status = torch.where(failed, Status.FAILED, loop.status).to(torch.int8)
+        loop.active = active & ~done & ~failed
+        if loop.best_state is not None:
+            better = loop.error < loop.best_error
+            loop.best_state = _where(better, loop.state, loop.best_state)
+            loop.best_error = torch.where(better, loop.error, loop.best_error)
+        if loop.history is not None:
+            loop.history.append(loop.error)
+        return {"step": step, "active": active}
+
+    def _finish(self, loop: _Loop, initial_error: torch.Tensor, elapsed: float) -> OptimizerInfo:
+        evaluator = self._evaluator
+        status = torch.where(loop.active, Status.MAX_ITERATIONS, loop.status).to(torch.int8)
+        evaluator.scatter(loop.state)
+        info = OptimizerInfo(
+            converged=status == Status.CONVERGED,
+            iterations=loop.iterations,
+            initial_error=initial_error,
+            final_error=loop.error,
+            status=status,
+            linear_solver=repr(self.linear_solver),
+            message=self._message(status),
+            elapsed=elapsed,
+        )
+        if loop.best_state is not None:
+            info.best_solution = evaluator.as_dict(loop.best_state)
+            info.best_error = loop.best_error
+        if loop.history is not None:
+            info.err_history = torch.stack(loop.history, dim=1)
+        return info
+
+    def _message(self, status: torch.Tensor) -> str:
+        counts = {s: int((status == s).sum()) for s in Status}
+        total = status.numel()
+        parts = [f"{counts[Status.CONVERGED]}/{total} converged"]
+        if counts[Status.MAX_ITERATIONS]:
+            parts.append(
+                f"{counts[Status.MAX_ITERATIONS]} reached max_iterations={self.max_iterations} "
+                f"(increase max_iterations or loosen the tolerances)"
+            )
+        if counts[Status.FAILED]:
+            advice = getattr(self.linear_solver, "failure_advice", "")
+            parts.append(f"{counts[Status.FAILED]} failed: {advice or 'linear solve failed'}")
+        return "; ".join(parts)
+
+    def optimize(
+        self,
+        verbose: bool = False,
+        track_best_solution: bool = False,
+        track_err_history: bool = False,
+    ) -> OptimizerInfo:
+        """Run the optimizer and write the solution into the objective's optim variables.
+
+        Args:
+            verbose: print one line per iteration (iteration, error, damping, step norm, time).
+            track_best_solution: report the lowest-error iterate in ``info.best_solution``.
+            track_err_history: report the error after every iteration in ``info.err_history``.
+
+        Returns:
+            :class:`OptimizerInfo`. Non-convergence is reported there, not raised.
+        """
+        start = time.perf_counter()
+        loop = self._start(track_best_solution, track_err_history)
+        initial_error = loop.error
+        if verbose:
+            print(f"{type(self).__name__} with {self.linear_solver!r}: batch {initial_error.shape[0]}, "
+                  f"{self._evaluator.dof} unknowns, {len(self._evaluator.groups)} cost group(s)")
+            print(f"iteration   0  error {_fmt(loop.error)}")
+        for iteration in range(1, self.max_iterations + 1):
+            numbers = self._iterate(loop)
+            if verbose:
+                damping = self._damping_for_display(loop.memory)
+                step_norm = numbers["step"].norm(dim=-1)[numbers["active"]]
+                print(
+                    f"iteration {iteration:3d}  error {_fmt(loop.error)}"
+                    + (f"  damping {damping.mean().item():.2e}" if damping is not None else "")
+                    + f"  step {step_norm.max().item() if step_norm.numel() else 0.0:.2e}"
+                    + f"  active {int(numbers['active'].sum())}/{loop.active.numel()}"
+                    + f"  time {1e3 * (time.perf_counter() - start):.1f} ms"
+                )
+            if iteration % self.check_every == 0 and not bool(loop.active.any()):
+                break
+        info = self._finish(loop, initial_error, time.perf_counter() - start)
+        if verbose:
+            print(info.message)
+        return info
+
+
+def _fmt(error: torch.Tensor) -> str:
+    if error.numel() == 1:
+        return f"{error.item():.6e}"
+    return f"{error.mean().item():.6e} (mean of {error.numel()})"
+
+
+def _check_number(owner, key, value, integer=False, minimum=None, open_minimum=False):
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(
+            f"{type(owner).__name__}: {key} must be {'an int' if integer else 'a number'}, "
+            f"got {value!r}"
+        )
+    if minimum is not None and (value < minimum or (open_minimum and value == minimum)):
+        bound = f"> {minimum}" if open_minimum else f">= {minimum}"
+        raise ValueError(f"{type(owner).__name__}: {key} must be {bound}, got {value!r}")
