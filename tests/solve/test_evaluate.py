@@ -1,0 +1,162 @@
+"""Vectorized evaluation: same-signature cost functions run as one stacked call."""
+import pytest
+import torch
+
+import nlls
+from nlls.solve.evaluate import Evaluator, signature
+from nlls.solve.linearization import DenseLinearization
+
+
+class _Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, optim, aux):
+        self.calls += 1
+        p, = optim
+        t, = aux
+        return torch.sin(p.tensor * t.tensor) + p.tensor ** 2 - t.tensor
+
+
+def _many_costs(n, batch=2, err_fn=None):
+    torch.manual_seed(0)
+    err_fn = err_fn or _Counter()
+    obj = nlls.Objective()
+    points = [nlls.Vector(tensor=0.1 * torch.randn(batch, 1, dtype=torch.float64), name=f"p{i}")
+              for i in range(n)]
+    for i in range(n):
+        t = nlls.Variable(torch.randn(batch, 1, dtype=torch.float64), name=f"t{i}")
+        obj.add(nlls.AutoDiffCostFunction((points[i],), err_fn, 1, aux_vars=(t,), name=f"c{i}"))
+    return obj, err_fn
+
+
+def test_thousand_same_signature_costs_make_one_jacobian_call_per_iteration(monkeypatch):
+    obj, counter = _many_costs(1000)
+    evaluator = Evaluator(obj)
+    assert len(evaluator.groups) == 1 and evaluator.groups[0].size == 1000
+    jvp_calls = []
+    real_jvp = torch.func.jvp
+    monkeypatch.setattr(torch.func, "jvp", lambda *a, **k: jvp_calls.append(1) or real_jvp(*a, **k))
+    optimizer = nlls.GaussNewton(obj, max_iterations=3, abs_err_tolerance=0, rel_err_tolerance=0)
+    counter.calls = 0
+    info = optimizer.optimize()
+    iterations = int(info.iterations.max())
+    assert iterations == 3
+    # one vmapped jvp per iteration (the Jacobians of all 1,000 cost functions), and per
+    # iteration one plain error evaluation of the candidate, plus the initial error
+    assert len(jvp_calls) == iterations
+    assert counter.calls == 2 * iterations + 1
+
+
+def test_stacked_jacobians_equal_one_by_one():
+    obj, _ = _many_costs(7, batch=3)
+    evaluator = Evaluator(obj)
+    state, aux = evaluator.gather(), evaluator.aux()
+    (jac, err), = evaluator.jacobians(state, aux)
+    assert jac.shape == (7, 3, 1, 1) and err.shape == (7, 3, 1)
+    for k, cf in enumerate(obj.cost_functions.values()):
+        (j,), e = cf.weighted_jacobians_error()
+        torch.testing.assert_close(jac[k], j)
+        torch.testing.assert_close(err[k], e)
+
+
+def test_dense_system_matches_full_jacobian():
+    torch.manual_seed(1)
+    obj = nlls.Objective()
+    a = nlls.Vector(tensor=torch.randn(2, 2, dtype=torch.float64), name="a")
+    b = nlls.Vector(tensor=torch.randn(2, 3, dtype=torch.float64), name="b")
+    c = nlls.Vector(tensor=torch.randn(2, 2, dtype=torch.float64), name="c")
+
+    def pair(optim, aux):
+        u, v = optim
+        return torch.cat([u.tensor * v.tensor[:, :1], (v.tensor ** 2).sum(1, keepdim=True)], 1)
+
+    def prior(optim, aux):
+        return optim[0].tensor - aux[0].tensor
+
+    for i, (u, v) in enumerate([(a, b), (c, b)]):
+        obj.add(nlls.AutoDiffCostFunction((u, v), pair, 3, name=f"pair{i}",
+                                          cost_weight=nlls.ScaleCostWeight(float(i + 1))))
+    for var in (a, b, c):
+        target = nlls.Variable(torch.randn(1, var.dof(), dtype=torch.float64), name=f"{var.name}_t")
+        obj.add(nlls.AutoDiffCostFunction((var,), prior, var.dof(), aux_vars=(target,), name=f"prior_{var.name}"))
+    evaluator = Evaluator(obj)
+    assert len(evaluator.groups) == 3  # pairs; 2-dof priors; the 3-dof prior
+    system = DenseLinearization(evaluator).linearize(evaluator.gather(), evaluator.aux())
+
+    # reference: the full Jacobian of obj.error() w.r.t. (a, b, c), by autograd
+    def residual(av, bv, cv):
+        saved = a.tensor, b.tensor, c.tensor
+        a.tensor, b.tensor, c.tensor = av, bv, cv
+        try:
+            return obj.error()
+        finally:
+            a.tensor, b.tensor, c.tensor = saved
+
+    for i in range(2):
+        full = torch.autograd.functional.jacobian(
+            lambda av, bv, cv: residual(av, bv, cv)[0],
+            (a.tensor[i:i + 1], b.tensor[i:i + 1], c.tensor[i:i + 1]))
+        J = torch.cat([f[:, 0] for f in full], dim=1)  # (dim, 7) in (a, b, c) order
+        r = obj.error()[i]
+        # evaluator column order: blocks by (type, shape) in first-seen order: (a, c) then b
+        perm = torch.tensor([0, 1, 5, 6, 2, 3, 4])
+        Jp = J[:, perm]
+        torch.testing.assert_close(system.A[i], Jp.T @ Jp)
+        torch.testing.assert_close(system.g[i], Jp.T @ r)
+
+
+def test_signature_separates_different_constants():
+    class Scaled(nlls.CostFunction):
+        def __init__(self, p, factor, name):
+            super().__init__((p,), name=name)
+            self.p, self.factor = p, factor
+
+        def dim(self):
+            return 1
+
+        def error(self):
+            return self.factor * self.p.tensor
+
+        def jacobians(self):
+            return [self.factor * torch.ones(self.p.batch_size, 1, 1, dtype=self.p.dtype)], self.error()
+
+    p = nlls.Vector(tensor=torch.ones(1, 1), name="p")
+    q = nlls.Vector(tensor=torch.ones(1, 1), name="q")
+    r = nlls.Vector(tensor=torch.ones(1, 1), name="r")
+    one, two, also_one = Scaled(p, 1.0, "one"), Scaled(q, 2.0, "two"), Scaled(r, 1.0, "also_one")
+    assert signature(one) == signature(also_one) != signature(two)
+    obj = nlls.Objective()
+    for cf in (one, two, also_one):
+        obj.add(cf)
+    evaluator = Evaluator(obj)
+    errors = evaluator.errors(evaluator.gather(), evaluator.aux())
+    flat = sorted(float(e) for group in errors for e in group.flatten())
+    assert flat == [1.0, 1.0, 2.0]
+
+
+def test_group_with_wrong_error_shape_names_a_member():
+    obj, _ = _many_costs(3, err_fn=lambda o, a: torch.cat([o[0].tensor, o[0].tensor], 1))
+    with pytest.raises(ValueError, match=r"'c0' \(and 2 more of its kind\): error has shape \(2, 2\)"):
+        nlls.GaussNewton(obj).optimize()
+
+
+def test_analytic_jacobian_with_wrong_shape_is_reported():
+    class Bad(nlls.CostFunction):
+        def __init__(self, p):
+            super().__init__((p,), name="bad")
+            self.p = p
+
+        def dim(self):
+            return 2
+
+        def error(self):
+            return self.p.tensor
+
+        def jacobians(self):
+            return [torch.ones(self.p.batch_size, 2, 3)], self.error()
+
+    obj = nlls.Objective()
+    obj.add(Bad(nlls.Vector(tensor=torch.ones(1, 2), name="p")))
+    with pytest.raises(ValueError, match=r"'bad': Jacobian for variable 'p' has shape \(1, 2, 3\)"):
+        nlls.GaussNewton(obj).optimize()
