@@ -36,3 +36,7 @@ __all__ = [
     "DenseCholesky", "DenseLU", "GaussNewton", "LevenbergMarquardt", "LinearSolver",
     "Optimizer", "OptimizerInfo", "Status",
 ]
+
+from .layer import BackwardMode, OptimizationLayer  # noqa: E402
+
+__all__ += ["BackwardMode", "OptimizationLayer"]

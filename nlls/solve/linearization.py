@@ -9,8 +9,6 @@ also the gradient of the objective). ``J`` is never formed whole: each cost grou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from .evaluate import Evaluator, State, _half_squared_norm
@@ -67,25 +65,42 @@ class DenseLinearization:
             self._flat_A.append((cols[:, :, None] * dof + cols[:, None, :]).reshape(-1))
             self._flat_g.append(cols.reshape(-1))
 
+    def _indices(self, device):
+        if self._flat_A and self._flat_A[0].device != device:
+            self._flat_A = [f.to(device) for f in self._flat_A]
+            self._flat_g = [f.to(device) for f in self._flat_g]
+        return self._flat_A, self._flat_g
+
     def linearize(self, state: State, aux) -> DenseSystem:
+        """``A``, ``g`` and the error at ``state`` (see :mod:`nlls.solve.evaluate`)."""
         parts = self.evaluator.jacobians(state, aux)
-        errors = [r for _, r in parts]
-        error = _half_squared_norm(errors)
-        dof = self.evaluator.dof
+        error = _half_squared_norm([r for _, r in parts])
         if self._direct:
             jac, r = parts[0]
             jt = jac[0].transpose(-1, -2)
             return DenseSystem(jt @ jac[0], (jt @ r[0][..., None])[..., 0], error)
-        batch = error.shape[0]
-        A = None
-        g = None
-        for (jac, r), flat_A, flat_g in zip(parts, self._flat_A, self._flat_g):
+        batch, dof = error.shape[0], self.evaluator.dof
+        flat_A, flat_g = self._indices(error.device)
+        A = error.new_zeros(batch, dof * dof)
+        g = error.new_zeros(batch, dof)
+        for (jac, r), index_A, index_g in zip(parts, flat_A, flat_g):
             jt = jac.transpose(-1, -2)
             jtj = (jt @ jac).transpose(0, 1).reshape(batch, -1)  # (B, K * Dg * Dg)
             jtr = (jt @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
-            if A is None:
-                A = jtj.new_zeros(batch, dof * dof)
-                g = jtr.new_zeros(batch, dof)
-            A = A.index_add(1, flat_A.to(A.device), jtj)
-            g = g.index_add(1, flat_g.to(g.device), jtr)
+            A = A.index_add(1, index_A, jtj)
+            g = g.index_add(1, index_g, jtr)
         return DenseSystem(A.reshape(batch, dof, dof), g, error)
+
+    def gradient(self, state: State, aux) -> torch.Tensor:
+        """Only ``g = J^T r``, ``(B, D)``: the gradient of the objective on the tangent."""
+        parts = self.evaluator.jacobians(state, aux)
+        if self._direct:
+            jac, r = parts[0]
+            return (jac[0].transpose(-1, -2) @ r[0][..., None])[..., 0]
+        batch = parts[0][1].shape[1]
+        _, flat_g = self._indices(parts[0][1].device)
+        g = parts[0][1].new_zeros(batch, self.evaluator.dof)
+        for (jac, r), index_g in zip(parts, flat_g):
+            jtr = (jac.transpose(-1, -2) @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
+            g = g.index_add(1, index_g, jtr)
+        return g

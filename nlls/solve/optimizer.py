@@ -83,6 +83,10 @@ class _Loop:
     status: torch.Tensor
     iterations: torch.Tensor
     memory: dict
+    initial_error: torch.Tensor
+    started: float
+    verbose: bool = False
+    count: int = 0  # iterations run
     best_state: Optional[State] = None
     best_error: Optional[torch.Tensor] = None
     history: Optional[List[torch.Tensor]] = None
@@ -172,7 +176,9 @@ class Optimizer:
         return self._evaluator
 
     # ---- the loop -----------------------------------------------------------------------
-    def _start(self, track_best_solution: bool, track_err_history: bool) -> _Loop:
+    def _start(self, track_best_solution: bool = False, track_err_history: bool = False,
+               verbose: bool = False) -> _Loop:
+        started = time.perf_counter()
         evaluator = self._prepare()
         batch = evaluator.batch_size()
         state = evaluator.gather(batch)
@@ -187,15 +193,20 @@ class Optimizer:
         loop = _Loop(
             state=state, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
-            memory=self._init_memory(error),
+            memory=self._init_memory(error), initial_error=error, started=started,
+            verbose=verbose,
         )
         if track_best_solution:
             loop.best_state, loop.best_error = state, error
         if track_err_history:
             loop.history = [error]
+        if verbose:
+            print(f"{type(self).__name__} with {self.linear_solver!r}: batch {batch}, "
+                  f"{evaluator.dof} unknowns, {len(evaluator.groups)} cost group(s)")
+            print(f"iteration   0  error {_fmt(error)}")
         return loop
 
-    def _iterate(self, loop: _Loop) -> dict:
+    def _iterate(self, loop: _Loop, stop_on_convergence: bool = True) -> dict:
         """One iteration of every active element; returns numbers for the verbose line."""
         evaluator = self._evaluator
         system = self._linearization.linearize(loop.state, loop.aux)
@@ -225,7 +236,8 @@ class Optimizer:
         done = converged | stalled
         loop.status = torch.where(done, Status.CONVERGED, loop.status)
         loop.status = torch.where(failed, Status.FAILED, loop.status).to(torch.int8)
-        loop.active = active & ~done & ~failed
+        # without stop_on_convergence converged elements keep stepping (the truncated backward)
+        loop.active = active & ~failed & (~done if stop_on_convergence else True)
         if loop.best_state is not None:
             better = loop.error < loop.best_error
             loop.best_state = _where(better, loop.state, loop.best_state)
@@ -234,25 +246,30 @@ class Optimizer:
             loop.history.append(loop.error)
         return {"step": step, "active": active}
 
-    def _finish(self, loop: _Loop, initial_error: torch.Tensor, elapsed: float) -> OptimizerInfo:
+    def _finish(self, loop: _Loop, write_back: bool = True) -> OptimizerInfo:
+        """The info of a run; with ``write_back`` the solution goes into the objective."""
         evaluator = self._evaluator
-        status = torch.where(loop.active, Status.MAX_ITERATIONS, loop.status).to(torch.int8)
-        evaluator.scatter(loop.state)
+        running = loop.status == Status.RUNNING
+        status = torch.where(running, Status.MAX_ITERATIONS, loop.status).to(torch.int8)
+        if write_back:
+            evaluator.scatter(loop.state)
         info = OptimizerInfo(
             converged=status == Status.CONVERGED,
             iterations=loop.iterations,
-            initial_error=initial_error,
+            initial_error=loop.initial_error,
             final_error=loop.error,
             status=status,
             linear_solver=repr(self.linear_solver),
             message=self._message(status),
-            elapsed=elapsed,
+            elapsed=time.perf_counter() - loop.started,
         )
         if loop.best_state is not None:
             info.best_solution = evaluator.as_dict(loop.best_state)
             info.best_error = loop.best_error
         if loop.history is not None:
             info.err_history = torch.stack(loop.history, dim=1)
+        if loop.verbose:
+            print(info.message)
         return info
 
     def _message(self, status: torch.Tensor) -> str:
@@ -285,31 +302,41 @@ class Optimizer:
         Returns:
             :class:`OptimizerInfo`. Non-convergence is reported there, not raised.
         """
-        start = time.perf_counter()
-        loop = self._start(track_best_solution, track_err_history)
-        initial_error = loop.error
-        if verbose:
-            print(f"{type(self).__name__} with {self.linear_solver!r}: batch {initial_error.shape[0]}, "
-                  f"{self._evaluator.dof} unknowns, {len(self._evaluator.groups)} cost group(s)")
-            print(f"iteration   0  error {_fmt(loop.error)}")
-        for iteration in range(1, self.max_iterations + 1):
-            numbers = self._iterate(loop)
-            if verbose:
-                damping = self._damping_for_display(loop.memory)
-                step_norm = numbers["step"].norm(dim=-1)[numbers["active"]]
-                print(
-                    f"iteration {iteration:3d}  error {_fmt(loop.error)}"
-                    + (f"  damping {damping.mean().item():.2e}" if damping is not None else "")
-                    + f"  step {step_norm.max().item() if step_norm.numel() else 0.0:.2e}"
-                    + f"  active {int(numbers['active'].sum())}/{loop.active.numel()}"
-                    + f"  time {1e3 * (time.perf_counter() - start):.1f} ms"
-                )
-            if iteration % self.check_every == 0 and not bool(loop.active.any()):
+        loop = self._start(track_best_solution, track_err_history, verbose)
+        self._run(loop, self.max_iterations)
+        return self._finish(loop)
+
+    # ---- phases, composed by optimize() and by OptimizationLayer ---------------------------
+    def _run(self, loop: _Loop, num_iterations: int, stop_on_convergence: bool = True) -> None:
+        """Run up to ``num_iterations`` iterations (fewer once every element has stopped).
+
+        With ``stop_on_convergence=False`` every element that has not failed takes exactly
+        ``num_iterations`` steps (the truncated backward mode differentiates such steps).
+        """
+        if not stop_on_convergence:
+            loop.active = loop.status != Status.FAILED
+        for _ in range(num_iterations):
+            loop.count += 1
+            numbers = self._iterate(loop, stop_on_convergence)
+            if loop.verbose:
+                self._print_iteration(loop, numbers)
+            if (
+                stop_on_convergence
+                and loop.count % self.check_every == 0
+                and not bool(loop.active.any())
+            ):
                 break
-        info = self._finish(loop, initial_error, time.perf_counter() - start)
-        if verbose:
-            print(info.message)
-        return info
+
+    def _print_iteration(self, loop: _Loop, numbers: dict) -> None:
+        damping = self._damping_for_display(loop.memory)
+        step_norm = numbers["step"].norm(dim=-1)[numbers["active"]]
+        print(
+            f"iteration {loop.count:3d}  error {_fmt(loop.error)}"
+            + (f"  damping {damping.mean().item():.2e}" if damping is not None else "")
+            + f"  step {step_norm.max().item() if step_norm.numel() else 0.0:.2e}"
+            + f"  active {int(numbers['active'].sum())}/{loop.active.numel()}"
+            + f"  time {1e3 * (time.perf_counter() - loop.started):.1f} ms"
+        )
 
 
 def _fmt(error: torch.Tensor) -> str:
