@@ -10,6 +10,7 @@ from .core import (
     CostWeight,
     DiagonalCostWeight,
     Manifold,
+    NumericDiffCostFunction,
     Objective,
     Point2,
     Point3,
@@ -31,7 +32,7 @@ from .solve import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold",
+    "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold", "NumericDiffCostFunction",
     "Objective", "Point2", "Point3", "ScaleCostWeight", "Variable", "Vector",
     "DenseCholesky", "DenseLU", "GaussNewton", "LevenbergMarquardt", "LinearSolver",
     "Optimizer", "OptimizerInfo", "Status",
@@ -40,3 +41,9 @@ __all__ = [
 from .layer import BackwardMode, OptimizationLayer  # noqa: E402
 
 __all__ += ["BackwardMode", "OptimizationLayer"]
+
+from .core.robust import CauchyLoss, HuberLoss, RobustCostFunction, RobustLoss  # noqa: E402
+from .geometry import SE2, SE3, SO2, SO3, Between, Difference, LieGroup  # noqa: E402
+
+__all__ += ["CauchyLoss", "HuberLoss", "RobustCostFunction", "RobustLoss",
+            "LieGroup", "SO2", "SE2", "SO3", "SE3", "Between", "Difference"]

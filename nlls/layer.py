@@ -44,6 +44,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .core.numeric_diff import NumericDiffCostFunction
 from .core.variable import Variable
 from .solve.evaluate import State
 from .solve.optimizer import Optimizer, OptimizerInfo, Status
@@ -226,6 +227,7 @@ class OptimizationLayer(torch.nn.Module):
         elif backward_num_iterations is not None:
             raise ValueError(f"backward_num_iterations applies to the truncated mode only, not {mode.value!r}")
         objective = self.objective
+        self._check_numeric(mode, hessian, inputs)
         variables = {**objective.optim_vars, **objective.aux_vars}
         saved = {name: var.tensor for name, var in variables.items()}
         objective.update(dict(inputs or {}))
@@ -262,6 +264,26 @@ class OptimizationLayer(torch.nn.Module):
         for name, value in solution.items():
             objective.optim_vars[name].tensor = value.detach()
         return solution, info
+
+    def _check_numeric(self, mode: BackwardMode, hessian: str, inputs) -> None:
+        numeric = [cf.name for cf in self.objective.cost_functions.values()
+                   if isinstance(cf, NumericDiffCostFunction)]
+        if not numeric or not torch.is_grad_enabled():
+            return
+        if mode != BackwardMode.IMPLICIT:
+            wants_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (inputs or {}).values()) \
+                or any(v.tensor.requires_grad for v in self.objective.aux_vars.values())
+            if wants_grad:
+                raise ValueError(
+                    f"backward_mode={mode.value!r} cannot differentiate through "
+                    f"NumericDiffCostFunction {numeric[0]!r} (finite differences give no graph "
+                    f"to unroll); use backward_mode='implicit'"
+                )
+        elif hessian == "exact":
+            raise ValueError(
+                f"hessian='exact' needs second derivatives, which NumericDiffCostFunction "
+                f"{numeric[0]!r} does not provide; use hessian='gauss_newton'"
+            )
 
     def _attach_implicit(self, loop, hessian: str) -> State:
         optimizer = self.optimizer

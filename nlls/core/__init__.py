@@ -2,8 +2,9 @@
 from .cost_function import AutoDiffCostFunction, CostFunction
 from .cost_weight import CostWeight, DiagonalCostWeight, ScaleCostWeight
 from .manifold import Manifold, Point2, Point3, Vector
+from .numeric_diff import NumericDiffCostFunction
 from .objective import Objective
 from .variable import Variable
 
 __all__ = ["AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight",
-           "ScaleCostWeight", "Manifold", "Point2", "Point3", "Vector", "Objective", "Variable"]
+           "ScaleCostWeight", "Manifold", "NumericDiffCostFunction", "Point2", "Point3", "Vector", "Objective", "Variable"]

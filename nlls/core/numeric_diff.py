@@ -1,0 +1,250 @@
+"""Finite-difference cost functions, for residuals torch cannot differentiate.
+
+A residual computed by numpy, scipy or a simulator has no autograd graph. A
+:class:`NumericDiffCostFunction` still gives the solver its Jacobians, and the optimization layer
+its gradients, by finite differences:
+
+* **Jacobians** with respect to each optim variable's tangent: column ``i`` is
+  ``(r(x (+) h e_i) - r(x (-) h e_i)) / 2h`` (``scheme="central"``, error ``O(h^2)``) or
+  ``(r(x (+) h e_i) - r(x)) / h`` (``"forward"``, ``O(h)``, half the evaluations).
+* **Step rule.** ``h = s * max(1, |x_i|)`` for coordinates of vector variables (relative to the
+  magnitude, so large coordinates are not lost in rounding), ``h = s`` for Lie-group tangents
+  (angles are of order one). ``s`` is ``step`` when given, else the classic optimum for the
+  dtype: ``eps^(1/3)`` for central differences (6e-6 in float64, 5e-3 in float32) and
+  ``eps^(1/2)`` for forward ones (1.5e-8, 3.5e-4), which balances truncation and rounding error.
+* **Batched.** All perturbed copies of a batch go through ``err_fn`` as one stacked call of
+  ``(1 + 2 * dof) * B`` rows (``(1 + dof) * B`` forward), so ``err_fn`` must accept any batch
+  size and treat rows independently; it may return a numpy array.
+* **Gradients with respect to aux data.** ``error()`` and ``jacobians()`` are differentiable with
+  respect to aux tensors that require grad: their vector-Jacobian products are central
+  differences over every aux entry (for the Jacobians, the mixed second difference
+  ``[r(+h,+k) - r(+h,-k) - r(-h,+k) + r(-h,-k)] / 4hk`` with ``h, k = eps^(1/4) * max(1, |.|)``,
+  rounding error about ``eps^(1/2)``). Cost: ``2 * (1 + 2 * dof)`` evaluations per aux entry,
+  all stacked into one call: proportional to the aux size, as for any finite-difference
+  gradient. This is what ``OptimizationLayer``'s implicit backward needs. Gradients with respect
+  to optim-variable tensors (unrolling, second derivatives) are not available.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .cost_function import CostFunction, ErrorFunction
+from .cost_weight import CostWeight
+from .manifold import Manifold, Vector
+from .variable import Variable
+
+SCHEMES = ("central", "forward")
+
+
+class NumericDiffCostFunction(CostFunction):
+    """A cost function whose Jacobians (and aux gradients) are finite differences.
+
+    Args:
+        optim_vars: Manifold variables.
+        err_fn: ``(optim_vars, aux_vars) -> (B, dim)`` tensor or numpy array; may call any code.
+        dim: residual size.
+        aux_vars: data variables passed to ``err_fn``.
+        cost_weight: weight (see :class:`~nlls.core.cost_function.CostFunction`).
+        name: unique name.
+        step: relative step ``s`` (see the module docs); default from the dtype and scheme.
+        scheme: ``"central"`` or ``"forward"``.
+    """
+
+    def __init__(
+        self,
+        optim_vars: Sequence[Manifold],
+        err_fn: ErrorFunction,
+        dim: int,
+        aux_vars: Sequence[Variable] = (),
+        cost_weight: Optional[CostWeight] = None,
+        name: Optional[str] = None,
+        step: Optional[float] = None,
+        scheme: str = "central",
+    ):
+        super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
+        if not callable(err_fn):
+            raise TypeError(f"NumericDiffCostFunction {self.name!r}: err_fn must be callable")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"NumericDiffCostFunction {self.name!r}: dim must be a positive int, got {dim!r}")
+        if scheme not in SCHEMES:
+            raise ValueError(f"NumericDiffCostFunction {self.name!r}: scheme must be one of {SCHEMES}, got {scheme!r}")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
+            raise ValueError(f"NumericDiffCostFunction {self.name!r}: step must be a positive float, got {step!r}")
+        self.err_fn = err_fn
+        self._dim = dim
+        self.step = step
+        self.scheme = scheme
+
+    def dim(self) -> int:
+        return self._dim
+
+    def _signature(self) -> tuple:
+        return (self.err_fn, self._dim, self.step, self.scheme)
+
+    def error(self) -> torch.Tensor:
+        return _BlackBox.apply(self, False, *self._tensors())
+
+    def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        *jacobians, error = _BlackBox.apply(self, True, *self._tensors())
+        return list(jacobians), error
+
+    # ---- finite differences on plain tensors ----------------------------------------------
+    def _tensors(self) -> Tuple[torch.Tensor, ...]:
+        return tuple(v.tensor for v in self.optim_vars + self.aux_vars)
+
+    def _call(self, optim: Sequence[torch.Tensor], aux: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``err_fn`` on plain tensors of ``N`` rows, checked: ``(N, dim)``."""
+        rows = optim[0].shape[0]
+        optim_vars = tuple(v._with_tensor(t) for v, t in zip(self.optim_vars, optim))
+        aux_vars = tuple(v._with_tensor(t) for v, t in zip(self.aux_vars, aux))
+        with torch.no_grad():
+            out = self.err_fn(optim_vars, aux_vars)
+        ref = optim[0]
+        if isinstance(out, np.ndarray) or not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(np.asarray(out), dtype=ref.dtype, device=ref.device)
+        if tuple(out.shape) != (rows, self._dim):
+            raise ValueError(
+                f"NumericDiffCostFunction {self.name!r}: err_fn returned shape {tuple(out.shape)} "
+                f"for {rows} rows, expected ({rows}, {self._dim})"
+            )
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"NumericDiffCostFunction {self.name!r}: err_fn returned non-finite values "
+                f"(NaN or inf); finite differences need a finite residual near the current point"
+            )
+        return out.to(dtype=ref.dtype)
+
+    def _relative_step(self, dtype: torch.dtype, power: float) -> float:
+        if self.step is not None and power != 0.25:
+            return float(self.step)
+        return float(torch.finfo(dtype).eps) ** power
+
+    def _jacobian(self, optim, aux, step: float, central: bool):
+        """Jacobians ``[(B, dim, dof_k)]`` and residual ``(B, dim)`` with one stacked call."""
+        batch = optim[0].shape[0]
+        dofs = [v.dof() for v in self.optim_vars]
+        total = sum(dofs)
+        signs = (1.0, -1.0) if central else (1.0,)
+        copies = 1 + len(signs) * total
+        stacked: List[torch.Tensor] = []
+        steps = []  # (B, dof_k) per variable
+        for k, (var, x) in enumerate(zip(self.optim_vars, optim)):
+            if isinstance(var, Vector):
+                h = step * x.detach().abs().clamp_min(1.0)
+            else:
+                h = torch.full((batch, dofs[k]), step, dtype=x.dtype, device=x.device)
+            steps.append(h)
+            blocks = [x]
+            for j, other in enumerate(dofs):
+                if j != k:
+                    blocks.extend([x] * (len(signs) * other))
+                    continue
+                eye = torch.eye(other, dtype=x.dtype, device=x.device)
+                for i in range(other):
+                    for sign in signs:
+                        delta = sign * h * eye[i]
+                        blocks.append(type(var)._retract_tensor(x, delta))
+            stacked.append(torch.cat(blocks, dim=0))
+        aux_rep = [a.repeat(copies, *([1] * (a.ndim - 1))) for a in aux]
+        out = self._call(stacked, aux_rep).reshape(copies, batch, self._dim)
+        error = out[0]
+        columns = []
+        position = 1
+        for h in steps:
+            for i in range(h.shape[1]):
+                if central:
+                    col = (out[position] - out[position + 1]) / (2 * h[:, i:i + 1])
+                else:
+                    col = (out[position] - error) / h[:, i:i + 1]
+                columns.append(col)
+                position += len(signs)
+        jac = torch.stack(columns, dim=-1)
+        return list(torch.split(jac, dofs, dim=-1)), error
+
+
+def _expand_all(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    batch = max(t.shape[0] for t in tensors)
+    return [t.expand(batch, *t.shape[1:]) for t in tensors]
+
+
+class _BlackBox(torch.autograd.Function):
+    """Residual (and Jacobians) of a NumericDiffCostFunction, with finite-difference VJPs for
+    the aux tensors."""
+
+    @staticmethod
+    def forward(cf: NumericDiffCostFunction, want_jacobians: bool, *tensors):
+        tensors = _expand_all([t.detach() for t in tensors])
+        n = len(cf.optim_vars)
+        optim, aux = tensors[:n], tensors[n:]
+        if not want_jacobians:
+            return cf._call(optim, aux)
+        central = cf.scheme == "central"
+        jacobians, error = cf._jacobian(optim, aux, cf._relative_step(optim[0].dtype, 1 / 3 if central else 1 / 2), central)
+        return (*jacobians, error)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        cf, want_jacobians, *tensors = inputs
+        ctx.cf, ctx.want_jacobians = cf, want_jacobians
+        ctx.shapes = [t.shape for t in tensors]
+        ctx.save_for_backward(*tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        cf: NumericDiffCostFunction = ctx.cf
+        n = len(cf.optim_vars)
+        if any(ctx.needs_input_grad[2: 2 + n]):
+            raise RuntimeError(
+                f"NumericDiffCostFunction {cf.name!r}: gradients with respect to optim variables "
+                f"are not available by finite differences; use OptimizationLayer with "
+                f"backward_mode='implicit' (and hessian='gauss_newton')"
+            )
+        tensors = _expand_all([t.detach() for t in ctx.saved_tensors])
+        optim, aux = tensors[:n], tensors[n:]
+        out: List[Optional[torch.Tensor]] = [None, None] + [None] * n
+        for m, a in enumerate(aux):
+            if not ctx.needs_input_grad[2 + n + m]:
+                out.append(None)
+                continue
+            grad = _aux_vjp(cf, optim, aux, m, grads, ctx.want_jacobians)
+            shape = ctx.shapes[n + m]
+            if shape[0] != grad.shape[0]:  # the input was broadcast over the batch
+                grad = grad.sum(dim=0, keepdim=True)
+            out.append(grad)
+        return tuple(out)
+
+
+def _aux_vjp(cf, optim, aux, m, grads, want_jacobians):
+    """Central differences over every entry of aux tensor ``m``, contracted with ``grads``."""
+    a = aux[m]
+    batch = a.shape[0]
+    entries = a[0].numel()
+    power = 0.25 if want_jacobians else 1 / 3
+    k = cf._relative_step(a.dtype, 1 / 3) if not want_jacobians else float(torch.finfo(a.dtype).eps) ** power
+    flat = a.reshape(batch, entries)
+    steps = k * flat.detach().abs().clamp_min(1.0)  # (B, entries)
+    eye = torch.eye(entries, dtype=a.dtype, device=a.device)
+    plus = flat[None] + eye[:, None, :] * steps[None]  # (entries, B, entries)
+    minus = flat[None] - eye[:, None, :] * steps[None]
+    perturbed = torch.cat([plus, minus], dim=0).reshape(2 * entries * batch, *a.shape[1:])
+    copies = 2 * entries
+    optim_rep = [x.repeat(copies, *([1] * (x.ndim - 1))) for x in optim]
+    aux_rep = [
+        perturbed if j == m else t.repeat(copies, *([1] * (t.ndim - 1))) for j, t in enumerate(aux)
+    ]
+    if want_jacobians:
+        jacobians, error = cf._jacobian(optim_rep, aux_rep, k, central=True)
+        outputs = list(jacobians) + [error]
+    else:
+        outputs = [cf._call(optim_rep, aux_rep)]
+    total = torch.zeros(entries, batch, dtype=a.dtype, device=a.device)
+    for value, grad in zip(outputs, grads):
+        if grad is None:
+            continue
+        value = value.reshape(2, entries, batch, *value.shape[1:])
+        derivative = (value[0] - value[1]) / (2 * steps.T.reshape(entries, batch, *([1] * (value.ndim - 3))))
+        total = total + (derivative * grad[None]).reshape(entries, batch, -1).sum(-1)
+    return total.T.reshape(a.shape)
