@@ -47,3 +47,7 @@ from .geometry import SE2, SE3, SO2, SO3, Between, Difference, LieGroup  # noqa:
 
 __all__ += ["CauchyLoss", "HuberLoss", "RobustCostFunction", "RobustLoss",
             "LieGroup", "SO2", "SE2", "SO3", "SE3", "Between", "Difference"]
+
+from .config import Config, ConfigError, build_optimizer, load_config  # noqa: E402
+
+__all__ += ["Config", "ConfigError", "build_optimizer", "load_config"]

@@ -175,14 +175,36 @@ class OptimizationLayer(torch.nn.Module):
     Args:
         optimizer: a configured optimizer; its objective defines the problem.
         hessian: the default ``H`` of the implicit backward, ``"gauss_newton"`` or ``"exact"``.
+        backward_mode: the default backward mode of :meth:`forward`.
+        backward_num_iterations: the default for the truncated mode.
     """
 
-    def __init__(self, optimizer: Optimizer, hessian: str = "gauss_newton"):
+    def __init__(self, optimizer: Optimizer, hessian: str = "gauss_newton",
+                 backward_mode: Union[str, BackwardMode] = BackwardMode.IMPLICIT,
+                 backward_num_iterations: Optional[int] = None):
         super().__init__()
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"OptimizationLayer expects an nlls optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self.hessian = _check_hessian(hessian)
+        self.backward_mode = BackwardMode.parse(backward_mode)
+        self.backward_num_iterations = backward_num_iterations
+
+    @classmethod
+    def from_config(cls, objective, config) -> "OptimizationLayer":
+        """A layer for ``objective`` from a YAML file, a mapping or a ``Config``: the optimizer and
+        linear solver of its ``optimizer``/``linear_solver`` sections, the default backward mode
+        and Hessian of its ``backward`` section.
+
+        Raises:
+            ConfigError: naming the bad key.
+        """
+        from .config import build_optimizer, load_config  # config assembles layers: import late
+
+        cfg = load_config(config)
+        return cls(build_optimizer(objective, cfg), hessian=cfg.backward.hessian,
+                   backward_mode=cfg.backward.mode,
+                   backward_num_iterations=cfg.backward.num_iterations)
 
     @property
     def objective(self):
@@ -191,7 +213,7 @@ class OptimizationLayer(torch.nn.Module):
     def forward(
         self,
         inputs: Optional[Mapping[str, torch.Tensor]] = None,
-        backward_mode: Union[str, BackwardMode] = BackwardMode.IMPLICIT,
+        backward_mode: Union[str, BackwardMode, None] = None,
         backward_num_iterations: Optional[int] = None,
         hessian: Optional[str] = None,
         verbose: bool = False,
@@ -203,7 +225,8 @@ class OptimizationLayer(torch.nn.Module):
         Args:
             inputs: name -> tensor for optim variables (initial values) and aux variables; the
                 tensors are not modified. Names not given keep the objective's current values.
-            backward_mode: ``"unroll"``, ``"truncated"`` or ``"implicit"`` (:class:`BackwardMode`).
+            backward_mode: ``"unroll"``, ``"truncated"`` or ``"implicit"`` (:class:`BackwardMode`);
+                default: the layer's (``"implicit"`` unless configured otherwise).
             backward_num_iterations: ``truncated`` only: iterations recorded for the backward.
             hessian: ``implicit`` only: ``"gauss_newton"`` or ``"exact"`` (default: the layer's).
             verbose, track_best_solution, track_err_history: as in ``optimize()``.
@@ -212,7 +235,9 @@ class OptimizationLayer(torch.nn.Module):
             ``solution``: name -> ``(B, ...)`` tensor of every optim variable, differentiable;
             ``info``: the optimizer's :class:`~nlls.solve.optimizer.OptimizerInfo`.
         """
-        mode = BackwardMode.parse(backward_mode)
+        mode = BackwardMode.parse(backward_mode if backward_mode is not None else self.backward_mode)
+        if mode == BackwardMode.TRUNCATED and backward_num_iterations is None:
+            backward_num_iterations = self.backward_num_iterations
         hessian = _check_hessian(hessian if hessian is not None else self.hessian)
         optimizer = self.optimizer
         if mode == BackwardMode.TRUNCATED:

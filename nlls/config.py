@@ -1,0 +1,242 @@
+"""Solver configuration from YAML: the same objects, written down.
+
+A configuration has three sections, each optional::
+
+    optimizer:            # which optimizer and its settings (the constructor's keyword arguments)
+      name: levenberg_marquardt
+      max_iterations: 50
+    linear_solver:        # a registered linear solver and its own settings
+      name: dense_cholesky
+    backward:             # how OptimizationLayer differentiates the solution
+      mode: implicit
+
+Files are read with ``yaml.safe_load`` only: a tag that would build a Python object is refused.
+Every key is checked: an unknown key, a wrong type or a value out of range raises
+:class:`ConfigError` naming the key by its path (``optimizer.max_iterations``) and listing what is
+allowed. A :class:`Config` is written back with :meth:`Config.to_yaml` and reads back equal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import yaml
+
+from .core.objective import Objective
+from .layer import HESSIANS, BackwardMode
+from .solve.gauss_newton import GaussNewton
+from .solve.levenberg_marquardt import LevenbergMarquardt
+from .solve.linear import LINEAR_SOLVERS
+from .solve.optimizer import Optimizer
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and what is allowed."""
+
+
+OPTIMIZERS = {"gauss_newton": GaussNewton, "levenberg_marquardt": LevenbergMarquardt}
+_LM_ONLY = ("damping", "adaptive_damping", "diagonal_scaling", "min_relative_decrease", "max_damping")
+
+
+def _number(kind, minimum=None, open_minimum=False):
+    return {"kind": kind, "minimum": minimum, "open": open_minimum}
+
+
+@dataclass
+class OptimizerConfig:
+    """``optimizer:`` section; keys are the optimizer's keyword arguments."""
+
+    name: str = field(default="levenberg_marquardt", metadata={"choices": tuple(OPTIMIZERS)})
+    max_iterations: int = field(default=20, metadata=_number(int, 0))
+    step_size: float = field(default=1.0, metadata=_number(float, 0, True))
+    abs_err_tolerance: float = field(default=1e-10, metadata=_number(float, 0))
+    rel_err_tolerance: float = field(default=1e-8, metadata=_number(float, 0))
+    check_every: int = field(default=1, metadata=_number(int, 1))
+    damping: float = field(default=1e-3, metadata=_number(float, 0, True))
+    adaptive_damping: bool = field(default=True, metadata={"kind": bool})
+    diagonal_scaling: bool = field(default=False, metadata={"kind": bool})
+    min_relative_decrease: float = field(default=1e-3, metadata=_number(float, 0))
+    max_damping: float = field(default=1e16, metadata=_number(float, 0, True))
+
+
+@dataclass
+class LinearSolverConfig:
+    """``linear_solver:`` section: a registry name and that solver's own keyword arguments."""
+
+    name: str = "dense_cholesky"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BackwardConfig:
+    """``backward:`` section, read by ``OptimizationLayer.from_config``."""
+
+    mode: str = field(default="implicit", metadata={"choices": tuple(m.value for m in BackwardMode)})
+    num_iterations: Optional[int] = field(default=None, metadata=_number(int, 1))
+    hessian: str = field(default="gauss_newton", metadata={"choices": HESSIANS})
+
+
+@dataclass
+class Config:
+    """A whole configuration; ``given`` remembers which optimizer keys the file set."""
+
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    linear_solver: LinearSolverConfig = field(default_factory=LinearSolverConfig)
+    backward: BackwardConfig = field(default_factory=BackwardConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        linear = {"name": self.linear_solver.name, **self.linear_solver.options}
+        optimizer = dataclasses.asdict(self.optimizer)
+        if optimizer["name"] != "levenberg_marquardt":
+            for key in _LM_ONLY:
+                optimizer.pop(key)
+        backward = dataclasses.asdict(self.backward)
+        if backward["num_iterations"] is None:
+            backward.pop("num_iterations")
+        return {"optimizer": optimizer, "linear_solver": linear, "backward": backward}
+
+    def to_yaml(self, path: Union[str, Path, None] = None) -> str:
+        """The configuration as YAML text; also written to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+# ---- reading -------------------------------------------------------------------------------
+def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Config:
+    """Read and check a configuration.
+
+    Args:
+        source: a YAML file path, a mapping with the same layout, a :class:`Config` (returned as
+            is) or ``None`` (the defaults). The mapping is not modified.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown keys, wrong types or values.
+    """
+    if isinstance(source, Config):
+        return source
+    if source is None:
+        return Config()
+    where = "configuration"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        where = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration ({exc.strerror or exc})") from None
+        try:
+            source = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+        if source is None:
+            return Config()
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with sections optimizer, linear_solver, "
+                          f"backward; got {type(source).__name__}")
+    _check_keys(source, ("optimizer", "linear_solver", "backward"), "", where)
+    optimizer = _read_section(OptimizerConfig, source.get("optimizer"), "optimizer", where)
+    if optimizer.name != "levenberg_marquardt":
+        for key in _LM_ONLY:
+            if key in (source.get("optimizer") or {}):
+                raise ConfigError(f"{where}: optimizer.{key} applies to levenberg_marquardt only, "
+                                  f"not {optimizer.name}")
+    linear = _read_linear_solver(source.get("linear_solver"), where)
+    backward = _read_section(BackwardConfig, source.get("backward"), "backward", where)
+    if backward.num_iterations is not None and backward.mode != "truncated":
+        raise ConfigError(f"{where}: backward.num_iterations applies to mode truncated only")
+    if backward.mode == "truncated" and backward.num_iterations is None:
+        raise ConfigError(f"{where}: backward.mode truncated needs backward.num_iterations")
+    if backward.num_iterations is not None and backward.num_iterations > optimizer.max_iterations:
+        raise ConfigError(f"{where}: backward.num_iterations ({backward.num_iterations}) exceeds "
+                          f"optimizer.max_iterations ({optimizer.max_iterations})")
+    return Config(optimizer=optimizer, linear_solver=linear, backward=backward)
+
+
+def _check_keys(mapping: Mapping, allowed, path: str, where: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            name = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key {name!r}; valid keys"
+                              f"{' of ' + path if path else ''}: {', '.join(allowed)}")
+
+
+def _read_section(cls, raw, path: str, where: str):
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: {path} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(raw, tuple(fields), path, where)
+    values = {}
+    for key, value in raw.items():
+        values[key] = _check_value(fields[key], value, f"{path}.{key}", where)
+    return cls(**values)
+
+
+def _check_value(spec: dataclasses.Field, value, key: str, where: str):
+    meta = spec.metadata
+    if "choices" in meta:
+        if value not in meta["choices"]:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+        return value
+    kind = meta.get("kind")
+    if kind is None:
+        return value
+    if value is None and spec.default is None:
+        return None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        ok = ok or isinstance(value, float)
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {value!r}")
+    minimum = meta.get("minimum")
+    if minimum is not None and (value < minimum or (meta.get("open") and value == minimum)):
+        raise ConfigError(f"{where}: {key} must be {'>' if meta.get('open') else '>='} {minimum}, got {value!r}")
+    return kind(value)
+
+
+def _read_linear_solver(raw, where: str) -> LinearSolverConfig:
+    if raw is None:
+        return LinearSolverConfig()
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: linear_solver must be a mapping, got {type(raw).__name__}")
+    name = raw.get("name", "dense_cholesky")
+    if name not in LINEAR_SOLVERS:
+        raise ConfigError(f"{where}: linear_solver.name must be one of {', '.join(LINEAR_SOLVERS)}; got {name!r}")
+    options = {k: v for k, v in raw.items() if k != "name"}
+    parameters = inspect.signature(LINEAR_SOLVERS[name]).parameters
+    allowed = [p for p in parameters if p != "self"]
+    _check_keys(options, ["name"] + allowed, "linear_solver", where)
+    try:
+        LINEAR_SOLVERS[name](**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: linear_solver ({name}): {exc}") from None
+    return LinearSolverConfig(name=name, options=dict(options))
+
+
+# ---- building ------------------------------------------------------------------------------
+def build_optimizer(objective: Objective, config: Union[str, Path, Mapping, Config, None]) -> Optimizer:
+    """An optimizer for ``objective`` as the configuration says."""
+    cfg = load_config(config)
+    opt = cfg.optimizer
+    kwargs = {f.name: getattr(opt, f.name) for f in dataclasses.fields(opt) if f.name != "name"}
+    if opt.name != "levenberg_marquardt":
+        for key in _LM_ONLY:
+            kwargs.pop(key)
+    solver = LINEAR_SOLVERS[cfg.linear_solver.name](**cfg.linear_solver.options)
+    return OPTIMIZERS[opt.name](objective, linear_solver=solver, **kwargs)
