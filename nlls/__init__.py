@@ -19,6 +19,7 @@ from .core import (
     Vector,
 )
 from .solve import (
+    ConjugateGradient,
     DenseCholesky,
     DenseLU,
     GaussNewton,
@@ -26,6 +27,7 @@ from .solve import (
     LinearSolver,
     Optimizer,
     OptimizerInfo,
+    SparseCholesky,
     Status,
 )
 
@@ -34,8 +36,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold", "NumericDiffCostFunction",
     "Objective", "Point2", "Point3", "ScaleCostWeight", "Variable", "Vector",
-    "DenseCholesky", "DenseLU", "GaussNewton", "LevenbergMarquardt", "LinearSolver",
-    "Optimizer", "OptimizerInfo", "Status",
+    "ConjugateGradient", "DenseCholesky", "DenseLU", "GaussNewton", "LevenbergMarquardt", "LinearSolver",
+    "Optimizer", "OptimizerInfo", "SparseCholesky", "Status",
 ]
 
 from .layer import BackwardMode, OptimizationLayer  # noqa: E402

@@ -252,6 +252,11 @@ class OptimizationLayer(torch.nn.Module):
         elif backward_num_iterations is not None:
             raise ValueError(f"backward_num_iterations applies to the truncated mode only, not {mode.value!r}")
         objective = self.objective
+        if mode == BackwardMode.IMPLICIT and hessian == "exact" and optimizer.linear_solver.linearization != "dense":
+            raise ValueError(
+                f"hessian='exact' builds a dense Hessian and needs a dense linear solver; "
+                f"{optimizer.linear_solver!r} is not one (use hessian='gauss_newton')"
+            )
         self._check_numeric(mode, hessian, inputs)
         variables = {**objective.optim_vars, **objective.aux_vars}
         saved = {name: var.tensor for name, var in variables.items()}

@@ -70,13 +70,20 @@ class _Group:
         mapping: Dict[int, Variable] = {}
         self.optim_slots: List[_Slot] = []
         self.aux_slots: List[_Slot] = []
+        slot_of: Dict[int, int] = {}
         for position, var in enumerate(_all_vars(first)):
             if id(var) in mapping:  # the same variable twice in one cost function
                 continue
             placeholder = var._with_tensor(var.tensor)
             mapping[id(var)] = placeholder
             slot = _Slot(placeholder, [_all_vars(m)[position] for m in members])
-            (self.optim_slots if position < len(first.optim_vars) else self.aux_slots).append(slot)
+            if position < len(first.optim_vars):
+                slot_of[id(var)] = len(self.optim_slots)
+                self.optim_slots.append(slot)
+            else:
+                self.aux_slots.append(slot)
+        # the optim slot of each of the first member's optim variables, in order
+        self.slot_of_position = [slot_of[id(v)] for v in first.optim_vars]
         self.twin = _twin(first, mapping)
         self.checked = False
         self.offsets: Optional[torch.Tensor] = None  # (K, sum dofs) tangent columns per member

@@ -9,6 +9,7 @@ also the gradient of the objective). ``J`` is never formed whole: each cost grou
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from .evaluate import Evaluator, State, _half_squared_norm
@@ -42,7 +43,32 @@ class DenseSystem:
         return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
 
 
-class DenseLinearization:
+class Linearization:
+    """Base of the linearizations: the gradient ``g = J^T r`` scattered by cached indices."""
+
+    def __init__(self, evaluator: Evaluator):
+        self.evaluator = evaluator
+        self._flat_g = [group.offsets.reshape(-1) for group in evaluator.groups]
+        self._device = torch.device("cpu")
+
+    def _move(self, device: torch.device) -> None:
+        if device != self._device:
+            self._flat_g = [f.to(device) for f in self._flat_g]
+            self._device = device
+
+    def gradient(self, state: State, aux) -> torch.Tensor:
+        """Only ``g = J^T r``, ``(B, D)``: the gradient of the objective on the tangent."""
+        parts = self.evaluator.jacobians(state, aux)
+        ref = parts[0][1]
+        self._move(ref.device)
+        g = ref.new_zeros(ref.shape[1], self.evaluator.dof)
+        for (jac, r), index_g in zip(parts, self._flat_g):
+            jtr = (jac.transpose(-1, -2) @ r[..., None])[..., 0].transpose(0, 1).reshape(g.shape[0], -1)
+            g = g.index_add(1, index_g, jtr)
+        return g
+
+
+class DenseLinearization(Linearization):
     """Accumulates the dense ``A = J^T J`` and ``g = J^T r`` group by group.
 
     The scatter positions of every group's blocks are computed once here. When a single group of
@@ -51,25 +77,19 @@ class DenseLinearization:
     """
 
     def __init__(self, evaluator: Evaluator):
-        self.evaluator = evaluator
+        super().__init__(evaluator)
         dof = evaluator.dof
-        self._direct = False
-        self._flat_A = []
-        self._flat_g = []
         groups = evaluator.groups
-        if len(groups) == 1 and groups[0].size == 1:
-            cols = groups[0].offsets[0]
-            self._direct = cols.tolist() == list(range(dof))
-        for group in groups:
-            cols = group.offsets  # (K, Dg)
-            self._flat_A.append((cols[:, :, None] * dof + cols[:, None, :]).reshape(-1))
-            self._flat_g.append(cols.reshape(-1))
+        self._direct = (
+            len(groups) == 1 and groups[0].size == 1
+            and groups[0].offsets[0].tolist() == list(range(dof))
+        )
+        self._flat_A = [(g.offsets[:, :, None] * dof + g.offsets[:, None, :]).reshape(-1) for g in groups]
 
-    def _indices(self, device):
-        if self._flat_A and self._flat_A[0].device != device:
+    def _move(self, device: torch.device) -> None:
+        if device != self._device:
             self._flat_A = [f.to(device) for f in self._flat_A]
-            self._flat_g = [f.to(device) for f in self._flat_g]
-        return self._flat_A, self._flat_g
+        super()._move(device)
 
     def linearize(self, state: State, aux) -> DenseSystem:
         """``A``, ``g`` and the error at ``state`` (see :mod:`nlls.solve.evaluate`)."""
@@ -80,10 +100,10 @@ class DenseLinearization:
             jt = jac[0].transpose(-1, -2)
             return DenseSystem(jt @ jac[0], (jt @ r[0][..., None])[..., 0], error)
         batch, dof = error.shape[0], self.evaluator.dof
-        flat_A, flat_g = self._indices(error.device)
+        self._move(error.device)
         A = error.new_zeros(batch, dof * dof)
         g = error.new_zeros(batch, dof)
-        for (jac, r), index_A, index_g in zip(parts, flat_A, flat_g):
+        for (jac, r), index_A, index_g in zip(parts, self._flat_A, self._flat_g):
             jt = jac.transpose(-1, -2)
             jtj = (jt @ jac).transpose(0, 1).reshape(batch, -1)  # (B, K * Dg * Dg)
             jtr = (jt @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
@@ -91,16 +111,218 @@ class DenseLinearization:
             g = g.index_add(1, index_g, jtr)
         return DenseSystem(A.reshape(batch, dof, dof), g, error)
 
-    def gradient(self, state: State, aux) -> torch.Tensor:
-        """Only ``g = J^T r``, ``(B, D)``: the gradient of the objective on the tangent."""
+
+class SparsePattern:
+    """The scalar sparsity pattern of ``A = J^T J`` (symmetric, both triangles, rows sorted).
+
+    Computed once per objective structure from the columns each cost function touches; holds
+    CSR arrays, the positions of the diagonal, and per cost group the scatter index of every
+    entry of its members' ``J^T J`` blocks into the values.
+    """
+
+    def __init__(self, dof: int, columns):
+        self.dof = dof
+        flats = [(c[:, :, None] * dof + c[:, None, :]).reshape(-1) for c in columns]
+        diagonal = torch.arange(dof) * (dof + 1)  # keep the diagonal even where nothing touches it
+        unique = torch.unique(torch.cat(flats + [diagonal]))  # sorted: row-major CSR order
+        self.rows = torch.div(unique, dof, rounding_mode="floor")
+        self.cols = unique % dof
+        self.nnz = unique.numel()
+        self.crow = torch.searchsorted(self.rows, torch.arange(dof + 1))
+        self.diagonal = torch.searchsorted(unique, diagonal)
+        self.scatter = [torch.searchsorted(unique, f) for f in flats]
+        self._device_cache = {}
+
+    def on(self, device: torch.device):
+        """``(rows, cols, diagonal, scatter)`` on ``device`` (moved once, then cached)."""
+        key = str(device)
+        if key not in self._device_cache:
+            self._device_cache[key] = (
+                self.rows.to(device), self.cols.to(device), self.diagonal.to(device),
+                [s.to(device) for s in self.scatter],
+            )
+        return self._device_cache[key]
+
+    def __repr__(self) -> str:
+        return f"SparsePattern(dof={self.dof}, nnz={self.nnz})"
+
+
+class SparseMatrix:
+    """A batch of symmetric sparse matrices sharing one pattern: ``values (B, nnz)``."""
+
+    def __init__(self, pattern: SparsePattern, values: torch.Tensor):
+        self.pattern = pattern
+        self.values = values
+
+    @property
+    def shape(self):
+        return (self.values.shape[0], self.pattern.dof, self.pattern.dof)
+
+    def diagonal(self) -> torch.Tensor:
+        _, _, diagonal, _ = self.pattern.on(self.values.device)
+        return self.values[:, diagonal]
+
+    def add_diagonal(self, diagonal: torch.Tensor) -> "SparseMatrix":
+        _, _, positions, _ = self.pattern.on(self.values.device)
+        return SparseMatrix(self.pattern, self.values.index_add(1, positions, diagonal))
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` for ``x (B, D)``."""
+        rows, cols, _, _ = self.pattern.on(self.values.device)
+        return torch.zeros_like(x).index_add(1, rows, self.values * x[:, cols])
+
+    def to_dense(self) -> torch.Tensor:
+        rows, cols, _, _ = self.pattern.on(self.values.device)
+        dof = self.pattern.dof
+        dense = self.values.new_zeros(self.values.shape[0], dof * dof)
+        return dense.index_copy(1, rows * dof + cols, self.values).reshape(-1, dof, dof)
+
+
+@dataclass
+class SparseSystem:
+    """Sparse normal equations: ``A`` a :class:`SparseMatrix`, ``g (B, D)``, the error ``(B,)``."""
+
+    A: SparseMatrix
+    g: torch.Tensor
+    error: torch.Tensor
+
+    def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
+               min_diagonal: float = 1e-6) -> SparseMatrix:
+        """``A + damping * D`` (see :meth:`DenseSystem.damped`), written on the diagonal only."""
+        if diagonal_scaling:
+            diagonal = self.A.diagonal().clamp_min(min_diagonal)
+        else:
+            diagonal = torch.ones_like(self.g)
+        return self.A.add_diagonal(damping[:, None] * diagonal)
+
+    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
+        a_delta = self.A.matvec(delta)
+        return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
+
+
+class SparseLinearization(Linearization):
+    """Accumulates ``A = J^T J`` into the values of a fixed :class:`SparsePattern`.
+
+    The pattern and the scatter indices are built once; each iteration only adds every group's
+    ``J^T J`` blocks into ``(B, nnz)`` values with one ``index_add`` per group.
+    """
+
+    def __init__(self, evaluator: Evaluator):
+        super().__init__(evaluator)
+        self.pattern = SparsePattern(evaluator.dof, [g.offsets for g in evaluator.groups])
+
+    def linearize(self, state: State, aux) -> SparseSystem:
         parts = self.evaluator.jacobians(state, aux)
-        if self._direct:
-            jac, r = parts[0]
-            return (jac[0].transpose(-1, -2) @ r[0][..., None])[..., 0]
-        batch = parts[0][1].shape[1]
-        _, flat_g = self._indices(parts[0][1].device)
-        g = parts[0][1].new_zeros(batch, self.evaluator.dof)
-        for (jac, r), index_g in zip(parts, flat_g):
+        error = _half_squared_norm([r for _, r in parts])
+        batch, dof = error.shape[0], self.evaluator.dof
+        self._move(error.device)
+        flat_g = self._flat_g
+        _, _, _, scatter = self.pattern.on(error.device)
+        values = error.new_zeros(batch, self.pattern.nnz)
+        g = error.new_zeros(batch, dof)
+        for (jac, r), index_A, index_g in zip(parts, scatter, flat_g):
+            jt = jac.transpose(-1, -2)
+            jtj = (jt @ jac).transpose(0, 1).reshape(batch, -1)
+            jtr = (jt @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
+            values = values.index_add(1, index_A, jtj)
+            g = g.index_add(1, index_g, jtr)
+        return SparseSystem(SparseMatrix(self.pattern, values), g, error)
+
+
+class JacobianOperator:
+    """``A = J^T J + diag(shift)`` as an operator: products through the Jacobian blocks, never
+    forming ``A`` (for matrix-free solvers such as conjugate gradient)."""
+
+    def __init__(self, linearization: "JacobianLinearization", parts, shift=None):
+        self.linearization = linearization
+        self.parts = parts
+        self.shift = shift  # (B, D) or None
+
+    @property
+    def batch(self) -> int:
+        return self.parts[0][1].shape[1]
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` for ``x (B, D)``: gather ``x`` per member, ``J^T (J x)``, scatter back."""
+        out = torch.zeros_like(x)
+        for (jac, _), columns, index in zip(self.parts, self.linearization._columns, self.linearization._flat_g):
+            local = x[:, columns].permute(1, 0, 2)  # (K, B, Dg)
+            jx = (jac @ local[..., None])  # (K, B, dim, 1)
+            jtjx = (jac.transpose(-1, -2) @ jx)[..., 0]
+            out = out.index_add(1, index, jtjx.transpose(0, 1).reshape(x.shape[0], -1))
+        if self.shift is not None:
+            out = out + self.shift * x
+        return out
+
+    def diagonal(self) -> torch.Tensor:
+        """``diag(A)``, ``(B, D)``."""
+        ref = self.parts[0][0]
+        out = ref.new_zeros(ref.shape[1], self.linearization.evaluator.dof)
+        for (jac, _), index in zip(self.parts, self.linearization._flat_g):
+            squares = (jac * jac).sum(dim=2)  # (K, B, Dg)
+            out = out.index_add(1, index, squares.transpose(0, 1).reshape(out.shape[0], -1))
+        return out + (self.shift if self.shift is not None else 0.0)
+
+    def diagonal_blocks(self):
+        """Per variable block: ``(N, B, dof, dof)`` diagonal blocks of ``A`` (block Jacobi)."""
+        evaluator = self.linearization.evaluator
+        ref = self.parts[0][0]
+        blocks = [ref.new_zeros(len(b.variables), ref.shape[1], b.dof, b.dof) for b in evaluator.blocks]
+        for (jac, _), group in zip(self.parts, evaluator.groups):
+            start = 0
+            for dof, slot_index in zip(group.dofs, group.slot_of_position):
+                slot = group.optim_slots[slot_index]
+                piece = jac[..., start:start + dof]
+                blocks[slot.block] = blocks[slot.block].index_add(
+                    0, slot.index.to(ref.device), piece.transpose(-1, -2) @ piece)
+                start += dof
+        if self.shift is not None:
+            for b, block in zip(evaluator.blocks, range(len(blocks))):
+                shift = self.shift[:, b.offset: b.offset + b.size].reshape(-1, len(b.variables), b.dof)
+                blocks[block] = blocks[block] + torch.diag_embed(shift.transpose(0, 1))
+        return blocks
+
+
+@dataclass
+class JacobianSystem:
+    """Normal equations kept as Jacobian blocks: ``A`` a :class:`JacobianOperator`, ``g``, error."""
+
+    A: JacobianOperator
+    g: torch.Tensor
+    error: torch.Tensor
+
+    def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
+               min_diagonal: float = 1e-6) -> JacobianOperator:
+        if diagonal_scaling:
+            diagonal = self.A.diagonal().clamp_min(min_diagonal)
+        else:
+            diagonal = torch.ones_like(self.g)
+        return JacobianOperator(self.A.linearization, self.A.parts, damping[:, None] * diagonal)
+
+    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
+        a_delta = self.A.matvec(delta)
+        return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
+
+
+class JacobianLinearization(Linearization):
+    """Keeps the Jacobian blocks and ``g``; ``A`` is only ever applied (matrix-free solvers)."""
+
+    def __init__(self, evaluator: Evaluator):
+        super().__init__(evaluator)
+        self._columns = [group.offsets for group in evaluator.groups]  # (K, Dg) columns per member
+
+    def _move(self, device: torch.device) -> None:
+        if device != self._device:
+            self._columns = [c.to(device) for c in self._columns]
+        super()._move(device)
+
+    def linearize(self, state: State, aux) -> JacobianSystem:
+        parts = self.evaluator.jacobians(state, aux)
+        error = _half_squared_norm([r for _, r in parts])
+        self._move(error.device)
+        batch = error.shape[0]
+        g = error.new_zeros(batch, self.evaluator.dof)
+        for (jac, r), index_g in zip(parts, self._flat_g):
             jtr = (jac.transpose(-1, -2) @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
             g = g.index_add(1, index_g, jtr)
-        return g
+        return JacobianSystem(JacobianOperator(self, parts), g, error)

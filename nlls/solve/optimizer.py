@@ -28,7 +28,12 @@ import torch
 from ..core.objective import Objective
 from .evaluate import Evaluator, State
 from .linear import LinearSolver, make_linear_solver
-from .linearization import DenseLinearization, DenseSystem
+from .linearization import (DenseLinearization, DenseSystem, JacobianLinearization, Linearization,
+                            SparseLinearization)
+
+LINEARIZATIONS = {
+    "dense": DenseLinearization, "sparse": SparseLinearization, "jacobian": JacobianLinearization,
+}
 
 
 class Status(enum.IntEnum):
@@ -134,18 +139,13 @@ class Optimizer:
         _check_number(self, "check_every", check_every, integer=True, minimum=1)
         self.objective = objective
         self.linear_solver = make_linear_solver(linear_solver)
-        if self.linear_solver.linearization != "dense":
-            raise ValueError(
-                f"{type(self).__name__}: linear solver {self.linear_solver!r} needs a "
-                f"{self.linear_solver.linearization} linearization, which is not available"
-            )
         self.max_iterations = int(max_iterations)
         self.step_size = float(step_size)
         self.abs_err_tolerance = float(abs_err_tolerance)
         self.rel_err_tolerance = float(rel_err_tolerance)
         self.check_every = int(check_every)
         self._evaluator: Optional[Evaluator] = None
-        self._linearization: Optional[DenseLinearization] = None
+        self._linearization: Optional[Linearization] = None
 
     # ---- step rule: what subclasses define ----------------------------------------------
     def _init_memory(self, error: torch.Tensor) -> dict:
@@ -171,7 +171,8 @@ class Optimizer:
             if not self.objective.optim_vars:
                 raise ValueError(f"{type(self).__name__}: the objective has no optim variables")
             self._evaluator = Evaluator(self.objective)
-            self._linearization = DenseLinearization(self._evaluator)
+            kind = LINEARIZATIONS[self.linear_solver.linearization]
+            self._linearization = kind(self._evaluator)
             self.linear_solver.setup(self._linearization)
         return self._evaluator
 

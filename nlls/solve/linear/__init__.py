@@ -6,10 +6,14 @@ from typing import Dict, Type, Union
 
 from .base import Factorization, LinearSolver
 from .dense import DenseCholesky, DenseLU
+from .cg import ConjugateGradient
+from .sparse import SparseCholesky
 
 LINEAR_SOLVERS: Dict[str, Type[LinearSolver]] = {
     DenseCholesky.name: DenseCholesky,
     DenseLU.name: DenseLU,
+    SparseCholesky.name: SparseCholesky,
+    ConjugateGradient.name: ConjugateGradient,
 }
 
 
@@ -30,5 +34,5 @@ def make_linear_solver(spec: Union[str, LinearSolver]) -> LinearSolver:
     )
 
 
-__all__ = ["Factorization", "LinearSolver", "DenseCholesky", "DenseLU", "LINEAR_SOLVERS",
+__all__ = ["Factorization", "LinearSolver", "DenseCholesky", "DenseLU", "SparseCholesky", "ConjugateGradient", "LINEAR_SOLVERS",
            "make_linear_solver"]
