@@ -10,6 +10,7 @@ from .core import (
     CostWeight,
     DiagonalCostWeight,
     Manifold,
+    MatrixCostWeight,
     NumericDiffCostFunction,
     Objective,
     Point2,
@@ -34,7 +35,7 @@ from .solve import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold", "NumericDiffCostFunction",
+    "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold", "MatrixCostWeight", "NumericDiffCostFunction",
     "Objective", "Point2", "Point3", "ScaleCostWeight", "Variable", "Vector",
     "ConjugateGradient", "DenseCholesky", "DenseLU", "GaussNewton", "LevenbergMarquardt", "LinearSolver",
     "Optimizer", "OptimizerInfo", "SparseCholesky", "Status",

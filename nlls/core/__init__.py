@@ -1,10 +1,10 @@
 """The problem: variables, cost functions, weights and the objective (no solver code here)."""
 from .cost_function import AutoDiffCostFunction, CostFunction
-from .cost_weight import CostWeight, DiagonalCostWeight, ScaleCostWeight
+from .cost_weight import CostWeight, DiagonalCostWeight, MatrixCostWeight, ScaleCostWeight
 from .manifold import Manifold, Point2, Point3, Vector
 from .numeric_diff import NumericDiffCostFunction
 from .objective import Objective
 from .variable import Variable
 
 __all__ = ["AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight",
-           "ScaleCostWeight", "Manifold", "NumericDiffCostFunction", "Point2", "Point3", "Vector", "Objective", "Variable"]
+           "ScaleCostWeight", "MatrixCostWeight", "Manifold", "NumericDiffCostFunction", "Point2", "Point3", "Vector", "Objective", "Variable"]

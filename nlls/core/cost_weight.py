@@ -129,3 +129,66 @@ class DiagonalCostWeight(CostWeight):
 
     def __repr__(self) -> str:
         return f"DiagonalCostWeight({self.diagonal!r})"
+
+
+class MatrixCostWeight(CostWeight):
+    """A full square-root information matrix: ``S r`` with ``S`` of shape ``(B, dim, dim)``.
+
+    A Gaussian measurement with information matrix ``Omega`` (inverse covariance) contributes
+    ``0.5 r^T Omega r = 0.5 ||S r||^2`` for any ``S`` with ``S^T S = Omega``;
+    :meth:`from_information` takes ``S = L^T`` from the Cholesky factor ``Omega = L L^T``.
+
+    Args:
+        matrix: ``S``, a tensor ``(dim, dim)`` (shared by the batch) or ``(B, dim, dim)``, or a
+            Variable of shape ``(B, dim, dim)``.
+        name: name of the variable created for a tensor.
+    """
+
+    def __init__(self, matrix: WeightLike, name: Optional[str] = None):
+        if isinstance(matrix, torch.Tensor) and matrix.ndim == 2:
+            matrix = matrix[None]
+        self.matrix = _as_weight_variable(matrix, "MatrixCostWeight matrix", name)
+        if self.matrix.ndim != 3 or self.matrix.shape[1] != self.matrix.shape[2]:
+            raise ValueError(
+                f"MatrixCostWeight {self.matrix.name!r}: matrix must have shape (B, dim, dim), "
+                f"got {tuple(self.matrix.shape)}"
+            )
+        super().__init__((self.matrix,))
+
+    @classmethod
+    def from_information(cls, information: torch.Tensor, name: Optional[str] = None) -> "MatrixCostWeight":
+        """The weight of an information matrix ``(dim, dim)`` or ``(B, dim, dim)``.
+
+        Raises:
+            ValueError: ``information`` is not symmetric positive definite.
+        """
+        information = torch.as_tensor(information)
+        if information.ndim == 2:
+            information = information[None]
+        factor, info = torch.linalg.cholesky_ex(0.5 * (information + information.mT))
+        if bool((info != 0).any()):
+            raise ValueError(
+                f"MatrixCostWeight {name!r}: information matrix is not positive definite "
+                f"(batch elements {torch.nonzero(info).flatten().tolist()})"
+            )
+        return cls(factor.mT.contiguous(), name=name)
+
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        return self.matrix.tensor.to(dtype=like.dtype, device=like.device)
+
+    def weight_error(self, error: torch.Tensor) -> torch.Tensor:
+        return (self._weight(error) @ error[..., None])[..., 0]
+
+    def weight_jacobians(self, jacobians, error):
+        w = self._weight(error)
+        return [w @ j for j in jacobians], (w @ error[..., None])[..., 0]
+
+    def _check(self, dim: int, owner: str) -> None:
+        if self.matrix.shape[1] != dim:
+            raise ValueError(
+                f"cost function {owner!r}: MatrixCostWeight {self.matrix.name!r} is "
+                f"{self.matrix.shape[1]}x{self.matrix.shape[2]}, the error has dimension {dim}"
+            )
+
+    def __repr__(self) -> str:
+        return f"MatrixCostWeight({self.matrix!r})"

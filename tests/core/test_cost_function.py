@@ -130,3 +130,23 @@ def test_constructor_errors_name_the_cost_function():
         nlls.AutoDiffCostFunction((ab,), exp_error, 3, name="bad", autograd_mode="sideways")
     with pytest.raises(TypeError, match="'bad'.*callable"):
         nlls.AutoDiffCostFunction((ab,), "not a function", 3, name="bad")
+
+
+def test_matrix_weight_from_information():
+    torch.manual_seed(3)
+    m = torch.randn(3, 3, dtype=torch.float64)
+    information = m @ m.T + 3 * torch.eye(3, dtype=torch.float64)
+    weight = nlls.MatrixCostWeight.from_information(information)
+    r = torch.randn(5, 3, dtype=torch.float64)
+    w_r = weight.weight_error(r)
+    torch.testing.assert_close((w_r ** 2).sum(1), torch.einsum("bi,ij,bj->b", r, information, r))
+    jac = torch.randn(5, 3, 2, dtype=torch.float64)
+    (wj,), _ = weight.weight_jacobians([jac], r)
+    torch.testing.assert_close(wj.mT @ w_r[..., None], jac.mT @ (information @ r[..., None]))
+    with pytest.raises(ValueError, match="not positive definite"):
+        nlls.MatrixCostWeight.from_information(-information)
+    p = nlls.Vector(tensor=torch.zeros(1, 2), name="p")
+    cf = nlls.AutoDiffCostFunction((p,), lambda o, a: o[0].tensor, 2, name="short",
+                                   cost_weight=nlls.MatrixCostWeight(torch.eye(3)))
+    with pytest.raises(ValueError, match="'short'.*3x3.*dimension 2"):
+        nlls.Objective().add(cf)
