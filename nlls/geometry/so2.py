@@ -1,0 +1,161 @@
+"""SO(2): rotations of the plane.
+
+A 2-D rotation by ``theta`` is stored as the unit complex number ``(cos theta, sin theta)``:
+composing rotations multiplies complex numbers, inverting conjugates, and no angle ever wraps
+inside the solver. The tangent is the angle itself (``dof = 1``), ``exp(theta) = (cos, sin)`` and
+``log = atan2(sin, cos)`` in ``(-pi, pi]``. The group is commutative, so ``Ad = 1`` and the right
+Jacobians of ``exp`` and ``log`` are 1: every Jacobian here is exact and cheap.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+
+from ..core.variable import _as_tensor
+from .lie_group import LieGroup
+
+
+def _rotation_matrix(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``[[c, -s], [s, c]]`` from ``(N,)`` cosines and sines, ``(N, 2, 2)``."""
+    return torch.stack([c, -s, s, c], dim=-1).reshape(*c.shape, 2, 2)
+
+
+def _rotate(c, s, p):
+    """``R p`` for ``(N,)`` cosines/sines and points ``(N, 2)``."""
+    x, y = p[..., 0], p[..., 1]
+    return torch.stack([c * x - s * y, s * x + c * y], dim=-1)
+
+
+def _perp(p: torch.Tensor) -> torch.Tensor:
+    """``J p = (-p_y, p_x)``, the derivative of a rotation of ``p`` by a small angle."""
+    return torch.stack([-p[..., 1], p[..., 0]], dim=-1)
+
+
+def _complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    ca, sa, cb, sb = a[..., 0], a[..., 1], b[..., 0], b[..., 1]
+    return torch.stack([ca * cb - sa * sb, sa * cb + ca * sb], dim=-1)
+
+
+def _unit(a: torch.Tensor) -> torch.Tensor:
+    return a / torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+
+
+class SO2(LieGroup):
+    """A batch of 2-D rotations, stored as ``(B, 2)`` = ``(cos theta, sin theta)``.
+
+    Args:
+        tensor: ``(B, 2)`` unit ``(cos, sin)`` pairs; the identity when neither this nor
+            ``theta`` is given.
+        name: unique name inside an objective.
+        dtype: cast the data to this dtype.
+        theta: ``(B, 1)`` angles in radians, instead of ``tensor``.
+
+    Raises:
+        ValueError: wrong shapes, or ``cos^2 + sin^2`` off 1 by more than the dtype's tolerance.
+    """
+
+    _dof = 1
+    _event_shape = (2,)
+    _point_dim = 2
+    _storage = "(cos, sin) with cos^2 + sin^2 = 1"
+
+    def __init__(
+        self,
+        tensor: Optional[torch.Tensor] = None,
+        name: Optional[str] = None,
+        dtype: Optional[torch.dtype] = None,
+        *,
+        theta: Optional[torch.Tensor] = None,
+    ):
+        if theta is not None:
+            if tensor is not None:
+                raise ValueError(f"SO2 {name!r}: give either theta or tensor, not both")
+            theta = _as_tensor(theta, f"SO2 {name!r} theta")
+            if theta.ndim != 2 or theta.shape[1] != 1:
+                raise ValueError(f"SO2 {name!r}: theta must have shape (B, 1), got {tuple(theta.shape)}")
+            if dtype is not None:
+                theta = theta.to(dtype)
+            tensor = self._exp_tensor(theta)
+        super().__init__(tensor, name=name, dtype=dtype)
+
+    def theta(self) -> torch.Tensor:
+        """The angle ``(B, 1)`` in ``(-pi, pi]``."""
+        return self._log_tensor(self.tensor)
+
+    def rotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
+        """``R p``; same as :meth:`transform_from`."""
+        return self.transform_from(point, jacobians)
+
+    def unrotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
+        """``R^T p``; same as :meth:`transform_to`."""
+        return self.transform_to(point, jacobians)
+
+    # ---- tensor-level maps --------------------------------------------------------------------
+    @classmethod
+    def _identity_tensor(cls, batch_size, dtype, device):
+        out = torch.zeros(batch_size, 2, dtype=dtype, device=device)
+        out[:, 0] = 1.0
+        return out
+
+    @classmethod
+    def _rand_tensor(cls, batch_size, generator, dtype, device):
+        theta = torch.rand(batch_size, 1, generator=generator, dtype=dtype, device=device)
+        return cls._exp_tensor(math.pi * (2.0 * theta - 1.0))
+
+    @classmethod
+    def _deviation(cls, tensor):
+        return ((tensor * tensor).sum(-1) - 1.0).abs()
+
+    @classmethod
+    def _exp_tensor(cls, tangent):
+        return torch.cat([torch.cos(tangent), torch.sin(tangent)], dim=-1)
+
+    @classmethod
+    def _log_tensor(cls, tensor):
+        return torch.atan2(tensor[..., 1:], tensor[..., :1])
+
+    @classmethod
+    def _compose_tensor(cls, a, b):
+        return _complex_mul(a, b)
+
+    @classmethod
+    def _inverse_tensor(cls, a):
+        return torch.stack([a[..., 0], -a[..., 1]], dim=-1)
+
+    @classmethod
+    def _normalize_tensor(cls, a):
+        return _unit(a)
+
+    @classmethod
+    def _adjoint_tensor(cls, a):
+        return torch.ones_like(a[..., :1, None])
+
+    @classmethod
+    def _jr_tensor(cls, tangent):
+        return torch.ones_like(tangent[..., None])
+
+    @classmethod
+    def _jr_inv_tensor(cls, tangent):
+        return torch.ones_like(tangent[..., None])
+
+    @classmethod
+    def _to_matrix_tensor(cls, tensor):
+        return _rotation_matrix(tensor[..., 0], tensor[..., 1])
+
+    @classmethod
+    def _transform_from_tensor(cls, tensor, point, with_jacobians):
+        c, s = tensor[..., 0], tensor[..., 1]
+        out = _rotate(c, s, point)
+        if not with_jacobians:
+            return out, None, None
+        return out, _perp(out)[..., None], _rotation_matrix(c, s)
+
+    @classmethod
+    def _transform_to_tensor(cls, tensor, point, with_jacobians):
+        c, s = tensor[..., 0], tensor[..., 1]
+        out = _rotate(c, -s, point)
+        if not with_jacobians:
+            return out, None, None
+        return out, -_perp(out)[..., None], _rotation_matrix(c, -s)
