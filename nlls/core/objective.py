@@ -30,6 +30,7 @@ class Objective:
         self.aux_vars: Dict[str, Variable] = {}
         # bumped whenever the structure (cost functions, variables) changes; solvers cache on it
         self._structure_version = 0
+        self._batch: Optional[int] = None  # the batch size found by the last check
 
     # ---- building ---------------------------------------------------------------------------
     def add(self, cost_function: CostFunction) -> "Objective":
@@ -69,7 +70,7 @@ class Objective:
             raise ValueError(f"cost function {name!r}: dim() must be a positive int, got {dim!r}")
         if cf.cost_weight is not None:
             cf.cost_weight._check(cf.dim(), name)
-        self._check_batch(list(new_optim.values()) + list(new_aux.values()), owner=cf)
+        self._check_batch(list(new_optim.values()) + list(new_aux.values()), owner=cf, full=False)
         self.cost_functions[name] = cf
         self.optim_vars.update(new_optim)
         self.aux_vars.update(new_aux)
@@ -97,8 +98,17 @@ class Objective:
                     f"variable here and as an {other_kind} variable elsewhere"
                 )
 
-    def _check_batch(self, extra: Iterable[Variable] = (), owner=None) -> int:
-        variables = list(self.optim_vars.values()) + list(self.aux_vars.values()) + list(extra)
+    def _check_batch(self, extra: Iterable[Variable] = (), owner=None, full: bool = True) -> int:
+        """The common batch size; with ``full=False`` only ``extra`` is checked against the size
+        known from earlier checks (``add`` stays linear in the number of cost functions)."""
+        if full or self._batch is None:
+            variables = list(self.optim_vars.values()) + list(self.aux_vars.values()) + list(extra)
+        else:
+            variables = [v for v in extra if v.batch_size != 1]
+            if not variables or all(v.batch_size == self._batch for v in variables):
+                return self._batch
+            variables += [v for v in list(self.optim_vars.values()) + list(self.aux_vars.values())
+                          if v.batch_size != 1]
         sizes = {v.batch_size for v in variables} - {1}
         if len(sizes) > 1:
             by_size: Dict[int, str] = {}
@@ -107,7 +117,8 @@ class Objective:
             detail = ", ".join(f"{name!r} has batch {size}" for size, name in by_size.items())
             where = f"cost function {owner.name!r}: " if owner is not None else ""
             raise ValueError(f"{where}batch sizes do not broadcast: {detail}")
-        return sizes.pop() if sizes else 1
+        self._batch = sizes.pop() if sizes else 1
+        return self._batch
 
     def update(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Set variables (optim or aux) by name; their per-element shapes are checked.

@@ -36,6 +36,11 @@ chosen with ``torch.where`` (whose unused branch is fed a safe angle, so neither
 gradients see a NaN). The logarithm of a 3-D rotation near ``pi`` has its own branch. No Python
 branch depends on data, so every map works under ``torch.func`` (``vmap``, ``jvp``, ``vjp``), as
 :class:`~nlls.core.cost_function.AutoDiffCostFunction` requires.
+
+Data handed over by the user (constructors, ``update``) is checked once: a rotation whose
+``|R^T R - I|``, ``|det R - 1|`` or ``|cos^2 + sin^2 - 1|`` exceeds 1e-5 (float64) or 1e-4
+(float32) is refused with a ``ValueError`` naming the variable and the batch element. Results of
+group operations are built without checks, and ``retract`` projects back onto the group.
 """
 from __future__ import annotations
 
@@ -55,8 +60,17 @@ def _tolerance(dtype: torch.dtype) -> float:
     return _TOLERANCE.get(dtype, _TOLERANCE_OTHER)
 
 
+# Taylor series (coefficients of t^0, t^2, t^4, t^6) of the functions of the rotation angle ``t``
+# that both the 2-D and the 3-D groups use
+_A = (1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0)  # sin t / t
+_B = (0.5, -1.0 / 24.0, 1.0 / 720.0, -1.0 / 40320.0)  # (1 - cos t) / t^2
+_C = (1.0 / 6.0, -1.0 / 120.0, 1.0 / 5040.0, -1.0 / 362880.0)  # (t - sin t) / t^3
+
+
 def _small(theta2: torch.Tensor, float64: float = 1e-3, other: float = 0.25) -> torch.Tensor:
-    """Where the squared angle is small enough for the Taylor branch (per dtype)."""
+    """Where the squared angle takes the Taylor branch: below ``float64`` in double precision,
+    ``other`` in single and half. The series keep four terms, exact to rounding there, and the
+    closed forms lose little to cancellation above."""
     return theta2 < (float64 if theta2.dtype == torch.float64 else other)
 
 

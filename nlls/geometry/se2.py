@@ -27,12 +27,9 @@ from typing import Optional
 import torch
 
 from ..core.variable import _as_tensor
-from .lie_group import LieGroup, _horner, _small
+from .lie_group import _A, _B, _C, LieGroup, _horner, _small
 from .so2 import SO2, _complex_mul, _perp, _rotate, _rotation_matrix, _unit
 
-_A = (1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0)  # sin(w)/w
-_B = (0.5, -1.0 / 24.0, 1.0 / 720.0, -1.0 / 40320.0)  # (1 - cos w)/w^2
-_C = (1.0 / 6.0, -1.0 / 120.0, 1.0 / 5040.0, -1.0 / 362880.0)  # (w - sin w)/w^3
 _HALF_COT = (1.0, -1.0 / 12.0, -1.0 / 720.0, -1.0 / 30240.0)  # (w/2) cot(w/2)
 
 
@@ -46,6 +43,14 @@ def _terms(w: torch.Tensor):
     b = torch.where(small, _horner(w2, _B), 2.0 * half_sin * half_sin / (ws * ws))
     c = torch.where(small, _horner(w2, _C), (ws - torch.sin(ws)) / (ws * ws * ws))
     return a, w * b, w * c, b
+
+
+def _half_cot(w: torch.Tensor) -> torch.Tensor:
+    """``(w/2) cot(w/2)`` of ``(N,)`` angles in ``(-pi, pi]``, safe at 0."""
+    w2 = w * w
+    small = _small(w2)
+    half = 0.5 * torch.where(small, torch.ones_like(w), w)
+    return torch.where(small, _horner(w2, _HALF_COT), half * torch.cos(half) / torch.sin(half))
 
 
 def _matrix(rows):
@@ -137,10 +142,7 @@ class SE2(LieGroup):
     def _log_tensor(cls, tensor):
         x, y = tensor[..., 0], tensor[..., 1]
         w = torch.atan2(tensor[..., 3], tensor[..., 2])
-        w2 = w * w
-        small = _small(w2)
-        half = 0.5 * torch.where(small, torch.ones_like(w), w)
-        alpha = torch.where(small, _horner(w2, _HALF_COT), half * torch.cos(half) / torch.sin(half))
+        alpha = _half_cot(w)
         return torch.stack([alpha * x + 0.5 * w * y, alpha * y - 0.5 * w * x, w], dim=-1)
 
     @classmethod
@@ -180,10 +182,7 @@ class SE2(LieGroup):
     def _jr_inv_tensor(cls, tangent):
         vx, vy, w = tangent.unbind(-1)
         _, wb, wc, b = _terms(w)
-        w2 = w * w
-        small = _small(w2)
-        half = 0.5 * torch.where(small, torch.ones_like(w), w)
-        alpha = torch.where(small, _horner(w2, _HALF_COT), half * torch.cos(half) / torch.sin(half))
+        alpha = _half_cot(w)
         m1, m2 = vx * wc - vy * b, vx * b + vy * wc
         hw = 0.5 * w
         zero, one = torch.zeros_like(w), torch.ones_like(w)

@@ -86,8 +86,10 @@ class SE3(LieGroup):
                                 ("x_y_z_quaternion", x_y_z_quaternion)) if v is not None]
         if len(given) > 1:
             raise ValueError(f"SE3 {name!r}: give one of tensor, matrix, x_y_z_quaternion; got {given}")
-        if matrix is None and tensor is not None and tuple(tensor.shape[1:]) == (4, 4):
-            matrix = tensor
+        if tensor is not None:
+            tensor = _as_tensor(tensor, f"SE3 {name!r}")
+            if tuple(tensor.shape[1:]) == (4, 4):
+                matrix, tensor = tensor, None
         if matrix is not None:
             tensor = _top_rows(_as_tensor(matrix, f"SE3 {name!r} matrix"), name)
         if x_y_z_quaternion is not None:

@@ -21,8 +21,8 @@ with ``A = sin t / t``, ``B = (1 - cos t)/t^2``, ``C = (t - sin t)/t^3`` and
 ``w = (t / sin t) vee(R - R^T)/2`` with ``t = atan2(sin t, cos t)``. Near ``pi`` the skew part
 vanishes and carries no direction; there the axis comes from the symmetric part,
 ``(R + R^T)/2 - cos t I = (1 - cos t) axis axis^T``: its column with the largest diagonal entry,
-normalized, with the sign that agrees with the skew part. Both branches are computed for every
-element and one is selected with ``torch.where``.
+normalized, gives ``+-axis``, and ``w = atan2(axis . skew, cos t) * axis`` is the same for either
+sign. Both branches are computed for every element and one is selected with ``torch.where``.
 """
 from __future__ import annotations
 
@@ -31,11 +31,8 @@ from typing import List, Optional
 import torch
 
 from ..core.variable import _as_tensor
-from .lie_group import LieGroup, _eye, _horner, _safe_sqrt, _small, _tolerance
+from .lie_group import _A, _B, _C, LieGroup, _eye, _horner, _safe_sqrt, _small, _tolerance
 
-_A = (1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0)  # sin t / t
-_B = (0.5, -1.0 / 24.0, 1.0 / 720.0, -1.0 / 40320.0)  # (1 - cos t) / t^2
-_C = (1.0 / 6.0, -1.0 / 120.0, 1.0 / 5040.0, -1.0 / 362880.0)  # (t - sin t) / t^3
 _D = (1.0 / 12.0, 1.0 / 720.0, 1.0 / 30240.0, 1.0 / 1209600.0)  # 1/t^2 - (1 + cos t)/(2 t sin t)
 _E = (1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0)  # (t^2 + 2 cos t - 2)/(2 t^4)
 _F = (1.0 / 120.0, -1.0 / 2520.0, 1.0 / 120960.0, -1.0 / 9979200.0)  # (2t - 3 sin t + t cos t)/(2 t^5)
@@ -126,8 +123,8 @@ def log_matrix(R: torch.Tensor) -> torch.Tensor:
     safe = torch.cat([torch.ones_like(column[..., :1]), torch.zeros_like(column[..., 1:])], dim=-1)
     column = torch.where(near_pi[..., None], column, safe)
     axis = column / torch.linalg.vector_norm(column, dim=-1, keepdim=True)
-    agree = (axis * skew).sum(-1)
-    axis = torch.where((agree < 0)[..., None], -axis, axis)
+    # the column fixes the axis up to its sign; the signed angle atan2(axis . skew, cos) flips
+    # with it, so theta * axis is the same either way
     theta = torch.atan2((axis * skew).sum(-1), cos)
     return torch.where(near_pi[..., None], theta[..., None] * axis, regular)
 

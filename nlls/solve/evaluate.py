@@ -152,7 +152,7 @@ def signature(cf: CostFunction) -> tuple:
     attrs = tuple(
         (k, _attr_signature(v, positions)) for k, v in vars(cf).items() if k not in _BASE_ATTRS
     )
-    return (type(cf), len(cf.optim_vars), var_sig, weight_sig, attrs)
+    return (type(cf), cf._signature(), len(cf.optim_vars), var_sig, weight_sig, attrs)
 
 
 class Evaluator:

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .evaluate import Evaluator, State, _half_squared_norm
+from .evaluate import Evaluator, State
 
 
 @dataclass
 class DenseSystem:
-    """The normal equations of a batch: ``A (B, D, D)``, ``g (B, D)``, the error ``(B,)``."""
+    """The normal equations of a batch: ``A (B, D, D)``, ``g (B, D)``."""
 
     A: torch.Tensor
     g: torch.Tensor
-    error: torch.Tensor
 
     def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
                min_diagonal: float = 1e-6) -> torch.Tensor:
@@ -94,22 +93,22 @@ class DenseLinearization(Linearization):
     def linearize(self, state: State, aux) -> DenseSystem:
         """``A``, ``g`` and the error at ``state`` (see :mod:`nlls.solve.evaluate`)."""
         parts = self.evaluator.jacobians(state, aux)
-        error = _half_squared_norm([r for _, r in parts])
         if self._direct:
             jac, r = parts[0]
             jt = jac[0].transpose(-1, -2)
-            return DenseSystem(jt @ jac[0], (jt @ r[0][..., None])[..., 0], error)
-        batch, dof = error.shape[0], self.evaluator.dof
-        self._move(error.device)
-        A = error.new_zeros(batch, dof * dof)
-        g = error.new_zeros(batch, dof)
+            return DenseSystem(jt @ jac[0], (jt @ r[0][..., None])[..., 0])
+        ref = parts[0][1]
+        batch, dof = ref.shape[1], self.evaluator.dof
+        self._move(ref.device)
+        A = ref.new_zeros(batch, dof * dof)
+        g = ref.new_zeros(batch, dof)
         for (jac, r), index_A, index_g in zip(parts, self._flat_A, self._flat_g):
             jt = jac.transpose(-1, -2)
             jtj = (jt @ jac).transpose(0, 1).reshape(batch, -1)  # (B, K * Dg * Dg)
             jtr = (jt @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
             A = A.index_add(1, index_A, jtj)
             g = g.index_add(1, index_g, jtr)
-        return DenseSystem(A.reshape(batch, dof, dof), g, error)
+        return DenseSystem(A.reshape(batch, dof, dof), g)
 
 
 class SparsePattern:
@@ -180,11 +179,10 @@ class SparseMatrix:
 
 @dataclass
 class SparseSystem:
-    """Sparse normal equations: ``A`` a :class:`SparseMatrix`, ``g (B, D)``, the error ``(B,)``."""
+    """Sparse normal equations: ``A`` a :class:`SparseMatrix`, ``g (B, D)``."""
 
     A: SparseMatrix
     g: torch.Tensor
-    error: torch.Tensor
 
     def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
                min_diagonal: float = 1e-6) -> SparseMatrix:
@@ -213,20 +211,20 @@ class SparseLinearization(Linearization):
 
     def linearize(self, state: State, aux) -> SparseSystem:
         parts = self.evaluator.jacobians(state, aux)
-        error = _half_squared_norm([r for _, r in parts])
-        batch, dof = error.shape[0], self.evaluator.dof
-        self._move(error.device)
+        ref = parts[0][1]
+        batch, dof = ref.shape[1], self.evaluator.dof
+        self._move(ref.device)
         flat_g = self._flat_g
-        _, _, _, scatter = self.pattern.on(error.device)
-        values = error.new_zeros(batch, self.pattern.nnz)
-        g = error.new_zeros(batch, dof)
+        _, _, _, scatter = self.pattern.on(ref.device)
+        values = ref.new_zeros(batch, self.pattern.nnz)
+        g = ref.new_zeros(batch, dof)
         for (jac, r), index_A, index_g in zip(parts, scatter, flat_g):
             jt = jac.transpose(-1, -2)
             jtj = (jt @ jac).transpose(0, 1).reshape(batch, -1)
             jtr = (jt @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
             values = values.index_add(1, index_A, jtj)
             g = g.index_add(1, index_g, jtr)
-        return SparseSystem(SparseMatrix(self.pattern, values), g, error)
+        return SparseSystem(SparseMatrix(self.pattern, values), g)
 
 
 class JacobianOperator:
@@ -285,11 +283,10 @@ class JacobianOperator:
 
 @dataclass
 class JacobianSystem:
-    """Normal equations kept as Jacobian blocks: ``A`` a :class:`JacobianOperator`, ``g``, error."""
+    """Normal equations kept as Jacobian blocks: ``A`` a :class:`JacobianOperator`, ``g``."""
 
     A: JacobianOperator
     g: torch.Tensor
-    error: torch.Tensor
 
     def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
                min_diagonal: float = 1e-6) -> JacobianOperator:
@@ -318,11 +315,11 @@ class JacobianLinearization(Linearization):
 
     def linearize(self, state: State, aux) -> JacobianSystem:
         parts = self.evaluator.jacobians(state, aux)
-        error = _half_squared_norm([r for _, r in parts])
-        self._move(error.device)
-        batch = error.shape[0]
-        g = error.new_zeros(batch, self.evaluator.dof)
+        ref = parts[0][1]
+        self._move(ref.device)
+        batch = ref.shape[1]
+        g = ref.new_zeros(batch, self.evaluator.dof)
         for (jac, r), index_g in zip(parts, self._flat_g):
             jtr = (jac.transpose(-1, -2) @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
             g = g.index_add(1, index_g, jtr)
-        return JacobianSystem(JacobianOperator(self, parts), g, error)
+        return JacobianSystem(JacobianOperator(self, parts), g)

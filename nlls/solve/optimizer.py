@@ -7,8 +7,9 @@ Every nonlinear least-squares method here repeats the same iteration, per batch 
     try:        x' = x (+) step_size * delta, evaluate the error at x'
     accept:     the step rule says whether x' replaces x (and adapts its own state)
     converge:   an accepted step with error <= abs_err_tolerance, or a relative change
-                |e - e'| <= rel_err_tolerance * e (of an accepted or rejected step), ends
-                that element's run
+                |e - e'| <= rel_err_tolerance * e (of an accepted or rejected step), or an
+                increase of an error already eps times its start (rounding noise), ends that
+                element's run
 
 This module owns all of it but the step rule: iteration, per-element freezing (an element that
 converged or failed keeps its values while the rest of the batch goes on), best-solution tracking,
@@ -114,9 +115,9 @@ class Optimizer:
         max_iterations: iterations at most.
         step_size: the step taken is ``step_size * delta``.
         abs_err_tolerance: an element whose error falls to this value has converged.
-        rel_err_tolerance: an element whose accepted step changes the error by at most this
-            fraction has converged (at least 100 machine epsilons of the dtype: smaller changes
-            are rounding noise).
+        rel_err_tolerance: an element whose step changes the error by at most this fraction has
+            converged (raised to 100 machine epsilons of the dtype, as smaller changes are
+            rounding noise; exactly 0 switches the test off, for fixed iteration counts).
         check_every: iterations between the reads of "has every element stopped?" (a host sync).
     """
 
@@ -222,15 +223,20 @@ class Optimizer:
         accept = accept & active
         failed = failed & active & ~accept
         stalled = stalled & active & ~accept & ~failed
-        change = (loop.error - new_error).abs()
-        # a relative change below the dtype's resolution is rounding noise: never ask for less
-        rel_tolerance = max(self.rel_err_tolerance, 100 * torch.finfo(new_error.dtype).eps)
-        # as in Ceres, a rejected step that changes the error by less than the relative
-        # tolerance also ends the run: the model has nothing left to gain
-        evaluated = active & solved & torch.isfinite(new_error) & ~failed
-        converged = (accept & (new_error <= self.abs_err_tolerance)) | (
-            evaluated & (change <= rel_tolerance * loop.error)
-        )
+        converged = accept & (new_error <= self.abs_err_tolerance)
+        if self.rel_err_tolerance > 0:  # exactly 0 switches the relative tests off (fixed counts)
+            # a relative change below the dtype's resolution is rounding noise: never ask for less
+            eps = torch.finfo(new_error.dtype).eps
+            rel_tolerance = max(self.rel_err_tolerance, 100 * eps)
+            change = (loop.error - new_error).abs()
+            # as in Ceres, a rejected step that changes the error by less than the relative
+            # tolerance also ends the run: the model has nothing left to gain
+            evaluated = active & solved & torch.isfinite(new_error) & ~failed
+            converged = converged | (evaluated & (change <= rel_tolerance * loop.error))
+            # once the error is eps times its start, a step that raises it is rounding noise
+            # (a zero-residual solve at its floor): relative changes mean nothing from there on
+            at_floor = (new_error > loop.error) & (new_error <= eps * loop.initial_error)
+            converged = converged | (accept & at_floor)
         loop.state = _where(accept, candidate, loop.state)
         loop.error = torch.where(accept, new_error, loop.error)
         loop.iterations = loop.iterations + active.long()

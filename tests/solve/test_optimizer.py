@@ -9,7 +9,7 @@ from tests.conftest import devices
 from tests.problems import (QuadFit, autodiff_objective, exp_data, exp_error, quad_data,
                             quad_error, rosenbrock_error)
 
-TIGHT = dict(abs_err_tolerance=0.0, rel_err_tolerance=0.0)
+TIGHT = dict(abs_err_tolerance=0.0, rel_err_tolerance=1e-15)
 OPTIMIZERS = [nlls.GaussNewton, nlls.LevenbergMarquardt]
 SOLVERS = ["dense_cholesky", "dense_lu"]
 

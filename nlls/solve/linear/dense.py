@@ -21,15 +21,16 @@ def _eye_like(matrix: torch.Tensor) -> torch.Tensor:
 
 class _CholeskyFactorization(Factorization):
     def __init__(self, matrix: torch.Tensor):
-        with torch.no_grad():
-            _, info = torch.linalg.cholesky_ex(matrix.detach())
-        self.ok = info == 0
         if matrix.requires_grad:
+            with torch.no_grad():
+                _, info = torch.linalg.cholesky_ex(matrix.detach())
+            self.ok = info == 0
             # factor a safe matrix so failed elements put no NaN into the graph
             safe = torch.where(self.ok[:, None, None], matrix, _eye_like(matrix))
-            self.factor = torch.linalg.cholesky(safe)
+            self.factor = torch.linalg.cholesky_ex(safe)[0]
         else:
-            factor, _ = torch.linalg.cholesky_ex(matrix)
+            factor, info = torch.linalg.cholesky_ex(matrix)
+            self.ok = info == 0
             self.factor = torch.where(self.ok[:, None, None], factor, _eye_like(matrix))
 
     def solve(self, rhs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,278 @@
+"""Bundle adjustment in BAL format ("Bundle Adjustment in the Large", Agarwal et al. 2010).
+
+A file holds, separated by whitespace::
+
+    num_cameras num_points num_observations
+    camera point u v                         (num_observations lines)
+    w1 w2 w3 t1 t2 t3 f k1 k2                (9 numbers per camera, usually one per line)
+    X Y Z                                    (3 numbers per point)
+
+A camera maps a world point ``X`` to the image by
+
+    P = R(w) X + t,     p = -P[:2] / P[2],     prediction = f (1 + k1 |p|^2 + k2 |p|^4) p,
+
+with ``R(w)`` the rotation by the Rodrigues vector ``w`` (axis times angle); the residual is
+``prediction - (u, v)`` in pixels (sigma 1). Each camera is one 9-dof
+:class:`~nlls.Vector` ``c{i}`` (so ``w`` is moved additively, as in Ceres' BAL example), each point
+a :class:`~nlls.Point3` ``p{j}``, each observation one :class:`BALReprojection` ``obs{k}``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..core.cost_function import CostFunction
+from ..core.manifold import Point3, Vector, _broadcast_batch
+from ..core.objective import Objective
+from ..core.variable import Variable
+from ._text import PathLike, Records, Source, assemble, no_gc_pauses
+
+# Taylor coefficients in theta^2, used below a small angle (and closed forms above it)
+_SIN = (1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0)  # sin(t)/t
+_COS = (0.5, -1.0 / 24.0, 1.0 / 720.0, -1.0 / 40320.0)  # (1 - cos t)/t^2
+_SUB = (1.0 / 6.0, -1.0 / 120.0, 1.0 / 5040.0, -1.0 / 362880.0)  # (t - sin t)/t^3
+
+
+def _series(x: torch.Tensor, coefficients) -> torch.Tensor:
+    out = torch.full_like(x, coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        out = out * x + c
+    return out
+
+
+def _hat(w: torch.Tensor) -> torch.Tensor:
+    """``[w]_x`` ``(N, 3, 3)`` of ``(N, 3)``."""
+    zero = torch.zeros_like(w[:, 0])
+    x, y, z = w.unbind(1)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=1).reshape(-1, 3, 3)
+
+
+def rodrigues(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The rotation of a Rodrigues vector and the left Jacobian of that map.
+
+    ``R = I + A W + B W^2`` and ``Jl = I + B W + C W^2`` with ``W = [w]_x``, ``t = |w|``,
+    ``A = sin(t)/t``, ``B = (1 - cos t)/t^2``, ``C = (t - sin t)/t^3``; ``R(w + d) ~
+    exp(Jl d) R(w)``. Below a small angle ``A, B, C`` are Taylor series (chosen per element with
+    ``torch.where``, the unused branch fed a safe angle), so values and derivatives stay finite
+    at ``w = 0``.
+
+    Args:
+        w: ``(N, 3)``.
+
+    Returns:
+        ``R`` and ``Jl``, both ``(N, 3, 3)``.
+    """
+    t2 = (w * w).sum(dim=1)
+    small = t2 < (1e-3 if w.dtype == torch.float64 else 0.25)
+    t = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
+    sin, cos = torch.sin(t), torch.cos(t)
+    a = torch.where(small, _series(t2, _SIN), sin / t)
+    b = torch.where(small, _series(t2, _COS), (1.0 - cos) / (t * t))
+    c = torch.where(small, _series(t2, _SUB), (t - sin) / (t * t * t))
+    hat = _hat(w)
+    hat2 = hat @ hat
+    eye = torch.eye(3, dtype=w.dtype, device=w.device)
+    rotation = eye + a[:, None, None] * hat + b[:, None, None] * hat2
+    left_jacobian = eye + b[:, None, None] * hat + c[:, None, None] * hat2
+    return rotation, left_jacobian
+
+
+class BALReprojection(CostFunction):
+    """The reprojection residual of one BAL observation, ``(B, 2)`` pixels.
+
+    Jacobians (with ``J_P`` the derivative of the prediction by ``P = R X + t``):
+
+    * camera ``(w, t, f, k1, k2)``: ``-J_P [R X]_x Jl(w)``, ``J_P``, ``d p``, ``f |p|^2 p``,
+      ``f |p|^4 p`` (``d = 1 + k1 |p|^2 + k2 |p|^4``);
+    * point: ``J_P R``;
+
+    where ``J_P = f (d I + 2 (k1 + 2 k2 |p|^2) p p^T) (-1/P_z) [I | p]``.
+
+    Args:
+        camera: a 9-dof :class:`~nlls.Vector` ``(B, 9)``: ``w (3), t (3), f, k1, k2``.
+        point: a :class:`~nlls.Point3` ``(B, 3)``.
+        measurement: a :class:`~nlls.Variable` ``(B, 2)``: the observed ``(u, v)``.
+        name: unique name inside an objective.
+
+    Raises:
+        TypeError, ValueError: a variable of the wrong kind or shape; the message names it.
+    """
+
+    def __init__(self, camera: Vector, point: Vector, measurement: Variable,
+                 name: Optional[str] = None):
+        super().__init__(optim_vars=(camera, point), aux_vars=(measurement,), name=name)
+        for var, dof, role in ((camera, 9, "camera"), (point, 3, "point")):
+            if not isinstance(var, Vector) or var.event_shape != (dof,):
+                raise TypeError(f"BALReprojection {self.name!r}: {role} must be a Vector of shape "
+                                f"(B, {dof}), got {var!r}")
+        if measurement.event_shape != (2,):
+            raise ValueError(f"BALReprojection {self.name!r}: measurement {measurement.name!r} "
+                             f"must have shape (B, 2), got {tuple(measurement.shape)}")
+        self.camera = camera
+        self.point = point
+        self.measurement = measurement
+
+    def dim(self) -> int:
+        return 2
+
+    def _project(self):
+        camera, point = _broadcast_batch(self.camera.tensor, self.point.tensor, self.name)
+        uv, camera = _broadcast_batch(self.measurement.tensor, camera, self.name)
+        uv, point = _broadcast_batch(uv, point, self.name)
+        rotation, left_jacobian = rodrigues(camera[:, :3])
+        rotated = (rotation @ point[:, :, None])[:, :, 0]
+        in_camera = rotated + camera[:, 3:6]
+        p = -in_camera[:, :2] / in_camera[:, 2:]
+        r2 = (p * p).sum(dim=1, keepdim=True)
+        f, k1, k2 = camera[:, 6:7], camera[:, 7:8], camera[:, 8:9]
+        distortion = 1.0 + r2 * (k1 + k2 * r2)
+        error = f * distortion * p - uv
+        return error, (camera, rotation, left_jacobian, rotated, in_camera, p, r2, distortion)
+
+    def error(self) -> torch.Tensor:
+        return self._project()[0]
+
+    def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        error, parts = self._project()
+        camera, rotation, left_jacobian, rotated, in_camera, p, r2, distortion = parts
+        f, k1, k2 = camera[:, 6:7], camera[:, 7:8], camera[:, 8:9]
+        eye2 = torch.eye(2, dtype=p.dtype, device=p.device)
+        d_prediction_d_p = f[:, :, None] * (distortion[:, :, None] * eye2 + 2.0 * (
+            k1 + 2.0 * k2 * r2)[:, :, None] * p[:, :, None] * p[:, None, :])
+        d_p_d_camera_point = torch.cat([eye2.expand(p.shape[0], 2, 2), p[:, :, None]], dim=2)
+        d_p_d_camera_point = d_p_d_camera_point * (-1.0 / in_camera[:, 2:, None])
+        j_point_in_camera = d_prediction_d_p @ d_p_d_camera_point  # (N, 2, 3)
+        j_rotation = -j_point_in_camera @ _hat(rotated) @ left_jacobian
+        j_camera = torch.cat([
+            j_rotation, j_point_in_camera, (distortion * p)[:, :, None],
+            (f * r2 * p)[:, :, None], (f * r2 * r2 * p)[:, :, None],
+        ], dim=2)
+        return [j_camera, j_point_in_camera @ rotation], error
+
+
+class BALProblem:
+    """A bundle adjustment problem; made by :func:`~nlls.io.read_bal`.
+
+    Attributes:
+        cameras: ``(C, 9)`` float64: ``w (Rodrigues), t, f, k1, k2`` per camera.
+        points: ``(P, 3)`` float64.
+        observations: ``(O, 2)`` int64 ``(camera, point)`` indices.
+        measurements: ``(O, 2)`` float64 observed ``(u, v)``.
+        path: the file read.
+    """
+
+    def __init__(self, cameras: torch.Tensor, points: torch.Tensor, observations: np.ndarray,
+                 measurements: torch.Tensor, path: Optional[PathLike] = None):
+        self.cameras = cameras
+        self.points = points
+        self.observations = observations
+        self.measurements = measurements
+        self.path = None if path is None else Path(path)
+
+    def objective(self, dtype: torch.dtype = torch.float64,
+                  device: Optional[torch.device] = None) -> Objective:
+        """The objective: ``c{i}`` cameras, ``p{j}`` points, one ``obs{k}`` residual each
+        observation (its ``(u, v)`` in aux variable ``uv{k}``); unobserved ones are left out.
+
+        Args:
+            dtype, device: of every tensor.
+        """
+        cameras = self.cameras.to(dtype=dtype, device=device, copy=True)
+        points = self.points.to(dtype=dtype, device=device, copy=True)
+        uv = self.measurements.to(dtype=dtype, device=device, copy=True)
+        with no_gc_pauses():
+            camera_vars = [Vector(9, cameras[i:i + 1], name=f"c{i}")
+                           for i in range(cameras.shape[0])]
+            point_vars = [Point3(tensor=points[j:j + 1], name=f"p{j}")
+                          for j in range(points.shape[0])]
+            cost_functions = [
+                BALReprojection(camera_vars[i], point_vars[j],
+                                Variable(uv[k:k + 1], name=f"uv{k}"), name=f"obs{k}")
+                for k, (i, j) in enumerate(self.observations.tolist())
+            ]
+            return assemble(cost_functions, dtype)
+
+    def __repr__(self) -> str:
+        source = f", path={str(self.path)!r}" if self.path is not None else ""
+        return (f"BALProblem(cameras={self.cameras.shape[0]}, points={self.points.shape[0]}, "
+                f"observations={self.observations.shape[0]}{source})")
+
+
+def read_bal(path: PathLike) -> BALProblem:
+    """Read a bundle adjustment problem in BAL format.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The :class:`BALProblem`; ``.objective()`` builds the problem.
+
+    Raises:
+        FormatError: (a ``ValueError``) naming file and line: a bad header, an observation line
+            with the wrong number of fields or an out-of-range index, a non-number, too few or
+            too many parameters, an empty file; ``MissingFileError`` for a missing file.
+    """
+    return _read(Source(path))
+
+
+def _read(source: Source) -> BALProblem:
+    source.require_records("a BAL header 'num_cameras num_points num_observations'")
+    header_line, header = source.lines[0]
+    try:
+        counts = [int(word) for word in header]
+    except ValueError:
+        counts = []
+    if len(counts) != 3 or min(counts) < 1:
+        raise source.error(header_line, "BAL header must be three positive integers "
+                           f"'num_cameras num_points num_observations', got {' '.join(header)!r}")
+    num_cameras, num_points, num_observations = counts
+    lines = source.lines[1:]
+    if len(lines) < num_observations:
+        raise source.error(source.num_lines, f"the header announces {num_observations} "
+                           f"observations, the file has {len(lines)} lines after it")
+    observations = Records(source, "observation", [n for n, _ in lines[:num_observations]],
+                           [words for _, words in lines[:num_observations]])
+    cams_pts, uv = observations.table(("camera", "point", "u", "v"), ints=2)
+    for column, count, what in ((0, num_cameras, "camera"), (1, num_points, "point")):
+        bad = (cams_pts[:, column] < 0) | (cams_pts[:, column] >= count)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise source.error(int(observations.lines[k]), f"observation of {what} "
+                               f"{cams_pts[k, column]}, but the header declares num_{what}s = "
+                               f"{count} (indices 0 to {count - 1})")
+    parameters = _parameters(source, lines[num_observations:], 9 * num_cameras + 3 * num_points)
+    return BALProblem(torch.from_numpy(parameters[:9 * num_cameras].reshape(num_cameras, 9)),
+                      torch.from_numpy(parameters[9 * num_cameras:].reshape(num_points, 3)),
+                      cams_pts, torch.from_numpy(uv), path=source.path)
+
+
+def _parameters(source: Source, lines, expected: int) -> np.ndarray:
+    """The camera and point numbers (any layout), exactly ``expected`` of them."""
+    words = [word for _, row in lines for word in row]
+    if len(words) != expected:
+        counts = np.cumsum([len(row) for _, row in lines]) if lines else np.zeros(0, int)
+        if len(words) < expected:
+            raise source.error(source.num_lines, f"the header announces {expected} camera and "
+                               f"point parameters (9 per camera, 3 per point), the file has "
+                               f"{len(words)}")
+        extra = lines[int(np.searchsorted(counts, expected, side="right"))][0]
+        raise source.error(extra, f"more numbers than the {expected} camera and point parameters "
+                           "the header announces")
+    try:
+        values = np.array(words, dtype=np.float64)
+    except ValueError:
+        values = None
+    if values is None or not np.isfinite(values).all():
+        for number, row in lines:
+            for word in row:
+                try:
+                    ok = np.isfinite(float(word))
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise source.error(number, f"camera/point parameter {word!r} is not a finite "
+                                       "number")
+    return values

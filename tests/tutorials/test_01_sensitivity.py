@@ -1,0 +1,68 @@
+"""Tutorial 1 runs small; its sensitivities agree with the closed form and finite differences."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "01_sensitivity.py"
+
+
+@pytest.fixture(scope="module")
+def tutorial():
+    spec = importlib.util.spec_from_file_location("tutorial_01_sensitivity", TUTORIAL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def result(tutorial, tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batched solves: threads only spin on a shared machine
+    try:
+        yield tutorial.main(num_points=8, output_dir=tmp_path_factory.mktemp("tutorial_01"),
+                            verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_every_mode_matches_the_closed_form(result):
+    assert set(result["closed_form_error"]) == {"unroll", "truncated", "implicit"}
+    for mode, error in result["closed_form_error"].items():
+        assert error < 1e-10, mode
+
+
+def test_sensitivities_are_those_of_the_least_squares_slope(result):
+    dm_dx, dm_dy = result["dm_dx"], result["dm_dy"]
+    assert dm_dx.shape == dm_dy.shape == (8,)
+    # moving every y_i by the same amount shifts the line, not its slope; likewise for x_i
+    assert abs(float(dm_dy.sum())) < 1e-12 and abs(float(dm_dx.sum())) < 1e-12
+    assert float(dm_dy.abs().min()) > 0  # every point matters
+
+
+def test_acceptance_data(tutorial, tmp_path, capsys):
+    out = tutorial.main(x=[0, 1, 2, 3], y=[-1, 0.2, 0.7, 2.5], output_dir=tmp_path, verbose=True)
+    assert abs(out["slope"] - 1.1) < 1e-10 and abs(out["intercept"] + 1.05) < 1e-10
+    expected_dx = torch.tensor([0.34, 0.14, -0.2, -0.28], dtype=torch.float64)
+    expected_dy = torch.tensor([-0.3, -0.1, 0.1, 0.3], dtype=torch.float64)
+    torch.testing.assert_close(out["dm_dx"], expected_dx, atol=1e-10, rtol=0)
+    torch.testing.assert_close(out["dm_dy"], expected_dy, atol=1e-10, rtol=0)
+    printed = capsys.readouterr().out
+    assert "line fit: m = 1.100000, c = -1.050000" in printed
+    assert "largest difference to the closed form" in printed
+
+
+def test_exact_hessian_matches_finite_differences_gauss_newton_does_not(result):
+    assert result["exact_error"] < 1e-6
+    assert result["gauss_newton_error"] > 1e-4  # measured ~1e-2
+    decay = result["decay"]
+    assert decay["exact"].shape == decay["finite_differences"].shape == (1, 16)
+    assert abs(float(decay["abc"][0, 1]) - 0.9) < 0.3  # the decay rate found is near the truth
+
+
+def test_plots_are_pngs(result):
+    names = [Path(p).name for p in result["plots"]]
+    assert names == ["01_sensitivity_line.png", "01_sensitivity_decay.png"]
+    for plot in result["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
