@@ -188,6 +188,8 @@ class Evaluator:
         for group in self.groups:
             self._index_group(group)
         self.dim = sum(g.dim * g.size for g in self.groups)
+        self._aux_vars = [v for g in self.groups for slot in g.aux_slots for v in slot.members]
+        self._aux_cache = None
 
     def _index_group(self, group: _Group) -> None:
         columns = []
@@ -236,8 +238,23 @@ class Evaluator:
         }
 
     def aux(self, batch_size: Optional[int] = None) -> List[List[torch.Tensor]]:
-        """Stacked aux data per group and slot, ``(K * B, *shape)``; read once per solve."""
+        """Stacked aux data per group and slot, ``(K * B, *shape)``; read once per solve and
+        reused while no aux tensor has been replaced or modified."""
         batch = batch_size or self.batch_size()
+        tensors = [v.tensor for v in self._aux_vars]  # held by the cache: ids cannot be reused
+        versions = [t._version for t in tensors]
+        key = (batch, torch.is_grad_enabled())
+        cache = self._aux_cache
+        if (
+            cache is not None and cache[0] == key and cache[2] == versions
+            and all(a is b for a, b in zip(cache[1], tensors))
+        ):
+            return cache[3]
+        out = self._stack_aux(batch)
+        self._aux_cache = (key, tensors, versions, out)
+        return out
+
+    def _stack_aux(self, batch: int) -> List[List[torch.Tensor]]:
         out = []
         for group in self.groups:
             per_slot = []

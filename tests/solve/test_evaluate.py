@@ -34,15 +34,16 @@ def test_thousand_same_signature_costs_make_one_jacobian_call_per_iteration(monk
     obj, counter = _many_costs(1000)
     evaluator = Evaluator(obj)
     assert len(evaluator.groups) == 1 and evaluator.groups[0].size == 1000
-    jvp_calls = []
-    real_jvp = torch.func.jvp
+    jvp_calls = []  # torch.func Jacobian calls, forward (jvp) or reverse (vjp) mode
+    real_jvp, real_vjp = torch.func.jvp, torch.func.vjp
     monkeypatch.setattr(torch.func, "jvp", lambda *a, **k: jvp_calls.append(1) or real_jvp(*a, **k))
+    monkeypatch.setattr(torch.func, "vjp", lambda *a, **k: jvp_calls.append(1) or real_vjp(*a, **k))
     optimizer = nlls.GaussNewton(obj, max_iterations=3, abs_err_tolerance=0, rel_err_tolerance=0)
     counter.calls = 0
     info = optimizer.optimize()
     iterations = int(info.iterations.max())
     assert iterations == 3
-    # one vmapped jvp per iteration (the Jacobians of all 1,000 cost functions), and per
+    # one torch.func call per iteration (the Jacobians of all 1,000 cost functions), and per
     # iteration one plain error evaluation of the candidate, plus the initial error
     assert len(jvp_calls) == iterations
     assert counter.calls == 2 * iterations + 1
@@ -160,3 +161,15 @@ def test_analytic_jacobian_with_wrong_shape_is_reported():
     obj.add(Bad(nlls.Vector(tensor=torch.ones(1, 2), name="p")))
     with pytest.raises(ValueError, match=r"'bad': Jacobian for variable 'p' has shape \(1, 2, 3\)"):
         nlls.GaussNewton(obj).optimize()
+
+
+def test_stacked_aux_data_is_reused_until_it_changes():
+    obj, _ = _many_costs(5)
+    evaluator = Evaluator(obj)
+    first = evaluator.aux()
+    assert evaluator.aux() is first  # nothing changed: no new stacking
+    obj.update({"t3": torch.full((2, 1), 7.0, dtype=torch.float64)})
+    second = evaluator.aux()
+    assert second is not first and second[0][0][6:8].eq(7.0).all()  # member 3 of the group, batch 2
+    obj.aux_vars["t1"].tensor.mul_(0)  # an in-place change (not done by nlls) is seen too
+    assert evaluator.aux()[0][0][2:4].eq(0).all()
