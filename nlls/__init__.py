@@ -54,4 +54,4 @@ __all__ += ["CauchyLoss", "HuberLoss", "RobustCostFunction", "RobustLoss",
 from .config import Config, ConfigError, build_optimizer, load_config  # noqa: E402
 
 __all__ += ["Config", "ConfigError", "build_optimizer", "load_config"]
-from . import io  # noqa: E402
+from . import io  # noqa: E402,F401

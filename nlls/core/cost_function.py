@@ -192,10 +192,7 @@ class AutoDiffCostFunction(CostFunction):
         autograd_mode: str = "auto",
     ):
         super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
-        if not callable(err_fn):
-            raise TypeError(f"AutoDiffCostFunction {self.name!r}: err_fn must be callable")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"AutoDiffCostFunction {self.name!r}: dim must be a positive int, got {dim!r}")
+        _check_residual(self, err_fn, dim)
         if autograd_mode not in self._MODES:
             raise ValueError(
                 f"AutoDiffCostFunction {self.name!r}: autograd_mode must be one of "
@@ -253,6 +250,14 @@ class AutoDiffCostFunction(CostFunction):
             if self.autograd_mode != "auto" or "saved tensor hooks" not in str(exc):
                 raise
             return _forward_jacobians(self._error_at, zeros)
+
+
+def _check_residual(owner: CostFunction, err_fn, dim) -> None:
+    """Check the error function and residual size of an autodiff or numeric cost function."""
+    if not callable(err_fn):
+        raise TypeError(f"{type(owner).__name__} {owner.name!r}: err_fn must be callable")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"{type(owner).__name__} {owner.name!r}: dim must be a positive int, got {dim!r}")
 
 
 def _forward_jacobians(fn, zeros):

@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .cost_function import CostFunction, ErrorFunction
+from .cost_function import CostFunction, ErrorFunction, _check_residual
 from .cost_weight import CostWeight
 from .manifold import Manifold, Vector
 from .variable import Variable
@@ -65,10 +65,7 @@ class NumericDiffCostFunction(CostFunction):
         scheme: str = "central",
     ):
         super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
-        if not callable(err_fn):
-            raise TypeError(f"NumericDiffCostFunction {self.name!r}: err_fn must be callable")
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"NumericDiffCostFunction {self.name!r}: dim must be a positive int, got {dim!r}")
+        _check_residual(self, err_fn, dim)
         if scheme not in SCHEMES:
             raise ValueError(f"NumericDiffCostFunction {self.name!r}: scheme must be one of {SCHEMES}, got {scheme!r}")
         if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):

@@ -206,12 +206,3 @@ def assemble(cost_functions: Sequence[CostFunction], dtype) -> Objective:
     for cf in cost_functions:
         objective.add(cf)
     return objective
-    objective.add(cost_functions[0])
-    for cf in cost_functions[1:]:
-        objective.cost_functions[cf.name] = cf
-        for var in cf.optim_vars:
-            objective.optim_vars[var.name] = var
-        for var in cf.aux_vars + cf.weight_vars:
-            objective.aux_vars[var.name] = var
-    objective._structure_version += 1
-    return objective

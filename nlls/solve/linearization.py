@@ -16,14 +16,15 @@ from .evaluate import Evaluator, State
 
 
 @dataclass
-class DenseSystem:
-    """The normal equations of a batch: ``A (B, D, D)``, ``g (B, D)``."""
+class _NormalEquations:
+    """``A delta = -g`` for a batch; ``A`` is a matrix or an operator with ``diagonal()``,
+    ``add_diagonal(d)`` and ``matvec(x)``."""
 
-    A: torch.Tensor
+    A: object
     g: torch.Tensor
 
     def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
-               min_diagonal: float = 1e-6) -> torch.Tensor:
+               min_diagonal: float = 1e-6):
         """``A + damping * D`` with ``D = I`` or, with ``diagonal_scaling``, ``diag(A)``
         clamped below by ``min_diagonal`` (Marquardt's scaling).
 
@@ -31,15 +32,41 @@ class DenseSystem:
             damping: ``(B,)`` per batch element.
         """
         if diagonal_scaling:
-            diagonal = self.A.diagonal(dim1=-2, dim2=-1).clamp_min(min_diagonal)
+            diagonal = self.A.diagonal().clamp_min(min_diagonal)
         else:
             diagonal = torch.ones_like(self.g)
-        return self.A + torch.diag_embed(damping[:, None] * diagonal)
+        return self.A.add_diagonal(damping[:, None] * diagonal)
 
     def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
         """Decrease of the linear model ``-(g.delta + 0.5 delta^T A delta)``, ``(B,)``."""
-        a_delta = (self.A @ delta[..., None])[..., 0]
+        a_delta = self.A.matvec(delta)
         return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
+
+
+class _Dense:
+    """The operator interface on a dense ``(B, D, D)`` tensor."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix = matrix
+
+    def diagonal(self) -> torch.Tensor:
+        return self.matrix.diagonal(dim1=-2, dim2=-1)
+
+    def add_diagonal(self, diagonal: torch.Tensor) -> torch.Tensor:
+        return self.matrix + torch.diag_embed(diagonal)
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.matrix @ x[..., None])[..., 0]
+
+
+class DenseSystem(_NormalEquations):
+    """The normal equations of a batch: ``A (B, D, D)`` a tensor, ``g (B, D)``."""
+
+    def damped(self, damping, diagonal_scaling=False, min_diagonal=1e-6) -> torch.Tensor:
+        return _NormalEquations(_Dense(self.A), self.g).damped(damping, diagonal_scaling, min_diagonal)
+
+    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
+        return _NormalEquations(_Dense(self.A), self.g).quadratic_decrease(delta)
 
 
 class Linearization:
@@ -177,25 +204,8 @@ class SparseMatrix:
         return dense.index_copy(1, rows * dof + cols, self.values).reshape(-1, dof, dof)
 
 
-@dataclass
-class SparseSystem:
+class SparseSystem(_NormalEquations):
     """Sparse normal equations: ``A`` a :class:`SparseMatrix`, ``g (B, D)``."""
-
-    A: SparseMatrix
-    g: torch.Tensor
-
-    def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
-               min_diagonal: float = 1e-6) -> SparseMatrix:
-        """``A + damping * D`` (see :meth:`DenseSystem.damped`), written on the diagonal only."""
-        if diagonal_scaling:
-            diagonal = self.A.diagonal().clamp_min(min_diagonal)
-        else:
-            diagonal = torch.ones_like(self.g)
-        return self.A.add_diagonal(damping[:, None] * diagonal)
-
-    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
-        a_delta = self.A.matvec(delta)
-        return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
 
 
 class SparseLinearization(Linearization):
@@ -261,6 +271,10 @@ class JacobianOperator:
             out = out.index_add(1, index, squares.transpose(0, 1).reshape(out.shape[0], -1))
         return out + (self.shift if self.shift is not None else 0.0)
 
+    def add_diagonal(self, diagonal: torch.Tensor) -> "JacobianOperator":
+        shift = diagonal if self.shift is None else self.shift + diagonal
+        return JacobianOperator(self.linearization, self.parts, shift)
+
     def diagonal_blocks(self):
         """Per variable block: ``(N, B, dof, dof)`` diagonal blocks of ``A`` (block Jacobi)."""
         evaluator = self.linearization.evaluator
@@ -281,24 +295,8 @@ class JacobianOperator:
         return blocks
 
 
-@dataclass
-class JacobianSystem:
+class JacobianSystem(_NormalEquations):
     """Normal equations kept as Jacobian blocks: ``A`` a :class:`JacobianOperator`, ``g``."""
-
-    A: JacobianOperator
-    g: torch.Tensor
-
-    def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
-               min_diagonal: float = 1e-6) -> JacobianOperator:
-        if diagonal_scaling:
-            diagonal = self.A.diagonal().clamp_min(min_diagonal)
-        else:
-            diagonal = torch.ones_like(self.g)
-        return JacobianOperator(self.A.linearization, self.A.parts, damping[:, None] * diagonal)
-
-    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
-        a_delta = self.A.matvec(delta)
-        return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
 
 
 class JacobianLinearization(Linearization):
