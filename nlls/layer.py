@@ -219,6 +219,7 @@ class OptimizationLayer(torch.nn.Module):
         verbose: bool = False,
         track_best_solution: bool = False,
         track_err_history: bool = False,
+        compile: bool = False,
     ) -> Tuple[Dict[str, torch.Tensor], OptimizerInfo]:
         """Solve with ``inputs`` and return ``(solution, info)``.
 
@@ -229,7 +230,8 @@ class OptimizationLayer(torch.nn.Module):
                 default: the layer's (``"implicit"`` unless configured otherwise).
             backward_num_iterations: ``truncated`` only: iterations recorded for the backward.
             hessian: ``implicit`` only: ``"gauss_newton"`` or ``"exact"`` (default: the layer's).
-            verbose, track_best_solution, track_err_history: as in ``optimize()``.
+            verbose, track_best_solution, track_err_history, compile: as in ``optimize()``
+                (``compile`` applies to the iterations; the implicit backward runs eagerly).
 
         Returns:
             ``solution``: name -> ``(B, ...)`` tensor of every optim variable, differentiable;
@@ -266,23 +268,25 @@ class OptimizationLayer(torch.nn.Module):
                           track_err_history=track_err_history, verbose=verbose)
             if mode == BackwardMode.UNROLL:
                 loop = optimizer._start(**kwargs)
-                optimizer._run(loop, optimizer.max_iterations)
+                optimizer._run(loop, optimizer.max_iterations, compile=compile)
                 state = loop.state
             elif mode == BackwardMode.TRUNCATED:
                 with torch.no_grad():
                     loop = optimizer._start(**kwargs)
-                    optimizer._run(loop, optimizer.max_iterations - backward_num_iterations)
+                    optimizer._run(loop, optimizer.max_iterations - backward_num_iterations,
+                                   compile=compile)
                 # the recorded iterations start from the detached iterate, with graph-carrying aux
                 evaluator = optimizer._evaluator
                 loop.state = tuple(s.detach() for s in loop.state)
                 loop.aux = evaluator.aux(loop.error.shape[0])
                 loop.error = evaluator.error_metric(loop.state, loop.aux)
-                optimizer._run(loop, backward_num_iterations, stop_on_convergence=False)
+                optimizer._run(loop, backward_num_iterations, stop_on_convergence=False,
+                               compile=compile)
                 state = loop.state
             else:
                 with torch.no_grad():
                     loop = optimizer._start(**kwargs)
-                    optimizer._run(loop, optimizer.max_iterations)
+                    optimizer._run(loop, optimizer.max_iterations, compile=compile)
                 state = self._attach_implicit(loop, hessian)
             info = optimizer._finish(loop, write_back=False)
             solution = optimizer._evaluator.as_dict(state)

@@ -147,6 +147,7 @@ class Optimizer:
         self.check_every = int(check_every)
         self._evaluator: Optional[Evaluator] = None
         self._linearization: Optional[Linearization] = None
+        self._compiled: dict = {}  # compiled iteration chunks (nlls.solve.compiled)
 
     # ---- step rule: what subclasses define ----------------------------------------------
     def _init_memory(self, error: torch.Tensor) -> dict:
@@ -174,6 +175,7 @@ class Optimizer:
             self._evaluator = Evaluator(self.objective)
             kind = LINEARIZATIONS[self.linear_solver.linearization]
             self._linearization = kind(self._evaluator)
+            self._compiled = {}
             self.linear_solver.setup(self._linearization)
         return self._evaluator
 
@@ -298,6 +300,7 @@ class Optimizer:
         verbose: bool = False,
         track_best_solution: bool = False,
         track_err_history: bool = False,
+        compile: bool = False,
     ) -> OptimizerInfo:
         """Run the optimizer and write the solution into the objective's optim variables.
 
@@ -305,21 +308,31 @@ class Optimizer:
             verbose: print one line per iteration (iteration, error, damping, step norm, time).
             track_best_solution: report the lowest-error iterate in ``info.best_solution``.
             track_err_history: report the error after every iteration in ``info.err_history``.
+            compile: run the iterations through ``torch.compile`` in chunks of ``check_every``
+                (see :mod:`nlls.solve.compiled`): much less overhead per iteration on small
+                problems, after a one-off compilation per problem structure and shape.
 
         Returns:
             :class:`OptimizerInfo`. Non-convergence is reported there, not raised.
         """
         loop = self._start(track_best_solution, track_err_history, verbose)
-        self._run(loop, self.max_iterations)
+        self._run(loop, self.max_iterations, compile=compile)
         return self._finish(loop)
 
     # ---- phases, composed by optimize() and by OptimizationLayer ---------------------------
-    def _run(self, loop: _Loop, num_iterations: int, stop_on_convergence: bool = True) -> None:
+    def _run(self, loop: _Loop, num_iterations: int, stop_on_convergence: bool = True,
+             compile: bool = False) -> None:
         """Run up to ``num_iterations`` iterations (fewer once every element has stopped).
 
         With ``stop_on_convergence=False`` every element that has not failed takes exactly
         ``num_iterations`` steps (the truncated backward mode differentiates such steps).
         """
+        if compile:
+            from .compiled import run_compiled
+
+            if not stop_on_convergence:
+                loop.active = loop.status != Status.FAILED
+            return run_compiled(self, loop, num_iterations, stop_on_convergence)
         if not stop_on_convergence:
             loop.active = loop.status != Status.FAILED
         for _ in range(num_iterations):
