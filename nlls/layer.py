@@ -225,7 +225,9 @@ class OptimizationLayer(torch.nn.Module):
 
         Args:
             inputs: name -> tensor for optim variables (initial values) and aux variables; the
-                tensors are not modified. Names not given keep the objective's current values.
+                tensors are not modified. Names not given keep the objective's current values;
+                the objective's variables are left as they were before the call (the solution
+                is returned, not stored), so calls with different batch sizes do not interfere.
             backward_mode: ``"unroll"``, ``"truncated"`` or ``"implicit"`` (:class:`BackwardMode`);
                 default: the layer's (``"implicit"`` unless configured otherwise).
             backward_num_iterations: ``truncated`` only: iterations recorded for the backward.
@@ -291,12 +293,10 @@ class OptimizationLayer(torch.nn.Module):
             info = optimizer._finish(loop, write_back=False)
             solution = optimizer._evaluator.as_dict(state)
         finally:
-            # the objective keeps no graph: aux data as before the call...
+            # the objective keeps no graph and every call starts from the same place: all
+            # variables hold what they held before the call (pass initial values in inputs)
             for name, var in variables.items():
                 var.tensor = saved[name]
-        # ...and, after a successful solve, the optim vars at the (detached) solution
-        for name, value in solution.items():
-            objective.optim_vars[name].tensor = value.detach()
         return solution, info
 
     def _check_numeric(self, mode: BackwardMode, hessian: str, inputs) -> None:

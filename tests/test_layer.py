@@ -381,6 +381,7 @@ def test_inputs_unmodified_and_objective_holds_no_graph(mode, kwargs):
     layer = line_layer(weights=(diagonal, torch.ones(1, 1, dtype=F64)))
     objective = layer.objective
     before = {name: var.tensor for name, var in objective.aux_vars.items()}
+    optim_before = {name: var.tensor for name, var in objective.optim_vars.items()}
     inputs = {
         "x": torch.tensor(LINE_X, dtype=F64, requires_grad=True),
         "y": torch.tensor(LINE_Y, dtype=F64).requires_grad_(),
@@ -404,9 +405,19 @@ def test_inputs_unmodified_and_objective_holds_no_graph(mode, kwargs):
             assert var.tensor.grad_fn is None, (stage, name)
         if stage == "after forward":
             loss.backward()
-    # the optim variables hold the solution, detached
-    torch.testing.assert_close(objective.optim_vars["mc"].tensor, solution["mc"].detach())
+    # the optim variables hold what they held before the call: the solution is returned only
+    for name, var in objective.optim_vars.items():
+        assert var.tensor is optim_before[name]
     assert inputs["x"].grad is not None and inputs["scale"].grad is not None
+
+
+def test_calls_with_different_batch_sizes_do_not_interfere():
+    layer = line_layer()
+    x3 = torch.tensor(LINE_X, dtype=F64).repeat(3, 1)
+    y3 = torch.tensor(LINE_Y, dtype=F64).repeat(3, 1)
+    solution3, _ = layer({"x": x3, "y": y3})
+    solution2, _ = layer({"x": x3[:2], "y": y3[:2]})  # no initial values given: same start
+    torch.testing.assert_close(solution2["mc"], solution3["mc"][:2])
 
 
 # ---- bad arguments --------------------------------------------------------------------------
