@@ -52,3 +52,33 @@ def test_registry():
         make_linear_solver("qr")
     with pytest.raises(TypeError):
         make_linear_solver(3)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_systems_use_explicit_formulas_with_the_same_results(size, dtype):
+    torch.manual_seed(size)
+    m = torch.randn(300, size, size, dtype=dtype)
+    A = m @ m.mT + 0.5 * torch.eye(size, dtype=dtype)
+    A[7] = -A[7]  # not positive definite
+    A[11] = 0.0  # singular
+    b = torch.randn(300, size, dtype=dtype)
+    small = nlls.DenseCholesky(small_batch=1).factor(A)
+    general = nlls.DenseCholesky(small_batch=10**9).factor(A)
+    assert type(small).__name__ == "_SmallCholeskyFactorization"
+    xs, oks = small.solve(b)
+    xg, okg = general.solve(b)
+    assert torch.equal(oks, okg) and not oks[7] and not oks[11]
+    assert torch.isfinite(xs).all() and torch.all(xs[7] == 0)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(xs, xg, rtol=tol, atol=tol)
+
+
+def test_small_system_solve_is_differentiable():
+    m = torch.randn(4, 3, 3, dtype=torch.float64)
+    A = (m @ m.mT + torch.eye(3, dtype=torch.float64)).requires_grad_(True)
+    b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    solver = nlls.DenseCholesky(small_batch=1)
+    sym = lambda a: 0.5 * (a + a.mT)  # noqa: E731
+    assert torch.autograd.gradcheck(lambda a, v: solver.factor(sym(a)).solve(v)[0], (A, b))
+    assert torch.autograd.gradgradcheck(lambda a, v: solver.factor(sym(a)).solve(v)[0], (A, b))
