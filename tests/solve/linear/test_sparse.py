@@ -8,8 +8,7 @@ from nlls.solve.evaluate import Evaluator
 from nlls.solve.linearization import DenseLinearization, JacobianLinearization, SparseLinearization
 
 F64 = torch.float64
-CPU_BACKENDS = ["scipy"] + [b for b, module in (("cholmod", "sksparse"), ("cholespy", "cholespy"))
-                            if importlib.util.find_spec(module) is not None]
+CPU_BACKENDS = ["scipy"] + (["cholmod"] if importlib.util.find_spec("sksparse") is not None else [])
 
 
 def _between(optim, aux):
