@@ -35,19 +35,30 @@ def _chunk_function(optimizer, size: int, stop_on_convergence: bool, best: bool,
         return (loop.state, loop.error, loop.active, loop.status, loop.iterations, loop.memory,
                 loop.best_state, loop.best_error, tuple(loop.history or ()))
 
+    # a code object of its own per problem structure and shape: torch.compile keeps its
+    # compiled variants on the code object and silently falls back to eager execution past a
+    # fixed number of them, which one shared function would reach after a few shapes
+    chunk.__code__ = chunk.__code__.replace()
     return chunk
 
 
 def run_compiled(optimizer, loop, num_iterations: int, stop_on_convergence: bool = True) -> None:
     """Run ``num_iterations`` iterations of ``loop`` in compiled chunks of ``check_every``."""
     size = optimizer.check_every
-    key = (size, stop_on_convergence, loop.best_state is not None, loop.history is not None)
+    flags = (stop_on_convergence, loop.best_state is not None, loop.history is not None)
+    shapes = tuple((tuple(t.shape), t.dtype, str(t.device)) for t in loop.state) + tuple(
+        (tuple(t.shape), t.dtype, str(t.device)) for group in loop.aux for t in group)
+    key = (size, flags, shapes)
     cache: Dict[Tuple, Callable] = optimizer._compiled
+    evaluator = optimizer._evaluator
+    if not all(group.checked for group in evaluator.groups):
+        # the one-off shape checks of the evaluator run eagerly, not inside the traced code
+        evaluator.jacobians(loop.state, loop.aux)
     done = 0
     while num_iterations - done >= size:
         compiled = cache.get(key)
         if compiled is None:
-            compiled = torch.compile(_chunk_function(optimizer, size, *key[1:]), dynamic=False)
+            compiled = torch.compile(_chunk_function(optimizer, size, *flags), dynamic=False)
             cache[key] = compiled
         if compiled is _FAILED:
             break

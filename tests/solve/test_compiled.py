@@ -76,3 +76,22 @@ def test_compiled_layer_gives_the_same_implicit_gradients():
             solution, info = layer({"y": y}, backward_mode="implicit", compile=compile)
         grads.append(torch.autograd.grad(solution["ab"].sum(), y)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_each_problem_shape_gets_its_own_compiled_chunk(monkeypatch):
+    """torch.compile gives up silently after a few variants of one code object: every shape
+    must compile its own chunk (counted by calls into torch.compile) and run it."""
+    calls = []
+    real_compile = compiled_module.torch.compile
+    monkeypatch.setattr(compiled_module.torch, "compile",
+                        lambda fn, **kw: calls.append(fn.__code__) or real_compile(fn, **kw))
+    codes = set()
+    opt = None
+    for batch in (1, 2, 3):
+        obj, ab = _quad(batch)
+        opt = nlls.GaussNewton(obj, max_iterations=2, abs_err_tolerance=0, rel_err_tolerance=0, check_every=2)
+        opt.optimize(compile=True)
+        opt.optimize(compile=True)  # the same shape: reused, not compiled again
+        codes.update(id(c) for c in calls)
+    assert len(calls) == 3 and len(codes) == 3
+    assert all(group.checked for group in opt._evaluator.groups)
