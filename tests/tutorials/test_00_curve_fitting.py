@@ -1,19 +1,17 @@
 """Tutorial 0 runs small and its fits agree with linear least squares."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.tutorials import load_tutorial
 
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "00_curve_fitting.py"
 
 
 @pytest.fixture(scope="module")
 def tutorial():
-    spec = importlib.util.spec_from_file_location("tutorial_00_curve_fitting", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tutorial(TUTORIAL)
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,17 @@
 """Tutorial 1 runs small; its sensitivities agree with the closed form and finite differences."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.tutorials import load_tutorial
 
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "01_sensitivity.py"
 
 
 @pytest.fixture(scope="module")
 def tutorial():
-    spec = importlib.util.spec_from_file_location("tutorial_01_sensitivity", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tutorial(TUTORIAL)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 """Tutorial 2 trains a few steps: its argmin layer is the ridge regression and the loss drops."""
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.tutorials import load_tutorial
 
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "02_end_to_end.py"
 STEPS = 12
@@ -12,10 +13,7 @@ STEPS = 12
 
 @pytest.fixture(scope="module")
 def tutorial():
-    spec = importlib.util.spec_from_file_location("tutorial_02_end_to_end", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tutorial(TUTORIAL)
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,18 @@
 """Tutorial 3: the unit circle as a differentiable layer matches y, y', y'' of sqrt(1 - x^2)."""
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.tutorials import load_tutorial
+
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "03_implicit_function.py"
 
 
 @pytest.fixture(scope="module")
 def tutorial():
-    spec = importlib.util.spec_from_file_location("tutorial_03_implicit_function", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tutorial(TUTORIAL)
 
 
 @pytest.fixture(scope="module")

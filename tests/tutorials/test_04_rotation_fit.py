@@ -1,15 +1,13 @@
 """Tutorial 04 runs (small) and agrees with SciPy's axis-angle fit."""
-import importlib.util
 import pathlib
+
+from tests.tutorials import load_tutorial
 
 TUTORIAL = pathlib.Path(__file__).resolve().parents[2] / "tutorials" / "04_rotation_fit.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("tutorial_04_rotation_fit", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tutorial(TUTORIAL)
 
 
 def test_rotation_fit_tutorial(tmp_path):

@@ -1,15 +1,13 @@
 """Tutorial 05 runs (small): the cost drops and the solution is consistent with the noise."""
-import importlib.util
 import pathlib
+
+from tests.tutorials import load_tutorial
 
 TUTORIAL = pathlib.Path(__file__).resolve().parents[2] / "tutorials" / "05_pose_graph_2d.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("tutorial_05_pose_graph_2d", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tutorial(TUTORIAL)
 
 
 def test_pose_graph_tutorial(tmp_path):

@@ -1,14 +1,12 @@
-import importlib.util
 from pathlib import Path
+
+from tests.tutorials import load_tutorial
 
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "06_black_box.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("tutorial_06", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tutorial(TUTORIAL)
 
 
 def test_black_box_gradients_match_the_autodiff_twin(tmp_path):
