@@ -458,13 +458,8 @@ def bench_forward(problem, batch, args, child, rows, out):
             continue
         if method not in times:
             continue
-        record = {**base, "method": method, "median_ms": round(statistics.median(times[method]), 4),
-                  "repeats": len(times[method])}
-        for ref in ("handwritten", "optimistix"):
-            if ref in times:
-                record[f"{ref}_ms"] = round(statistics.median(times[ref]), 4)
-                record[f"ratio_to_{ref}"] = round(_paired_median(times[method], times[ref]), 3)
-        record.update(extra.get(method, {}))
+        record = _timing_record(base, method, times, extra,
+                                (("handwritten", "handwritten"), ("optimistix", "optimistix")))
         if method == "optimistix":
             solution = torch.as_tensor(results[method].result()["solution"])
             cpu = results[method].cpu_ms
@@ -482,6 +477,19 @@ def bench_forward(problem, batch, args, child, rows, out):
             record["max_param_diff_to_handwritten"] = float(diff.max())
             record["elements_differing"] = int((diff > _tolerance(problem.dtype)).sum())
         emit(record, rows, out)
+
+
+def _timing_record(base, method, times, extra, references):
+    """The JSON record of one method: its median time and its ratios to the ``references``
+    (pairs of timed method and the name used in the keys) measured beside it."""
+    record = {**base, "method": method, "median_ms": round(statistics.median(times[method]), 4),
+              "repeats": len(times[method])}
+    for ref, key in references:
+        if ref in times:
+            record[f"{key}_ms"] = round(statistics.median(times[ref]), 4)
+            record[f"ratio_to_{key}"] = round(_paired_median(times[method], times[ref]), 3)
+    record.update(extra.get(method, {}))
+    return record
 
 
 def bench_grad(batch, args, child, rows, out):
@@ -548,13 +556,8 @@ def bench_grad(batch, args, child, rows, out):
             continue
         if method not in times:
             continue
-        record = {**base, "method": method, "median_ms": round(statistics.median(times[method]), 4),
-                  "repeats": len(times[method])}
-        for ref, key in (("handwritten_unroll", "handwritten"), ("optimistix_implicit", "optimistix")):
-            if ref in times:
-                record[f"{key}_ms"] = round(statistics.median(times[ref]), 4)
-                record[f"ratio_to_{key}"] = round(_paired_median(times[method], times[ref]), 3)
-        record.update(extra.get(method, {}))
+        record = _timing_record(base, method, times, extra,
+                                (("handwritten_unroll", "handwritten"), ("optimistix_implicit", "optimistix")))
         if method == "optimistix_implicit":
             arrays = results[method].result()
             results[method].drop()

@@ -350,3 +350,15 @@ class LieGroup(Manifold):
         if not isinstance(other, LieGroup):
             return NotImplemented
         return self.compose(other)
+
+
+class Rotation(LieGroup):
+    """Base of the rotation groups (``SO2``, ``SO3``): acting on a point is rotating it."""
+
+    def rotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
+        """``R p``; same as :meth:`transform_from`."""
+        return self.transform_from(point, jacobians)
+
+    def unrotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
+        """``R^T p``; same as :meth:`transform_to`."""
+        return self.transform_to(point, jacobians)

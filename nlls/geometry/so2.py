@@ -9,12 +9,12 @@ Jacobians of ``exp`` and ``log`` are 1: every Jacobian here is exact and cheap.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
 from ..core.variable import _as_tensor
-from .lie_group import LieGroup
+from .lie_group import Rotation
 
 
 def _rotation_matrix(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def _unit(a: torch.Tensor) -> torch.Tensor:
     return a / torch.linalg.vector_norm(a, dim=-1, keepdim=True)
 
 
-class SO2(LieGroup):
+class SO2(Rotation):
     """A batch of 2-D rotations, stored as ``(B, 2)`` = ``(cos theta, sin theta)``.
 
     Args:
@@ -83,14 +83,6 @@ class SO2(LieGroup):
     def theta(self) -> torch.Tensor:
         """The angle ``(B, 1)`` in ``(-pi, pi]``."""
         return self._log_tensor(self.tensor)
-
-    def rotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
-        """``R p``; same as :meth:`transform_from`."""
-        return self.transform_from(point, jacobians)
-
-    def unrotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
-        """``R^T p``; same as :meth:`transform_to`."""
-        return self.transform_to(point, jacobians)
 
     # ---- tensor-level maps --------------------------------------------------------------------
     @classmethod

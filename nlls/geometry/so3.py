@@ -26,12 +26,12 @@ sign. Both branches are computed for every element and one is selected with ``to
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
 from ..core.variable import _as_tensor
-from .lie_group import _A, _B, _C, LieGroup, _eye, _horner, _safe_sqrt, _small, _tolerance
+from .lie_group import Rotation, _A, _B, _C, _eye, _horner, _safe_sqrt, _small, _tolerance
 
 _D = (1.0 / 12.0, 1.0 / 720.0, 1.0 / 30240.0, 1.0 / 1209600.0)  # 1/t^2 - (1 + cos t)/(2 t sin t)
 _E = (1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0)  # (t^2 + 2 cos t - 2)/(2 t^4)
@@ -166,7 +166,7 @@ def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:
     return torch.where(q[..., :1] < 0, -q, q)
 
 
-class SO3(LieGroup):
+class SO3(Rotation):
     """A batch of 3-D rotations, stored as ``(B, 3, 3)`` rotation matrices.
 
     Args:
@@ -209,14 +209,6 @@ class SO3(LieGroup):
     def to_quaternion(self) -> torch.Tensor:
         """``(B, 4)`` unit quaternions ``(w, x, y, z)`` with ``w >= 0``."""
         return matrix_to_quaternion(self.tensor)
-
-    def rotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
-        """``R p``; same as :meth:`transform_from`."""
-        return self.transform_from(point, jacobians)
-
-    def unrotate(self, point, jacobians: Optional[List[torch.Tensor]] = None):
-        """``R^T p``; same as :meth:`transform_to`."""
-        return self.transform_to(point, jacobians)
 
     # ---- tensor-level maps --------------------------------------------------------------------
     @classmethod

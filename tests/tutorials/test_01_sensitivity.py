@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tutorials import load_tutorial
+from tests.tutorials import load_tutorial, run_single_threaded
 
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "01_sensitivity.py"
 
@@ -16,13 +16,8 @@ def tutorial():
 
 @pytest.fixture(scope="module")
 def result(tutorial, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batched solves: threads only spin on a shared machine
-    try:
-        yield tutorial.main(num_points=8, output_dir=tmp_path_factory.mktemp("tutorial_01"),
-                            verbose=False)
-    finally:
-        torch.set_num_threads(threads)
+    return run_single_threaded(tutorial.main, num_points=8, output_dir=tmp_path_factory.mktemp("tutorial_01"),
+                               verbose=False)
 
 
 def test_every_mode_matches_the_closed_form(result):

@@ -3,9 +3,8 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.tutorials import load_tutorial
+from tests.tutorials import load_tutorial, run_single_threaded
 
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "02_end_to_end.py"
 STEPS = 12
@@ -18,13 +17,8 @@ def tutorial():
 
 @pytest.fixture(scope="module")
 def result(tutorial, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batched solves: threads only spin on a shared machine
-    try:
-        yield tutorial.main(num_series=16, num_fit=16, num_held_out=8, steps=STEPS, lr=2e-2,
-                            output_dir=tmp_path_factory.mktemp("tutorial_02"), verbose=False)
-    finally:
-        torch.set_num_threads(threads)
+    return run_single_threaded(tutorial.main, num_series=16, num_fit=16, num_held_out=8, steps=STEPS, lr=2e-2,
+                               output_dir=tmp_path_factory.mktemp("tutorial_02"), verbose=False)
 
 
 def test_layer_solves_the_ridge_regression(result):

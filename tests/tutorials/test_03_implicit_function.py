@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tutorials import load_tutorial
+from tests.tutorials import load_tutorial, run_single_threaded
 
 TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "03_implicit_function.py"
 
@@ -17,13 +17,8 @@ def tutorial():
 
 @pytest.fixture(scope="module")
 def result(tutorial, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny batched solves: threads only spin on a shared machine
-    try:
-        yield tutorial.main(num_points=21, output_dir=tmp_path_factory.mktemp("tutorial_03"),
-                            verbose=False)
-    finally:
-        torch.set_num_threads(threads)
+    return run_single_threaded(tutorial.main, num_points=21, output_dir=tmp_path_factory.mktemp("tutorial_03"),
+                               verbose=False)
 
 
 def test_values_and_derivatives_match_the_closed_form(result):
