@@ -220,6 +220,7 @@ class OptimizationLayer(torch.nn.Module):
         track_best_solution: bool = False,
         track_err_history: bool = False,
         compile: bool = False,
+        cuda_graph: bool = False,
     ) -> Tuple[Dict[str, torch.Tensor], OptimizerInfo]:
         """Solve with ``inputs`` and return ``(solution, info)``.
 
@@ -234,6 +235,11 @@ class OptimizationLayer(torch.nn.Module):
             hessian: ``implicit`` only: ``"gauss_newton"`` or ``"exact"`` (default: the layer's).
             verbose, track_best_solution, track_err_history, compile: as in ``optimize()``
                 (``compile`` applies to the iterations; the implicit backward runs eagerly).
+            cuda_graph: replay the forward solve from a CUDA graph captured once per problem
+                structure and shape (as ``optimize(cuda_graph=True)``); the implicit backward
+                runs eagerly at the solution. A graph records no autograd graph, so
+                ``"unroll"`` and ``"truncated"`` cannot differentiate through it (an error says
+                so when a gradient is wanted).
 
         Returns:
             ``solution``: name -> ``(B, ...)`` tensor of every optim variable, differentiable;
@@ -262,13 +268,21 @@ class OptimizationLayer(torch.nn.Module):
                 f"{optimizer.linear_solver!r} is not one (use hessian='gauss_newton')"
             )
         self._check_numeric(mode, hessian, inputs)
+        if cuda_graph:
+            self._check_cuda_graph(mode, inputs, compile)
         variables = {**objective.optim_vars, **objective.aux_vars}
         saved = {name: var.tensor for name, var in variables.items()}
         objective.update(dict(inputs or {}))
         try:
             kwargs = dict(track_best_solution=track_best_solution,
                           track_err_history=track_err_history, verbose=verbose)
-            if mode == BackwardMode.UNROLL:
+            if cuda_graph:
+                from .solve.cuda_graph import run_cuda_graph
+
+                with torch.no_grad():
+                    loop = run_cuda_graph(optimizer, optimizer.max_iterations, **kwargs)
+                state = self._attach_implicit(loop, hessian) if mode == BackwardMode.IMPLICIT else loop.state
+            elif mode == BackwardMode.UNROLL:
                 loop = optimizer._start(**kwargs)
                 optimizer._run(loop, optimizer.max_iterations, compile=compile)
                 state = loop.state
@@ -317,6 +331,22 @@ class OptimizationLayer(torch.nn.Module):
             raise ValueError(
                 f"hessian='exact' needs second derivatives, which NumericDiffCostFunction "
                 f"{numeric[0]!r} does not provide; use hessian='gauss_newton'"
+            )
+
+    def _check_cuda_graph(self, mode: BackwardMode, inputs, compile: bool) -> None:
+        if compile:
+            raise ValueError("OptimizationLayer: compile=True and cuda_graph=True are exclusive")
+        if mode == BackwardMode.IMPLICIT or not torch.is_grad_enabled():
+            return
+        wanted = [name for name, t in (inputs or {}).items()
+                  if isinstance(t, torch.Tensor) and t.requires_grad]
+        wanted += [name for name, v in {**self.objective.optim_vars, **self.objective.aux_vars}.items()
+                   if name not in (inputs or {}) and v.tensor.requires_grad]
+        if wanted:
+            raise ValueError(
+                f"OptimizationLayer: backward_mode={mode.value!r} differentiates the recorded "
+                f"iterations, but cuda_graph=True replays them without autograd ({wanted[0]!r} "
+                f"requires grad); use backward_mode='implicit' with cuda_graph=True"
             )
 
     def _attach_implicit(self, loop, hessian: str) -> State:

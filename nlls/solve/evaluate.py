@@ -57,6 +57,15 @@ class _Slot:
         self.block: Optional[int] = None  # optim slots: block index
         self.index: Optional[torch.Tensor] = None  # optim slots: (K,) rows of the block
         self.whole_block = False  # index is arange(N): no gather needed
+        self._index_on: Dict[torch.device, torch.Tensor] = {}
+
+    def index_on(self, device: torch.device) -> torch.Tensor:
+        """``index`` on ``device``, copied there once: no host-to-device copy per iteration
+        (which would also be illegal inside a CUDA graph capture)."""
+        index = self._index_on.get(device)
+        if index is None:
+            index = self._index_on[device] = self.index.to(device)
+        return index
 
 
 class _Group:
@@ -286,7 +295,7 @@ class Evaluator:
         for slot in group.optim_slots:
             values = state[slot.block]
             if not slot.whole_block:
-                values = values.index_select(0, slot.index.to(values.device))
+                values = values.index_select(0, slot.index_on(values.device))
             slot.placeholder.tensor = values.reshape(group.size * batch, *values.shape[2:])
         for slot, tensor in zip(group.aux_slots, aux):
             slot.placeholder.tensor = tensor

@@ -286,7 +286,7 @@ class JacobianOperator:
                 slot = group.optim_slots[slot_index]
                 piece = jac[..., start:start + dof]
                 blocks[slot.block] = blocks[slot.block].index_add(
-                    0, slot.index.to(ref.device), piece.transpose(-1, -2) @ piece)
+                    0, slot.index_on(ref.device), piece.transpose(-1, -2) @ piece)
                 start += dof
         if self.shift is not None:
             for b, block in zip(evaluator.blocks, range(len(blocks))):

@@ -148,6 +148,14 @@ class Optimizer:
         self._evaluator: Optional[Evaluator] = None
         self._linearization: Optional[Linearization] = None
         self._compiled: dict = {}  # compiled iteration chunks (nlls.solve.compiled)
+        self._cuda_graphs: dict = {}  # captured solves (nlls.solve.cuda_graph)
+        self._cuda_graph_structure: Optional[int] = None
+
+    def reset_cuda_graphs(self) -> None:
+        """Drop the CUDA graphs captured by ``optimize(cuda_graph=True)`` (and their memory);
+        needed before solving again after the objective's structure changed."""
+        self._cuda_graphs = {}
+        self._cuda_graph_structure = None
 
     # ---- step rule: what subclasses define ----------------------------------------------
     def _init_memory(self, error: torch.Tensor) -> dict:
@@ -185,9 +193,20 @@ class Optimizer:
         started = time.perf_counter()
         evaluator = self._prepare()
         batch = evaluator.batch_size()
-        state = evaluator.gather(batch)
-        aux = evaluator.aux(batch)
-        error = evaluator.error_metric(state, aux)
+        loop = self._begin(evaluator.gather(batch), evaluator.aux(batch), track_best_solution,
+                           track_err_history)
+        loop.started, loop.verbose = started, verbose
+        if verbose:
+            print(f"{type(self).__name__} with {self.linear_solver!r}: batch {batch}, "
+                  f"{evaluator.dof} unknowns, {len(evaluator.groups)} cost group(s)")
+            print(f"iteration   0  error {_fmt(loop.error)}")
+        return loop
+
+    def _begin(self, state: State, aux, track_best_solution: bool = False,
+               track_err_history: bool = False) -> _Loop:
+        """The loop's starting point from values and aux data: device work only, no host
+        read-back (a captured CUDA graph runs this too)."""
+        error = self._evaluator.error_metric(state, aux)
         active = torch.isfinite(error) & (error > self.abs_err_tolerance)
         status = torch.where(
             torch.isfinite(error),
@@ -197,17 +216,12 @@ class Optimizer:
         loop = _Loop(
             state=state, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
-            memory=self._init_memory(error), initial_error=error, started=started,
-            verbose=verbose,
+            memory=self._init_memory(error), initial_error=error, started=0.0,
         )
         if track_best_solution:
             loop.best_state, loop.best_error = state, error
         if track_err_history:
             loop.history = [error]
-        if verbose:
-            print(f"{type(self).__name__} with {self.linear_solver!r}: batch {batch}, "
-                  f"{evaluator.dof} unknowns, {len(evaluator.groups)} cost group(s)")
-            print(f"iteration   0  error {_fmt(error)}")
         return loop
 
     def _iterate(self, loop: _Loop, stop_on_convergence: bool = True) -> dict:
@@ -301,6 +315,7 @@ class Optimizer:
         track_best_solution: bool = False,
         track_err_history: bool = False,
         compile: bool = False,
+        cuda_graph: bool = False,
     ) -> OptimizerInfo:
         """Run the optimizer and write the solution into the objective's optim variables.
 
@@ -311,10 +326,31 @@ class Optimizer:
             compile: run the iterations through ``torch.compile`` in chunks of ``check_every``
                 (see :mod:`nlls.solve.compiled`): much less overhead per iteration on small
                 problems, after a one-off compilation per problem structure and shape.
+            cuda_graph: capture the whole solve (``max_iterations`` iterations, converged
+                elements frozen by their masks) in a CUDA graph once per problem structure and
+                shape, and replay it with the current data on every call (see
+                :mod:`nlls.solve.cuda_graph`): one launch instead of thousands of kernel
+                launches. CUDA only, dense linear solvers, no autograd graph through the solve.
 
         Returns:
             :class:`OptimizerInfo`. Non-convergence is reported there, not raised.
         """
+        for key, value in (("verbose", verbose), ("track_best_solution", track_best_solution),
+                           ("track_err_history", track_err_history), ("compile", compile),
+                           ("cuda_graph", cuda_graph)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{type(self).__name__}.optimize: {key} must be a bool, got {value!r}")
+        if cuda_graph:
+            if compile:
+                raise ValueError(
+                    f"{type(self).__name__}.optimize: compile=True and cuda_graph=True are "
+                    f"exclusive (pick cuda_graph on CUDA, compile on the CPU)"
+                )
+            from .cuda_graph import run_cuda_graph
+
+            loop = run_cuda_graph(self, self.max_iterations, True, track_best_solution,
+                                  track_err_history, verbose)
+            return self._finish(loop)
         loop = self._start(track_best_solution, track_err_history, verbose)
         self._run(loop, self.max_iterations, compile=compile)
         return self._finish(loop)

@@ -35,6 +35,9 @@ class LinearSolver:
     name = ""
     #: the linearization this solver consumes ("dense" or "sparse")
     linearization = "dense"
+    #: factor and solve run on the device without host round-trips or uncapturable library
+    #: routines, so a whole solve can be captured in a CUDA graph (``optimize(cuda_graph=True)``)
+    capturable = False
 
     def setup(self, linearization) -> None:
         """Called once per objective structure, before the first ``factor``."""

@@ -111,6 +111,12 @@ class ConjugateGradient(LinearSolver):
         self.tolerance = float(tolerance)
         self.preconditioner = preconditioner
 
+    @property
+    def capturable(self) -> bool:
+        # a fixed number of masked iterations: no host round-trip; the block-Jacobi
+        # preconditioner inverts with torch.linalg.inv, which may take uncapturable paths on CUDA
+        return self.preconditioner != "block_jacobi"
+
     def factor(self, operator) -> Factorization:
         return _CGFactorization(self, operator)
 

@@ -92,6 +92,7 @@ class DenseCholesky(LinearSolver):
     """
 
     name = "dense_cholesky"
+    capturable = True
     failure_advice = _ADVICE
 
     def __init__(self, small_batch: int = 1024):
@@ -111,7 +112,14 @@ class _LUFactorization(Factorization):
         self.ok = info == 0
 
     def solve(self, rhs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = torch.linalg.lu_solve(self.LU, self.pivots, rhs[..., None])[..., 0]
+        if rhs.device.type == "cuda":
+            # lu_solve may take a MAGMA path on CUDA that cannot be captured in a CUDA graph;
+            # the permutation and two triangular solves can (and eager runs the same thing)
+            P, L, U = torch.lu_unpack(self.LU, self.pivots)
+            y = torch.linalg.solve_triangular(L, P.mT @ rhs[..., None], upper=False, unitriangular=True)
+            x = torch.linalg.solve_triangular(U, y, upper=True)[..., 0]
+        else:
+            x = torch.linalg.lu_solve(self.LU, self.pivots, rhs[..., None])[..., 0]
         ok = self.ok & torch.isfinite(x).all(dim=-1)
         return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
 
@@ -120,10 +128,12 @@ class DenseLU(LinearSolver):
     """Batched LU factorization with partial pivoting (``torch.linalg.lu_factor_ex``).
 
     Slower than Cholesky but does not need positive definiteness; an exactly singular matrix is
-    reported in ``ok`` and gets a zero step.
+    reported in ``ok`` and gets a zero step. On CUDA the solve is a permutation and two
+    triangular solves (capturable in CUDA graphs).
     """
 
     name = "dense_lu"
+    capturable = True
     failure_advice = _ADVICE
 
     def factor(self, matrix: torch.Tensor) -> Factorization:
