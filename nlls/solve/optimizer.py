@@ -118,7 +118,12 @@ class Optimizer:
         rel_err_tolerance: an element whose step changes the error by at most this fraction has
             converged (raised to 100 machine epsilons of the dtype, as smaller changes are
             rounding noise; exactly 0 switches the test off, for fixed iteration counts).
-        check_every: iterations between the reads of "has every element stopped?" (a host sync).
+        check_every: iterations between the reads of "has every element stopped?" (a host
+            sync). The default 1 comes from ``bench/bench_check_every.py``: on the CPU the reads
+            cost 0-4% of a fixed-count run, while checking every 5 (10) iterations ran solves
+            that converge in 2-14 iterations up to 2.4x (4.7x) longer. Frozen elements make the
+            results the same for every value; for fixed-count solves on CUDA,
+            ``cuda_graph=True`` makes no reads at all.
     """
 
     def __init__(
