@@ -1,11 +1,19 @@
 """Child process of ``bench_optimistix.py``: Optimistix solves, timed in a process of their own.
 
-Runs with the JAX venv's python (``.venv-jax/bin/python``), never imports torch or nlls, and talks
-to its parent by JSON lines: one command per line on stdin, one answer per line on stdout.
+Runs with the JAX venv's python (``.venv-jax/bin/python``, or on a GPU machine any python with
+jax and optimistix), never imports torch or nlls, and talks to its parent by JSON lines: one
+command per line on stdin, one answer per line on stdout.
+
+Device: JAX runs on the CPU (``JAX_PLATFORMS=cpu``) unless the parent sets
+``NLLS_BENCH_DEVICE=cuda`` (``bench_optimistix.py --device cuda``); then JAX picks its default
+backend, which ``hello`` reports, and the parent skips Optimistix if that is not the GPU. The
+parent also sets ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` then, so that JAX takes GPU memory as it
+needs it instead of 75 % of the card up front (torch shares the GPU).
 
 Commands (every one has ``"cmd"``; every answer is one JSON object, ``{"error": ...}`` on failure):
 
-* ``{"cmd": "hello"}``: versions and the CPUs this process may use.
+* ``{"cmd": "hello"}``: versions, the CPUs this process may use, JAX's default ``backend``
+  (``"cpu"``, ``"gpu"``) and its first ``device`` (with the device kind, e.g. the GPU's name).
 * ``{"cmd": "load", "key": K, "npz": PATH, "problem": P, "iterations": I, "mode": M}``: read
   the data of one measurement from ``PATH`` (``start``, ``x``, ``y`` and, for ``mode = "grad"``,
   the loss weights ``v``), build ``jax.jit(jax.vmap(solve))`` (``"forward"``) or
@@ -51,7 +59,8 @@ import traceback
 _PIN = os.environ.get("NLLS_BENCH_PIN_CPUS")
 if _PIN:
     os.sched_setaffinity(0, {int(c) for c in _PIN.split(",")})
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if os.environ.get("NLLS_BENCH_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -153,6 +162,13 @@ class Measurement:
                 "grad_y": np.asarray(gy)}
 
 
+def _cpus():
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not every kernel or sandbox answers
+        return None
+
+
 def handle(command, measurements):
     cmd = command["cmd"]
     if cmd == "hello":
@@ -162,7 +178,9 @@ def handle(command, measurements):
         return {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
                 else None, "optimistix": optx.__version__, "lineax": lineax.__version__,
                 "equinox": equinox.__version__, "numpy": np.__version__,
-                "cpus": sorted(os.sched_getaffinity(0)), "devices": [str(d) for d in jax.devices()]}
+                "cpus": _cpus(), "devices": [str(d) for d in jax.devices()],
+                "backend": jax.default_backend(),
+                "device": f"{jax.devices()[0]} ({jax.devices()[0].device_kind})"}
     if cmd == "load":
         measurement = Measurement(command)
         begin = time.perf_counter()

@@ -1,4 +1,6 @@
-"""nlls beside Optimistix (JAX) on CPU: batched fixed-iteration solves, forward and forward+backward.
+"""nlls beside Optimistix (JAX) on CPU or GPU: batched fixed-iteration solves, forward and backward.
+
+``--device cpu`` (the default) or ``--device cuda``.
 
 Three problems, ``B`` independent fits solved together, each method running a fixed number of
 iterations from the same start:
@@ -16,11 +18,19 @@ share a process; the parent sends it one command per timed call, so its calls ar
 with the torch calls like the others. Forward + backward: ``nlls.OptimizationLayer`` (implicit)
 against ``jax.value_and_grad`` through ``optimistix.least_squares`` (implicit adjoint) on the
 quadratic fit. One JSON line per measurement on stdout, a markdown table on stderr, the lines
-also in ``bench/results/optimistix_cpu.jsonl``. See bench/README.md.
+also in ``bench/results/optimistix_<device>.jsonl``. See bench/README.md.
+
+On ``--device cuda`` the torch data and solves live on the GPU, every torch timing synchronizes,
+and the methods are the CUDA ones: ``handwritten``, ``handwritten_cuda_graph`` (the loop captured
+in one ``torch.cuda.CUDAGraph``), ``nlls_analytic``, ``nlls_analytic_cuda_graph``
+(``optimize(cuda_graph=True)``), ``optimistix`` (JAX on its GPU backend, else skipped); forward +
+backward: ``handwritten_unroll``, ``nlls_implicit``, ``nlls_implicit_cuda_graph``,
+``optimistix_implicit``.
 
     python3 -m venv .venv-jax && .venv-jax/bin/pip install "jax[cpu]" optimistix numpy
     .venv/bin/python bench/bench_optimistix.py            # ~4-6 min (first run: + compilation)
     .venv/bin/python bench/bench_optimistix.py --quick    # smoke run
+    python bench/bench_optimistix.py --device cuda --jax-python "$(which python)"   # on a GPU
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ import argparse
 import inspect
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,9 +60,24 @@ from bench_curve_fit import (PROBLEMS as CURVE_PROBLEMS, _AnalyticFit, _paired_m
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(ROOT, "bench", "_optimistix_runner.py")
 DEFAULT_JAX_PYTHON = os.path.join(ROOT, ".venv-jax", "bin", "python")
-DEFAULT_OUTPUT = os.path.join(ROOT, "bench", "results", "optimistix_cpu.jsonl")
-FORWARD_METHODS = ("handwritten", "nlls_analytic", "nlls_analytic_compiled", "optimistix")
-GRAD_METHODS = ("handwritten_unroll", "nlls_implicit", "nlls_implicit_compiled", "optimistix_implicit")
+DEFAULT_OUTPUT = os.path.join(ROOT, "bench", "results", "optimistix_{device}.jsonl")
+FORWARD_METHODS = ("handwritten", "handwritten_cuda_graph", "nlls_analytic", "nlls_analytic_compiled",
+                   "nlls_analytic_cuda_graph", "optimistix")
+GRAD_METHODS = ("handwritten_unroll", "nlls_implicit", "nlls_implicit_compiled",
+                "nlls_implicit_cuda_graph", "optimistix_implicit")
+# what runs by default on each device: the compiled methods are the CPU way to cut overhead, the
+# CUDA-graph ones the GPU way (on CUDA the compiled ones print a skipped line unless named)
+DEFAULT_METHODS = {
+    "cpu": (("handwritten", "nlls_analytic", "nlls_analytic_compiled", "optimistix"),
+            ("handwritten_unroll", "nlls_implicit", "nlls_implicit_compiled", "optimistix_implicit")),
+    "cuda": (("handwritten", "handwritten_cuda_graph", "nlls_analytic", "nlls_analytic_compiled",
+              "nlls_analytic_cuda_graph", "optimistix"),
+             ("handwritten_unroll", "nlls_implicit", "nlls_implicit_compiled",
+              "nlls_implicit_cuda_graph", "optimistix_implicit")),
+}
+# each CUDA-graph method and the eager method whose results it must reproduce
+EAGER_OF = {"handwritten_cuda_graph": "handwritten", "nlls_analytic_cuda_graph": "nlls_analytic",
+            "nlls_implicit_cuda_graph": "nlls_implicit"}
 
 
 # ---- the rotation fit ------------------------------------------------------------------------
@@ -105,23 +131,28 @@ ROTATION = Rotation()
 PROBLEMS = {**CURVE_PROBLEMS, "rotation": ROTATION}
 
 
-def handwritten_rotation_lm(R, p, q, iterations, damping=1e-3, min_relative_decrease=1e-3):
-    """Batched LM on rotations with nlls' default rule (as ``handwritten_levenberg_marquardt``
-    in bench_curve_fit.py), the step applied as ``R exp(delta)``: one residual and Jacobian,
-    one damped Cholesky solve, one residual at the candidate per iteration."""
-    lam = torch.full(R.shape[:1], damping, dtype=R.dtype, device=R.device)
+def handwritten_lm(residual, jacobian, retract, start, dof, iterations, solve=torch.cholesky_solve,
+                   damping=1e-3, min_relative_decrease=1e-3):
+    """Batched LM with nlls' default rule (identity damping, gain ratio, Nielsen's update), as
+    ``handwritten_levenberg_marquardt`` in bench_curve_fit.py, for any unknown: ``residual(x)``
+    ``(B, M)``, ``jacobian(x)`` ``(B, M, dof)``, ``retract(x, delta)`` the step. One residual and
+    Jacobian, one damped Cholesky solve (``solve(rhs, factor)``), one residual at the candidate
+    per iteration."""
+    x = start
+    lam = torch.full(start.shape[:1], damping, dtype=start.dtype, device=start.device)
     growth = torch.full_like(lam, 2.0)
-    eye = torch.eye(3, dtype=R.dtype, device=R.device)
-    r = ROTATION.residual(R, p, q)
+    eye = torch.eye(dof, dtype=start.dtype, device=start.device)
+    keep_shape = (-1,) + (1,) * (start.dim() - 1)  # accept (B,) against x (B, ...)
+    r = residual(x)
     err = 0.5 * (r * r).sum(1)
     for _ in range(iterations):
-        jac, r = ROTATION.jacobian(R, p), ROTATION.residual(R, p, q)
+        jac, r = jacobian(x), residual(x)
         jt = jac.transpose(1, 2)
         A, g = torch.bmm(jt, jac), torch.bmm(jt, r[..., None])
         factor, info = torch.linalg.cholesky_ex(A + lam[:, None, None] * eye)
-        delta = -torch.cholesky_solve(g, factor)
-        candidate = R @ rodrigues(delta[..., 0])
-        r_new = ROTATION.residual(candidate, p, q)
+        delta = -solve(g, factor)
+        candidate = retract(x, delta[..., 0])
+        r_new = residual(candidate)
         err_new = 0.5 * (r_new * r_new).sum(1)
         predicted = -(g + 0.5 * torch.bmm(A, delta)).mul(delta).sum((1, 2))
         actual = err - err_new
@@ -131,9 +162,48 @@ def handwritten_rotation_lm(R, p, q, iterations, damping=1e-3, min_relative_decr
         shrink = (1.0 - (2.0 * ratio - 1.0) ** 3).clamp_min(1.0 / 3.0)
         lam = torch.where(accept, lam * shrink, lam * growth)
         growth = torch.where(accept, torch.full_like(growth, 2.0), growth * 2.0)
-        R = torch.where(accept[:, None, None], candidate, R)
+        x = torch.where(accept.reshape(keep_shape), candidate, x)
         err = torch.where(accept, err_new, err)
-    return R
+    return x
+
+
+def handwritten_rotation_lm(R, p, q, iterations, solve=torch.cholesky_solve):
+    """Batched LM on rotations, the step applied as ``R exp(delta)``."""
+    return handwritten_lm(lambda X: ROTATION.residual(X, p, q), lambda X: ROTATION.jacobian(X, p),
+                          lambda X, delta: X @ rodrigues(delta), R, 3, iterations, solve)
+
+
+def triangular_cholesky_solve(rhs: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``torch.cholesky_solve(rhs, factor)`` (lower ``factor``) as two triangular solves:
+    ``cholesky_solve`` cannot be captured in a CUDA graph, ``solve_triangular`` can."""
+    z = torch.linalg.solve_triangular(factor, rhs, upper=False)
+    return torch.linalg.solve_triangular(factor.mT, z, upper=True)
+
+
+def handwritten_gauss_newton_triangular(problem, start, x, y, iterations):
+    """``handwritten_gauss_newton`` of bench_curve_fit.py with the capturable solve."""
+    p = start
+    for _ in range(iterations):
+        jac, r = problem.jacobian(p, x), problem.residual(p, x, y)
+        jt = jac.transpose(1, 2)
+        factor, _ = torch.linalg.cholesky_ex(torch.bmm(jt, jac))
+        p = p - triangular_cholesky_solve(torch.bmm(jt, r[..., None]), factor)[..., 0]
+    return p
+
+
+def capturable_loop(problem) -> Callable:
+    """The hand-written loop of ``problem`` as ``f(start, a, b)`` with only capturable
+    operations (the Cholesky solve by two triangular solves), for ``handwritten_cuda_graph``."""
+    if problem is ROTATION:
+        return lambda R, p, q: handwritten_rotation_lm(R, p, q, problem.iterations,
+                                                       triangular_cholesky_solve)
+    if problem.optimizer == "gauss_newton":
+        return lambda start, x, y: handwritten_gauss_newton_triangular(problem, start, x, y,
+                                                                      problem.iterations)
+    return lambda start, x, y: handwritten_lm(
+        lambda P: problem.residual(P, x, y), lambda P: problem.jacobian(P, x),
+        lambda P, delta: P + delta, start, problem.dof, problem.iterations,
+        triangular_cholesky_solve)
 
 
 class RotationFit(nlls.CostFunction):
@@ -188,18 +258,20 @@ def build_nlls(problem, start, a, b):
     return objective, optimizer, name
 
 
-def compile_supported(function=nlls.Optimizer.optimize) -> Optional[str]:
-    """None if ``function`` (``optimize()``, ``OptimizationLayer.forward``) takes ``compile``;
-    else why not."""
-    if "compile" in inspect.signature(function).parameters:
+def compile_supported(function=nlls.Optimizer.optimize, argument: str = "compile") -> Optional[str]:
+    """None if ``function`` (``optimize()``, ``OptimizationLayer.forward``) takes ``argument``
+    (``compile``, ``cuda_graph``); else why not."""
+    if argument in inspect.signature(function).parameters:
         return None
-    return f"this nlls: {function.__qualname__}() has no `compile` argument yet"
+    return f"this nlls: {function.__qualname__}() has no `{argument}` argument yet"
 
 
-def nlls_run(problem, start, a, b, compile: bool):
+def nlls_run(problem, start, a, b, compile: bool, cuda_graph: bool = False):
     objective, optimizer, name = build_nlls(problem, start, a, b)
     unknown = objective.optim_vars[name]
     kwargs = {"compile": True} if compile else {}
+    if cuda_graph:
+        kwargs["cuda_graph"] = True
 
     def run():
         objective.update({name: start})
@@ -216,20 +288,67 @@ def handwritten_run(problem, start, a, b):
     return lambda: loop(problem, start, a, b, problem.iterations)
 
 
+class CUDAGraphed:
+    """``function(*inputs)`` captured in one ``torch.cuda.CUDAGraph``; a call copies new inputs
+    into the static input buffers, replays the graph and clones the output (as nlls's
+    ``cuda_graph=True`` does with its buffers). Warm-up runs go on a side stream before the
+    capture (cuBLAS/cuSOLVER handles and workspaces are made there, outside the graph)."""
+
+    def __init__(self, function: Callable, inputs, warmup: int = 3):
+        self.device = inputs[0].device
+        with torch.cuda.device(self.device), torch.no_grad():
+            self.inputs = [t.detach().clone() for t in inputs]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(max(warmup, 1)):
+                    function(*self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.output = function(*self.inputs)
+
+    def __call__(self, *inputs):
+        with torch.no_grad():
+            for static, new in zip(self.inputs, inputs, strict=True):
+                static.copy_(new)
+            self.graph.replay()
+            return self.output.clone()
+
+
+def handwritten_graph_run(problem, start, a, b, warmup: int):
+    """``handwritten_cuda_graph``: the capturable hand-written loop captured once; returns the
+    call and the capture's seconds (warm-up runs included)."""
+    begin = time.perf_counter()
+    graphed = CUDAGraphed(capturable_loop(problem), (start, a, b), warmup)
+    torch.cuda.synchronize(graphed.device)
+    return (lambda: graphed(start, a, b)), time.perf_counter() - begin
+
+
 # ---- the Optimistix child process ------------------------------------------------------------------
 class OptimistixChild:
-    """The runner in the JAX venv, driven by JSON lines; ``error`` says why it is unusable."""
+    """The runner in the JAX venv, driven by JSON lines; ``error`` says why it is unusable.
 
-    def __init__(self, python: str, pin: Optional[List[int]], workdir: str):
+    ``cuda``: the torch side runs on the GPU, so JAX must too: ``JAX_PLATFORMS`` is not forced
+    to ``cpu``, JAX does not preallocate GPU memory (torch shares the GPU), and a JAX whose
+    default backend is not the GPU makes ``error`` say so (Optimistix is then skipped, never
+    compared on the CPU against torch on the GPU)."""
+
+    def __init__(self, python: str, pin: Optional[List[int]], workdir: str, cuda: bool = False):
         self.proc, self.error, self.info = None, None, {}
         self.workdir = workdir
         self.stderr_path = os.path.join(workdir, "optimistix_runner.stderr")
         if not os.path.exists(python):
-            self.error = (f"no JAX venv at {python} (python3 -m venv .venv-jax && "
+            self.error = (f"no python at {python} (--jax-python: one with jax for CUDA and optimistix)"
+                          if cuda else f"no JAX venv at {python} (python3 -m venv .venv-jax && "
                           f".venv-jax/bin/pip install 'jax[cpu]' optimistix numpy)")
             return
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-        env["JAX_PLATFORMS"] = "cpu"
+        if cuda:
+            env["NLLS_BENCH_DEVICE"] = "cuda"  # the runner then leaves JAX_PLATFORMS alone
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        else:
+            env["JAX_PLATFORMS"] = "cpu"
         if pin:
             env["NLLS_BENCH_PIN_CPUS"] = ",".join(str(c) for c in pin)
         self._stderr = open(self.stderr_path, "w")
@@ -238,7 +357,14 @@ class OptimistixChild:
         try:
             self.info = self.ask({"cmd": "hello"})
         except RuntimeError as exc:
-            self.error = f"Optimistix runner does not start: {exc}"
+            self.error = f"Optimistix runner does not start ({python}): {exc}"
+            return
+        backend = self.info.get("backend")
+        if cuda and backend not in ("gpu", "cuda"):
+            self.error = (f"JAX in {python} runs on {backend!r} ({self.info.get('device')}), not on "
+                          f"the GPU: Optimistix skipped rather than compare JAX on the CPU with "
+                          f"torch on the GPU (install jax with CUDA there, or pass --jax-python)")
+            self.close()
 
     def ask(self, command: Dict) -> Dict:
         if self.proc is None or self.proc.poll() is not None:
@@ -262,15 +388,20 @@ class OptimistixChild:
         except OSError:
             return ""
 
-    def close(self):
+    def close(self, kill: bool = False):
+        """Ends the runner: ``quit`` and a wait, or at once with ``kill`` (when interrupted)."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
+            if not kill:
+                try:
+                    self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                    self.proc.stdin.flush()
+                    self.proc.wait(timeout=30)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            if self.proc.poll() is None:
                 self.proc.kill()
-        if self.proc is not None:
+                self.proc.wait()
+        if self.proc is not None and not self._stderr.closed:
             self._stderr.close()
 
 
@@ -321,10 +452,16 @@ class Pinned:
             os.sched_setaffinity(0, self.saved)
 
 
-def wall_ms(function: Callable) -> Callable[[], float]:
+def wall_ms(function: Callable, sync: Optional[Callable[[], None]] = None) -> Callable[[], float]:
+    """A timer of ``function``; ``sync`` (CUDA: ``torch.cuda.synchronize``) runs before the clock
+    starts and before it stops, so the GPU work queued by the call is inside the time."""
     def timed():
+        if sync is not None:
+            sync()
         begin = time.perf_counter()
         function()
+        if sync is not None:
+            sync()
         return 1e3 * (time.perf_counter() - begin)
     return timed
 
@@ -401,41 +538,80 @@ def _tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype == torch.float32 else 1e-7
 
 
+def _unavailable(method: str, args, given: bool) -> Optional[str]:
+    """Why ``method`` does not run in this configuration (None if it does); ``given``: the
+    method list was given on the command line."""
+    function = nlls.OptimizationLayer.forward if method.startswith("nlls_implicit") \
+        else nlls.Optimizer.optimize
+    if method.endswith("_cuda_graph"):
+        if not args.cuda:
+            return "cuda_graph=True needs --device cuda (a CUDA graph captures GPU kernels)"
+        return compile_supported(function, "cuda_graph") if method.startswith("nlls") else None
+    if method.endswith("_compiled"):
+        if args.cuda and not given:
+            return ("torch.compile is this bench's CPU method; on CUDA it measures cuda_graph=True "
+                    "instead (name the method in --methods / --grad-methods to run it anyway)")
+        return compile_supported(function)
+    return None
+
+
+def warm_captured(run: Callable, warmup: int, sync: Optional[Callable[[], None]]) -> Dict:
+    """The warm-up calls of a ``cuda_graph=True`` solve: the first one captures the graph (after
+    one eager run of the solve) and replays it. ``capture_s``: its time beyond a warm call."""
+    times = []
+    for _ in range(1 + max(warmup, 1)):
+        if sync is not None:
+            sync()
+        begin = time.perf_counter()
+        run()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - begin)
+    return {"capture_s": round(times[0] - min(times[1:]), 3), "first_call_s": round(times[0], 3)}
+
+
+def _failure(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:240] if str(exc) else ""
+    return f"failed: {type(exc).__name__}: {text}"
+
+
+def _param_diff(problem, reference: torch.Tensor, solution: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` distance of two solutions on the CPU: parameters' max abs difference, or the
+    angle between the rotations (rad)."""
+    if problem is ROTATION:
+        return _angle_between(reference, solution.to(reference.dtype))
+    return (solution.to(reference.dtype) - reference).abs().amax(-1)
+
+
 def bench_forward(problem, batch, args, child, rows, out):
     """Every forward method on one problem and batch size, interleaved."""
+    device = args.device
     if problem is ROTATION:
-        a, b, _, start = ROTATION.data(batch, "cpu", seed=args.seed)
+        a, b, _, start = ROTATION.data(batch, device, seed=args.seed)
         optx_start = np.zeros((batch, 3), dtype=np.float64)  # axis-angle of the identity
     else:
-        a, b, _, start = make_data(problem, batch, args.num_points, "cpu", seed=args.seed)
-        optx_start = start.numpy()
+        a, b, _, start = make_data(problem, batch, args.num_points, device, seed=args.seed)
+        optx_start = start.cpu().numpy()
     base = {"problem": problem.name, "measure": "forward", "batch_size": batch,
             "iterations": problem.iterations, "optimizer": problem.optimizer,
-            "dtype": str(problem.dtype).replace("torch.", ""), "device": "cpu",
+            "dtype": str(problem.dtype).replace("torch.", ""), "device": str(device),
             "threads": torch.get_num_threads()}
     timers: Dict[str, Callable[[], float]] = {}
     results: Dict[str, Callable[[], torch.Tensor]] = {}
     extra: Dict[str, Dict] = {}
     skipped: Dict[str, str] = {}
     for method in args.methods:
-        if method == "handwritten":
-            run = handwritten_run(problem, start, a, b)
-        elif method in ("nlls_analytic", "nlls_analytic_compiled"):
-            compiled = method.endswith("compiled")
-            if compiled and (why := compile_supported()):
-                skipped[method] = why
-                continue
-            run = nlls_run(problem, start, a, b, compile=compiled)
-            if compiled:
-                extra[method] = warm_compiled(run, args.warmup)
-        elif method == "optimistix":
+        if why := _unavailable(method, args, args.methods_given):
+            skipped[method] = why
+            continue
+        if method == "optimistix":
             if child.error:
                 skipped[method] = child.error
                 continue
             try:
                 measurement = OptimistixMeasurement(
                     child, problem.name, problem.iterations, "forward",
-                    {"start": optx_start, "x": a.numpy(), "y": b.numpy()})
+                    {"start": optx_start, "x": a.cpu().numpy(), "y": b.cpu().numpy()})
             except RuntimeError as exc:
                 skipped[method] = f"Optimistix failed: {exc}"
                 continue
@@ -445,13 +621,43 @@ def bench_forward(problem, batch, args, child, rows, out):
             timers[method] = measurement.run
             results[method] = measurement
             continue
-        else:
+        try:
+            if method == "handwritten":
+                run = handwritten_run(problem, start, a, b)
+            elif method == "handwritten_cuda_graph":
+                run, seconds = handwritten_graph_run(problem, start, a, b, warmup=1)
+                extra[method] = {"capture_s": round(seconds, 3)}
+            elif method in ("nlls_analytic", "nlls_analytic_compiled", "nlls_analytic_cuda_graph"):
+                compiled, graphed = method.endswith("compiled"), method.endswith("cuda_graph")
+                run = nlls_run(problem, start, a, b, compile=compiled, cuda_graph=graphed)
+                if compiled:
+                    extra[method] = warm_compiled(run, args.warmup)
+                if graphed:
+                    extra[method] = warm_captured(run, args.warmup, args.sync)
+            else:
+                continue
+            for _ in range(args.warmup):
+                run()
+        except Exception as exc:  # a failed capture or an out-of-memory: the others still run
+            skipped[method] = _failure(exc)
             continue
-        for _ in range(args.warmup):
-            run()
-        timers[method], results[method] = wall_ms(run), run
+        timers[method], results[method] = wall_ms(run, args.sync), run
     times = interleaved(timers, args.repeats, args.max_seconds, args.pin)
-    reference = results["handwritten"]() if "handwritten" in results else None
+    solutions: Dict[str, torch.Tensor] = {}  # on the CPU, for the comparisons
+    for method in times:
+        if method == "optimistix":
+            measurement = results[method]
+            solution = torch.as_tensor(measurement.result()["solution"])
+            extra[method]["optimistix_cpu_per_wall"] = round(
+                sum(measurement.cpu_ms) / max(sum(times[method]), 1e-9), 2)
+            measurement.drop()
+            if problem is ROTATION:
+                solution = rodrigues(solution.to(torch.float64))
+        else:
+            solution = results[method]().cpu()
+        solutions[method] = solution
+    reference = solutions.get("handwritten")
+    tolerance = _tolerance(problem.dtype)
     for method in args.methods:
         if method in skipped:
             emit({**base, "method": method, "skipped": skipped[method]}, rows, out)
@@ -460,22 +666,16 @@ def bench_forward(problem, batch, args, child, rows, out):
             continue
         record = _timing_record(base, method, times, extra,
                                 (("handwritten", "handwritten"), ("optimistix", "optimistix")))
-        if method == "optimistix":
-            solution = torch.as_tensor(results[method].result()["solution"])
-            cpu = results[method].cpu_ms
-            record["optimistix_cpu_per_wall"] = round(sum(cpu) / max(sum(times[method]), 1e-9), 2)
-            results[method].drop()
-            if problem is ROTATION:
-                solution = rodrigues(solution.to(torch.float64))
-        else:
-            solution = results[method]()
+        solution = solutions[method]
         if reference is not None:
-            if problem is ROTATION:
-                diff = _angle_between(reference, solution.to(reference.dtype))
-            else:
-                diff = (solution.to(reference.dtype) - reference).abs().amax(-1)
+            diff = _param_diff(problem, reference, solution)
             record["max_param_diff_to_handwritten"] = float(diff.max())
-            record["elements_differing"] = int((diff > _tolerance(problem.dtype)).sum())
+            record["elements_differing"] = int((diff > tolerance).sum())
+        eager = solutions.get(EAGER_OF.get(method, ""))
+        if eager is not None:  # a CUDA-graph method against its eager counterpart
+            diff = _param_diff(problem, eager, solution)
+            record["max_param_diff_to_eager"] = float(diff.max())
+            record["elements_differing_from_eager"] = int((diff > tolerance).sum())
         emit(record, rows, out)
 
 
@@ -492,15 +692,24 @@ def _timing_record(base, method, times, extra, references):
     return record
 
 
+def _grad_diffs(got, reference):
+    """Max abs difference of the solutions, relative norm difference of the gradients."""
+    param = float((got[0] - reference[0]).abs().max())
+    grads = torch.cat([g.reshape(-1) for g in got[1:]]).double()
+    ref_grads = torch.cat([g.reshape(-1) for g in reference[1:]]).double()
+    return param, float((grads - ref_grads).norm() / ref_grads.norm())
+
+
 def bench_grad(batch, args, child, rows, out):
     """Forward + backward of ``sum(v * p*)`` w.r.t. the data ``x, y`` on the quadratic fit."""
     problem = CURVE_PROBLEMS["quadratic"]
-    x, y, _, start = make_data(problem, batch, args.num_points, "cpu", seed=args.seed)
+    device = args.device
+    x, y, _, start = make_data(problem, batch, args.num_points, device, seed=args.seed)
     v = torch.randn(batch, problem.dof, generator=torch.Generator().manual_seed(args.seed + 1),
-                    dtype=torch.float64).to(problem.dtype)
+                    dtype=torch.float64).to(device=device, dtype=problem.dtype)
     base = {"problem": problem.name, "measure": "forward_backward", "batch_size": batch,
             "iterations": problem.iterations, "optimizer": problem.optimizer,
-            "dtype": str(problem.dtype).replace("torch.", ""), "device": "cpu",
+            "dtype": str(problem.dtype).replace("torch.", ""), "device": str(device),
             "threads": torch.get_num_threads()}
     timers, results, extra, skipped = {}, {}, {}, {}
 
@@ -513,29 +722,18 @@ def bench_grad(batch, args, child, rows, out):
         return run
 
     for method in args.grad_methods:
-        if method == "handwritten_unroll":
-            run = torch_grad(lambda xg, yg: handwritten_gauss_newton(problem, start, xg, yg,
-                                                                     problem.iterations))
-        elif method in ("nlls_implicit", "nlls_implicit_compiled"):
-            compiled = method.endswith("compiled")
-            if compiled and (why := compile_supported(nlls.OptimizationLayer.forward)):
-                skipped[method] = why
-                continue
-            layer = nlls.OptimizationLayer(build_nlls(problem, start, x, y)[1],
-                                           backward_mode="implicit")
-            kwargs = {"compile": True} if compiled else {}
-            run = torch_grad(lambda xg, yg, layer=layer, kwargs=kwargs:
-                             layer({"p": start, "x": xg, "y": yg}, **kwargs)[0]["p"])
-            if compiled:
-                extra[method] = warm_compiled(run, args.warmup)
-        elif method == "optimistix_implicit":
+        if why := _unavailable(method, args, args.grad_methods_given):
+            skipped[method] = why
+            continue
+        if method == "optimistix_implicit":
             if child.error:
                 skipped[method] = child.error
                 continue
             try:
                 measurement = OptimistixMeasurement(
                     child, problem.name, problem.iterations, "grad",
-                    {"start": start.numpy(), "x": x.numpy(), "y": y.numpy(), "v": v.numpy()})
+                    {"start": start.cpu().numpy(), "x": x.cpu().numpy(), "y": y.cpu().numpy(),
+                     "v": v.cpu().numpy()})
             except RuntimeError as exc:
                 skipped[method] = f"Optimistix failed: {exc}"
                 continue
@@ -543,13 +741,39 @@ def bench_grad(batch, args, child, rows, out):
                              "optimistix_steps": measurement.loaded["num_steps"]}
             timers[method], results[method] = measurement.run, measurement
             continue
-        else:
+        try:
+            if method == "handwritten_unroll":
+                run = torch_grad(lambda xg, yg: handwritten_gauss_newton(problem, start, xg, yg,
+                                                                         problem.iterations))
+            elif method in ("nlls_implicit", "nlls_implicit_compiled", "nlls_implicit_cuda_graph"):
+                compiled, graphed = method.endswith("compiled"), method.endswith("cuda_graph")
+                layer = nlls.OptimizationLayer(build_nlls(problem, start, x, y)[1],
+                                               backward_mode="implicit")
+                kwargs = {"compile": True} if compiled else {"cuda_graph": True} if graphed else {}
+                run = torch_grad(lambda xg, yg, layer=layer, kwargs=kwargs:
+                                 layer({"p": start, "x": xg, "y": yg}, **kwargs)[0]["p"])
+                if compiled:
+                    extra[method] = warm_compiled(run, args.warmup)
+                if graphed:
+                    extra[method] = warm_captured(run, args.warmup, args.sync)
+            else:
+                continue
+            for _ in range(args.warmup):
+                run()
+        except Exception as exc:  # a failed capture or an out-of-memory: the others still run
+            skipped[method] = _failure(exc)
             continue
-        for _ in range(args.warmup):
-            run()
-        timers[method], results[method] = wall_ms(run), run
+        timers[method], results[method] = wall_ms(run, args.sync), run
     times = interleaved(timers, args.repeats, args.max_seconds, args.pin)
-    reference = results["handwritten_unroll"]() if "handwritten_unroll" in results else None
+    solutions = {}  # (solution, grad_x, grad_y) on the CPU
+    for method in times:
+        if method == "optimistix_implicit":
+            arrays = results[method].result()
+            results[method].drop()
+            solutions[method] = tuple(torch.as_tensor(arrays[k]) for k in ("solution", "grad_x", "grad_y"))
+        else:
+            solutions[method] = tuple(t.cpu() for t in results[method]())
+    reference = solutions.get("handwritten_unroll")
     for method in args.grad_methods:
         if method in skipped:
             emit({**base, "method": method, "skipped": skipped[method]}, rows, out)
@@ -558,23 +782,20 @@ def bench_grad(batch, args, child, rows, out):
             continue
         record = _timing_record(base, method, times, extra,
                                 (("handwritten_unroll", "handwritten"), ("optimistix_implicit", "optimistix")))
-        if method == "optimistix_implicit":
-            arrays = results[method].result()
-            results[method].drop()
-            got = tuple(torch.as_tensor(arrays[k]) for k in ("solution", "grad_x", "grad_y"))
-        else:
-            got = results[method]()
+        got = solutions[method]
         if reference is not None:
-            record["max_param_diff_to_handwritten"] = float((got[0] - reference[0]).abs().max())
-            grads = torch.cat([g.reshape(-1) for g in got[1:]]).double()
-            ref_grads = torch.cat([g.reshape(-1) for g in reference[1:]]).double()
-            record["grad_rel_diff"] = float((grads - ref_grads).norm() / ref_grads.norm())
+            record["max_param_diff_to_handwritten"], record["grad_rel_diff"] = _grad_diffs(got, reference)
+        eager = solutions.get(EAGER_OF.get(method, ""))
+        if eager is not None:  # a CUDA-graph method against its eager counterpart
+            record["max_param_diff_to_eager"], record["grad_rel_diff_to_eager"] = _grad_diffs(got, eager)
         emit(record, rows, out)
 
 
-def markdown_table(rows: List[Dict]) -> str:
+def markdown_table(rows: List[Dict], cuda: bool = False) -> str:
+    """The table of this run; on CUDA the last column also holds ``capture_s`` (CUDA graphs)
+    and the Δ column the CUDA-graph methods' difference to their eager counterparts."""
     lines = ["| problem | measure | B | method | median ms | × hand-written | × Optimistix | "
-             "max Δ to hand-written | compile s |",
+             f"max Δ to hand-written | {'compile / capture s' if cuda else 'compile s'} |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "median_ms" not in r:
@@ -586,9 +807,14 @@ def markdown_table(rows: List[Dict]) -> str:
         diff = fmt("max_param_diff_to_handwritten", ".1e")
         if "grad_rel_diff" in r:
             diff += f" (grad {r['grad_rel_diff']:.1e})"
+        if "max_param_diff_to_eager" in r:
+            diff += f"; eager {r['max_param_diff_to_eager']:.1e}"
+            if "grad_rel_diff_to_eager" in r:
+                diff += f" (grad {r['grad_rel_diff_to_eager']:.1e})"
+        seconds = fmt("compile_s", ".1f") if "compile_s" in r or not cuda else fmt("capture_s", ".2f")
         lines.append(f"| {r['problem']} | {r['measure']} | {r['batch_size']} | {r['method']} | "
                      f"{r['median_ms']:.3f} | {fmt('ratio_to_handwritten', '.2f')} | "
-                     f"{fmt('ratio_to_optimistix', '.2f')} | {diff} | {fmt('compile_s', '.1f')} |")
+                     f"{fmt('ratio_to_optimistix', '.2f')} | {diff} | {seconds} |")
     return "\n".join(lines)
 
 
@@ -615,16 +841,99 @@ def acceptance(rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
+GPU_ACCEPTANCE = (("quadratic", "exponential"), (1, 256, 4096))
+
+
+def acceptance_gpu(rows: List[Dict]) -> str:
+    """The GPU acceptance, read off this run's lines: nlls with ``cuda_graph=True`` no slower
+    than Optimistix at B = 1, 256 and 4096 on the quadratic and exponential fits, and its
+    solutions equal to those of eager nlls (``nlls_analytic``) to float tolerance."""
+    out, verdicts = [], []
+    forward = {(r["problem"], r["batch_size"], r["method"]): r for r in rows
+               if r.get("measure") == "forward"}
+    method = "nlls_analytic_cuda_graph"
+    problems, batches = GPU_ACCEPTANCE
+    for problem in problems:
+        tolerance = _tolerance(PROBLEMS[problem].dtype)
+        for batch in batches:
+            label = f"B={batch} {problem} {method}"
+            r = forward.get((problem, batch, method))
+            if r is None or "skipped" in r:
+                out.append(f"{label}: " + (f"skipped ({r['skipped'][:80]})" if r else "not measured"))
+                verdicts.append(None)
+                continue
+            if "ratio_to_optimistix" in r:
+                ok = r["ratio_to_optimistix"] <= 1.0
+                out.append(f"{label}: {r['ratio_to_optimistix']:.2f}× Optimistix -> "
+                           f"{'holds' if ok else 'FAILS'} (≤ 1)")
+                verdicts.append(ok)
+            else:
+                other = forward.get((problem, batch, "optimistix"))
+                why = other["skipped"][:80] if other and "skipped" in other else "not measured"
+                out.append(f"{label}: no Optimistix time to compare ({why})")
+                verdicts.append(None)
+            if "max_param_diff_to_eager" in r:
+                ok = r["max_param_diff_to_eager"] <= tolerance
+                out.append(f"{label}: max Δ to eager nlls_analytic {r['max_param_diff_to_eager']:.1e} "
+                           f"-> {'holds' if ok else 'FAILS'} (≤ {tolerance:g})")
+                verdicts.append(ok)
+            else:
+                out.append(f"{label}: no eager nlls_analytic solution to compare")
+                verdicts.append(None)
+    if any(v is False for v in verdicts):
+        overall = "FAILS"
+    elif verdicts and all(verdicts):
+        overall = "holds"
+    else:
+        overall = "incomplete (a measurement above is missing)"
+    out.append(f"overall: {overall}")
+    return "\n".join(out)
+
+
+def setup_device(name: str):
+    """``(device, cuda, sync)`` for ``--device``: the torch device, whether it is a GPU, and the
+    function every torch timing calls before starting and before stopping its clock (None on
+    the CPU). Raises ValueError with the reason when the device cannot be used."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {name!r}: {exc}") from None
+    if device.type == "cpu":
+        return device, False, None
+    if device.type != "cuda":
+        raise ValueError(f"--device {name!r}: cpu or cuda")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available (torch {torch.__version__}, "
+                         f"built with CUDA {torch.version.cuda})")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: no CUDA device {device.index} "
+                         f"({torch.cuda.device_count()} visible)")
+    return device, True, lambda: torch.cuda.synchronize(device)
+
+
+class Interrupted(BaseException):
+    """SIGTERM (``timeout``): stop measuring, print what was measured."""
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted(f"signal {signum}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-sizes", default=None, help="default 1,256,4096 (--quick: 1,256)")
+    parser.add_argument("--batch-sizes", default=None,
+                        help="default 1,256,4096 (cuda: 1,256,4096,65536; --quick: 1,256)")
     parser.add_argument("--problems", default="quadratic,exponential,rotation")
-    parser.add_argument("--methods", default=",".join(FORWARD_METHODS),
-                        help=f"forward methods, a subset of {','.join(FORWARD_METHODS)}")
+    parser.add_argument("--methods", default=None,
+                        help=f"forward methods, a subset of {','.join(FORWARD_METHODS)} (default: "
+                             f"cpu {','.join(DEFAULT_METHODS['cpu'][0])}; cuda "
+                             f"{','.join(DEFAULT_METHODS['cuda'][0])}, the compiled one skipped "
+                             f"unless named here)")
     parser.add_argument("--grad-batch-sizes", default=None,
                         help="batch sizes of the forward+backward lines (quadratic), default "
-                             "256,4096 (--quick: 256); '' for none")
-    parser.add_argument("--grad-methods", default=",".join(GRAD_METHODS))
+                             "256,4096 (cuda: 1,256,4096; --quick: 256); '' for none")
+    parser.add_argument("--grad-methods", default=None,
+                        help=f"a subset of {','.join(GRAD_METHODS)} (default: as --methods, per device)")
     parser.add_argument("--num-points", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=None, help="default 3 (--quick: 1)")
     parser.add_argument("--repeats", type=int, default=None, help="default 15 (--quick: 3)")
@@ -633,22 +942,39 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--pin-cpu", type=int, default=None,
-                        help="CPU both processes run the timed calls on (default: the last one this "
-                             "process may use; -1: no pinning, JAX then uses every core)")
-    parser.add_argument("--device", default="cpu", help="cpu only (the GPU bench is separate)")
-    parser.add_argument("--jax-python", default=DEFAULT_JAX_PYTHON,
-                        help="python of the venv with jax and optimistix (default .venv-jax)")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="JSON lines file; '' for none")
+                        help="CPU both processes run the timed calls on (default on cpu: the last one "
+                             "this process may use; on cuda: -1; -1: no pinning, JAX then uses every "
+                             "core)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda: torch data, solves and timings on the GPU, JAX "
+                             "on its GPU backend")
+    parser.add_argument("--jax-python", default=None,
+                        help="python with jax and optimistix, run as the child process (default "
+                             ".venv-jax/bin/python; on cuda: that if it exists, else this python, "
+                             "for a machine where JAX with CUDA is installed beside torch: "
+                             "--jax-python \"$(which python)\")")
+    parser.add_argument("--output", default=None,
+                        help="JSON lines file (default bench/results/optimistix_<cpu|cuda>.jsonl); "
+                             "'' for none")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: B = 1 and 256, grad at 256, 3 repeats")
     args = parser.parse_args(argv)
-    defaults = (("batch_sizes", "1,256,4096", "1,256"), ("grad_batch_sizes", "256,4096", "256"),
+    try:
+        args.device, args.cuda, args.sync = setup_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    kind = "cuda" if args.cuda else "cpu"
+    defaults = (("batch_sizes", "1,256,4096,65536" if args.cuda else "1,256,4096", "1,256"),
+                ("grad_batch_sizes", "1,256,4096" if args.cuda else "256,4096", "256"),
                 ("repeats", 15, 3), ("warmup", 3, 1))
     for key, full, quick in defaults:
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
-    args.methods = [m for m in args.methods.split(",") if m]
-    args.grad_methods = [m for m in args.grad_methods.split(",") if m]
+    args.methods_given, args.grad_methods_given = args.methods is not None, args.grad_methods is not None
+    for key, given, default in (("methods", args.methods_given, DEFAULT_METHODS[kind][0]),
+                                ("grad_methods", args.grad_methods_given, DEFAULT_METHODS[kind][1])):
+        value = getattr(args, key) if given else ",".join(default)
+        setattr(args, key, [m for m in value.split(",") if m])
     unknown = sorted(set(args.methods) - set(FORWARD_METHODS)) + \
         sorted(set(args.grad_methods) - set(GRAD_METHODS))
     if unknown:
@@ -657,13 +983,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     if set(problems) - set(PROBLEMS):
         parser.error(f"unknown problems {sorted(set(problems) - set(PROBLEMS))}; "
                      f"choose from {sorted(PROBLEMS)}")
-    if args.device != "cpu":
-        print(json.dumps({"bench": "optimistix", "device": args.device,
-                          "skipped": "bench_optimistix.py measures CPU only"}))
-        return
+    if args.jax_python is None:
+        args.jax_python = (DEFAULT_JAX_PYTHON if not args.cuda or os.path.exists(DEFAULT_JAX_PYTHON)
+                           else sys.executable)
+    if args.output is None:
+        args.output = DEFAULT_OUTPUT.format(device=kind)
     torch.set_num_threads(max(args.threads, 1))
     if args.pin_cpu is None:
-        args.pin_cpu = max(os.sched_getaffinity(0))
+        args.pin_cpu = -1 if args.cuda else max(os.sched_getaffinity(0))
     args.pin = None if args.pin_cpu < 0 else [args.pin_cpu]
     rows: List[Dict] = []
     out = None
@@ -671,31 +998,52 @@ def main(argv: Optional[List[str]] = None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         out = open(args.output, "w")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="nlls_optimistix_") as workdir:
-        child = OptimistixChild(args.jax_python, args.pin, workdir)
-        versions = {"torch": torch.__version__, "pin_cpu": args.pin_cpu,
-                    **{k: v for k, v in child.info.items() if k in
-                       ("jax", "jaxlib", "optimistix", "lineax", "equinox", "cpus")}}
-        if child.error:
-            versions["optimistix_skipped"] = child.error
-        emit({"measure": "setup", **versions}, rows, out)
-        try:
-            for name in problems:
-                for batch in (int(b) for b in args.batch_sizes.split(",") if b):
-                    bench_forward(PROBLEMS[name], batch, args, child, rows, out)
-            for batch in (int(b) for b in args.grad_batch_sizes.split(",") if b):
-                bench_grad(batch, args, child, rows, out)
-        finally:
-            child.close()
-            if out is not None:
-                out.close()
-    table = markdown_table([r for r in rows if r.get("measure") != "setup"])
+    interrupted = None
+    previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nlls_optimistix_") as workdir:
+            child = OptimistixChild(args.jax_python, args.pin, workdir, cuda=args.cuda)
+            versions = {"torch": torch.__version__, "pin_cpu": args.pin_cpu,
+                        **{k: v for k, v in child.info.items() if k in
+                           ("jax", "jaxlib", "optimistix", "lineax", "equinox", "cpus")}}
+            if "backend" in child.info:
+                versions["jax_backend"] = child.info["backend"]
+            if args.cuda:
+                versions.update(device=str(args.device), torch_cuda=torch.version.cuda,
+                                gpu=torch.cuda.get_device_name(args.device),
+                                jax_python=args.jax_python, jax_device=child.info.get("device"))
+            if child.error:
+                versions["optimistix_skipped"] = child.error
+            emit({"measure": "setup", **versions}, rows, out)
+            try:
+                for name in problems:
+                    for batch in (int(b) for b in args.batch_sizes.split(",") if b):
+                        bench_forward(PROBLEMS[name], batch, args, child, rows, out)
+                for batch in (int(b) for b in args.grad_batch_sizes.split(",") if b):
+                    bench_grad(batch, args, child, rows, out)
+            except (KeyboardInterrupt, Interrupted) as exc:
+                signal_name = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
+                interrupted = (f"interrupted ({signal_name}): the lines above are the measurements "
+                               f"finished before")
+            finally:
+                child.close(kill=interrupted is not None)
+                if out is not None:
+                    out.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    title = "Acceptance (GPU, cuda_graph=True)" if args.cuda else "Acceptance (issue 9, CPU)"
+    verdict = acceptance_gpu(rows) if args.cuda else acceptance(rows)
+    table = markdown_table([r for r in rows if r.get("measure") != "setup"], cuda=args.cuda)
+    if interrupted:
+        table += f"\n\n{interrupted}"
     print(table, file=sys.stderr)
-    print("\nAcceptance (issue 9, CPU):\n" + acceptance(rows), file=sys.stderr)
+    print(f"\n{title}:\n" + verdict, file=sys.stderr)
     print(f"\n{json.dumps(rows[0])}\ntotal {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.output:
         with open(os.path.splitext(args.output)[0] + ".md", "w") as f:
-            f.write(table + "\n\nAcceptance (issue 9, CPU):\n" + acceptance(rows) + "\n")
+            f.write(table + f"\n\n{title}:\n" + verdict + "\n")
+    if interrupted:
+        sys.exit(128 + (signal.SIGTERM if "SIGTERM" in interrupted else signal.SIGINT))
 
 
 if __name__ == "__main__":
