@@ -9,10 +9,121 @@ also the gradient of the objective). ``J`` is never formed whole: each cost grou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 
 from .evaluate import Evaluator, State
+
+
+# ---- J^T J and J^T r of many small blocks ----------------------------------------------------
+# Curve fits and small factors give thousands of tall, thin blocks J (dim x D, dim >> D); how
+# their products are formed decides the time of a batched solve. Measured on CPU (one thread)
+# with bench/bench_normal_equations.py (eager and torch.compile'd products alone) and
+# bench/bench_optimistix.py (whole optimize(compile=True) solves); see _normal_rule.
+
+_LARGE = 4096  # rows * dim from which the bmm of the transposed view stops being the fastest
+_TALL = 20  # dim from which the contiguous transposed copy pays off
+_FUSED_BYTES = 4 * 2 ** 20  # largest J for which compiled per-entry reductions win
+
+
+def _is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller (``torch.compiler.is_compiling`` is
+    missing from older torch releases that nlls still supports)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:
+        from torch._dynamo import is_compiling as check
+    return check()
+
+
+def _normal_bmm(jac: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``J^T J`` and ``J^T r`` as two matrix products on the transposed view of ``J``."""
+    jt = jac.transpose(-1, -2)
+    return jt @ jac, (jt @ r[..., None])[..., 0]
+
+
+def _normal_transposed(jac: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``J^T`` copied contiguous first, ``(..., D, dim)``: the products then run along memory
+    (the batched GEMM of the transposed view is 2-3x slower than the copy and the GEMM)."""
+    jt = jac.transpose(-1, -2).contiguous()
+    return jt @ jt.transpose(-1, -2), (jt @ r[..., None])[..., 0]
+
+
+def _normal_entries(jac: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One product-and-sum per entry of the upper triangle of ``J^T J`` and per entry of
+    ``J^T r``, mirrored into an exactly symmetric ``A``: elementwise work and reductions that
+    ``torch.compile`` fuses into one loop over ``J`` (as XLA does), for small ``D``."""
+    size = jac.shape[-1]
+    columns = jac.unbind(-1)
+    upper = {}
+    for i in range(size):
+        for j in range(i, size):
+            upper[i, j] = (columns[i] * columns[j]).sum(-1)
+    rows = [torch.stack([upper[min(i, j), max(i, j)] for j in range(size)], dim=-1)
+            for i in range(size)]
+    g = torch.stack([(column * r).sum(-1) for column in columns], dim=-1)
+    return torch.stack(rows, dim=-2), g
+
+
+_NORMAL_VARIANTS = {"bmm": _normal_bmm, "transposed": _normal_transposed, "entries": _normal_entries}
+
+
+def _normal_rule(jac: torch.Tensor) -> str:
+    """Which of ``_NORMAL_VARIANTS`` forms the blocks of ``jac (..., dim, D)``.
+
+    With ``rows`` the number of blocks (the product of the leading sizes):
+
+    * not on CPU, ``D > 3``, or ``rows * dim < 4096``: ``bmm`` (the GPU rule is not measured
+      yet; with ``D = 6`` the alternatives are mixed, 0.8-1.3x; small batches are overhead);
+    * under ``torch.compile`` with ``J`` at most 4 MiB: ``entries``;
+    * ``dim >= 20``: ``transposed``;
+    * else ``bmm``.
+
+    Numbers (one thread, AMD EPYC, torch 2.13; time / time of ``bmm``). Eager, ``(A, g)``
+    alone (bench_normal_equations.py): ``transposed`` 0.59-0.87 at ``B = 4096, 256`` and
+    ``dim = 20, 100``, ``D = 2, 3``, 0.84-0.91 at ``B = 64, dim = 100``; 1.0-1.3 at ``dim = 3``
+    or ``B * dim < 4096``; ``entries`` is never the fastest eagerly (0.74-2.5 at ``B = 4096``,
+    3-16x at ``B = 1``). Compiled whole solves (``optimize(compile=True)``, ms, medians over 6
+    processes): quadratic fit float32 ``B = 4096`` (``J`` 3.1 MiB) ``bmm`` 40.5, ``entries``
+    29.6, ``transposed`` 31.6; float64 (6.25 MiB) ``bmm`` 55.4, ``entries`` 79.9,
+    ``transposed`` 46.7; exponential fit float64 (9.4 MiB) ``bmm`` 137, ``entries`` 176,
+    ``transposed`` 137; rotation fit float64 ``dim = 60`` (5.6 MiB) ``bmm`` 254, ``entries``
+    254, ``transposed`` 236; at ``B = 256`` ``entries`` 0.74-0.88 of ``bmm`` (quadratic
+    float32 and float64, exponential float64); at ``B = 1`` ``entries`` 1.15-1.45x, ``bmm``
+    best. Compiled, the fused reductions read ``J`` across 16 rows at a time, fast while ``J``
+    stays in cache and slower than the library GEMM beyond (the 4 MiB bound is this machine's).
+    """
+    size = jac.shape[-1]
+    if size > 3 or not jac.is_cpu or jac.numel() < _LARGE * size:  # rows * dim < _LARGE
+        return "bmm"
+    if _is_compiling() and jac.numel() * jac.element_size() <= _FUSED_BYTES:
+        return "entries"
+    return "transposed" if jac.shape[-2] >= _TALL else "bmm"
+
+
+def _normal_blocks(jac: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(J^T J (..., D, D), J^T r (..., D))`` of the blocks ``jac (..., dim, D)``,
+    ``r (..., dim)``, by the fastest way for their shape (:func:`_normal_rule`).
+    Differentiable, also under ``torch.func`` and ``torch.compile``.
+
+    ``J^T J`` is exactly symmetric with ``entries`` (by construction) and was with
+    ``transposed`` in every case checked (MKL, ``D <= 3``); ``bmm`` on the transposed view, as
+    before, can round ``A_ij`` and ``A_ji`` differently. Symmetrizing, ``0.5 (A + A^T)``, would
+    cost 6 us at ``B = 1`` (+50 % of the products) and 110 us at ``B = 4096`` (+8 %), and the
+    Cholesky factorization reads one triangle only, so it is not done.
+    """
+    return _NORMAL_VARIANTS[_normal_rule(jac)](jac, r)
+
+
+def _gradient_blocks(jac: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``J^T r (..., D)`` alone. Up to 16 blocks (on CPU) or under ``torch.compile`` as a
+    product and a sum (eager: 0.62-0.95 of the matrix-vector product at ``B <= 16``, 0.8-1.4 at
+    ``B = 64-128``, up to 3x at ``B = 4096``; compiled, the compiler makes the product this
+    anyway; the GPU rule is not measured yet); else one matrix-vector product per block."""
+    rows = jac.numel() // max(jac.shape[-1] * jac.shape[-2], 1)
+    if _is_compiling() or (rows <= 16 and jac.is_cpu):
+        return (jac * r[..., None]).sum(-2)
+    return (jac.transpose(-1, -2) @ r[..., None])[..., 0]
 
 
 @dataclass
@@ -89,7 +200,7 @@ class Linearization:
         self._move(ref.device)
         g = ref.new_zeros(ref.shape[1], self.evaluator.dof)
         for (jac, r), index_g in zip(parts, self._flat_g):
-            jtr = (jac.transpose(-1, -2) @ r[..., None])[..., 0].transpose(0, 1).reshape(g.shape[0], -1)
+            jtr = _gradient_blocks(jac, r).transpose(0, 1).reshape(g.shape[0], -1)
             g = g.index_add(1, index_g, jtr)
         return g
 
@@ -122,17 +233,16 @@ class DenseLinearization(Linearization):
         parts = self.evaluator.jacobians(state, aux)
         if self._direct:
             jac, r = parts[0]
-            jt = jac[0].transpose(-1, -2)
-            return DenseSystem(jt @ jac[0], (jt @ r[0][..., None])[..., 0])
+            return DenseSystem(*_normal_blocks(jac[0], r[0]))
         ref = parts[0][1]
         batch, dof = ref.shape[1], self.evaluator.dof
         self._move(ref.device)
         A = ref.new_zeros(batch, dof * dof)
         g = ref.new_zeros(batch, dof)
         for (jac, r), index_A, index_g in zip(parts, self._flat_A, self._flat_g):
-            jt = jac.transpose(-1, -2)
-            jtj = (jt @ jac).transpose(0, 1).reshape(batch, -1)  # (B, K * Dg * Dg)
-            jtr = (jt @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
+            jtj, jtr = _normal_blocks(jac, r)
+            jtj = jtj.transpose(0, 1).reshape(batch, -1)  # (B, K * Dg * Dg)
+            jtr = jtr.transpose(0, 1).reshape(batch, -1)
             A = A.index_add(1, index_A, jtj)
             g = g.index_add(1, index_g, jtr)
         return DenseSystem(A.reshape(batch, dof, dof), g)
@@ -229,9 +339,9 @@ class SparseLinearization(Linearization):
         values = ref.new_zeros(batch, self.pattern.nnz)
         g = ref.new_zeros(batch, dof)
         for (jac, r), index_A, index_g in zip(parts, scatter, flat_g):
-            jt = jac.transpose(-1, -2)
-            jtj = (jt @ jac).transpose(0, 1).reshape(batch, -1)
-            jtr = (jt @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
+            jtj, jtr = _normal_blocks(jac, r)
+            jtj = jtj.transpose(0, 1).reshape(batch, -1)
+            jtr = jtr.transpose(0, 1).reshape(batch, -1)
             values = values.index_add(1, index_A, jtj)
             g = g.index_add(1, index_g, jtr)
         return SparseSystem(SparseMatrix(self.pattern, values), g)
@@ -318,6 +428,6 @@ class JacobianLinearization(Linearization):
         batch = ref.shape[1]
         g = ref.new_zeros(batch, self.evaluator.dof)
         for (jac, r), index_g in zip(parts, self._flat_g):
-            jtr = (jac.transpose(-1, -2) @ r[..., None])[..., 0].transpose(0, 1).reshape(batch, -1)
+            jtr = _gradient_blocks(jac, r).transpose(0, 1).reshape(batch, -1)
             g = g.index_add(1, index_g, jtr)
         return JacobianSystem(JacobianOperator(self, parts), g)
