@@ -319,9 +319,7 @@ class OptimizationLayer(torch.nn.Module):
         if not numeric or not torch.is_grad_enabled():
             return
         if mode != BackwardMode.IMPLICIT:
-            wants_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (inputs or {}).values()) \
-                or any(v.tensor.requires_grad for v in self.objective.aux_vars.values())
-            if wants_grad:
+            if _wanting_grad(inputs, self.objective.aux_vars):
                 raise ValueError(
                     f"backward_mode={mode.value!r} cannot differentiate through "
                     f"NumericDiffCostFunction {numeric[0]!r} (finite differences give no graph "
@@ -338,10 +336,7 @@ class OptimizationLayer(torch.nn.Module):
             raise ValueError("OptimizationLayer: compile=True and cuda_graph=True are exclusive")
         if mode == BackwardMode.IMPLICIT or not torch.is_grad_enabled():
             return
-        wanted = [name for name, t in (inputs or {}).items()
-                  if isinstance(t, torch.Tensor) and t.requires_grad]
-        wanted += [name for name, v in {**self.objective.optim_vars, **self.objective.aux_vars}.items()
-                   if name not in (inputs or {}) and v.tensor.requires_grad]
+        wanted = _wanting_grad(inputs, {**self.objective.optim_vars, **self.objective.aux_vars})
         if wanted:
             raise ValueError(
                 f"OptimizationLayer: backward_mode={mode.value!r} differentiates the recorded "
@@ -361,6 +356,15 @@ class OptimizationLayer(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"optimizer={type(self.optimizer).__name__}, hessian={self.hessian!r}"
+
+
+def _wanting_grad(inputs, variables) -> List[str]:
+    """Names whose tensor for this call requires grad: the tensors in ``inputs``, and the
+    current tensors of the ``variables`` that ``inputs`` does not replace."""
+    inputs = inputs or {}
+    names = [name for name, t in inputs.items() if isinstance(t, torch.Tensor) and t.requires_grad]
+    return names + [name for name, v in variables.items()
+                    if name not in inputs and v.tensor.requires_grad]
 
 
 def _check_hessian(value: str) -> str:

@@ -51,9 +51,7 @@ def run_compiled(optimizer, loop, num_iterations: int, stop_on_convergence: bool
     key = (size, flags, shapes)
     cache: Dict[Tuple, Callable] = optimizer._compiled
     evaluator = optimizer._evaluator
-    if not all(group.checked for group in evaluator.groups):
-        # the one-off shape checks of the evaluator run eagerly, not inside the traced code
-        evaluator.jacobians(loop.state, loop.aux)
+    evaluator.check_shapes(loop.state, loop.aux)
     done = 0
     while num_iterations - done >= size:
         compiled = cache.get(key)

@@ -173,8 +173,8 @@ def check_capturable(optimizer, num_iterations: Optional[int] = None) -> None:
     state, aux = evaluator.gather(batch), evaluator.aux(batch)
     check_supported(optimizer, state, aux, allow_cpu=True)
     iterations = optimizer.max_iterations if num_iterations is None else num_iterations
+    evaluator.check_shapes(state, aux)
     with torch.no_grad():
-        evaluator.jacobians(state, aux)  # the one-off shape checks of a first evaluation
         with _SyncGuard():
             _solve_body(optimizer, state, aux, iterations, (True, False, False))()
 
@@ -327,8 +327,7 @@ def run_cuda_graph(optimizer, num_iterations: int, stop_on_convergence: bool = T
         if verbose:
             print(f"{type(optimizer).__name__}: capturing {num_iterations} iterations in a CUDA "
                   f"graph (batch {batch}, {evaluator.dof} unknowns)")
-        with torch.no_grad():
-            evaluator.jacobians(state, aux)  # the one-off shape checks run eagerly, uncaptured
+        evaluator.check_shapes(state, aux)
         captured = _CapturedSolve(optimizer, state, aux, num_iterations, flags)
         graphs[key] = captured
         optimizer._cuda_graph_structure = optimizer.objective._structure_version

@@ -348,6 +348,13 @@ class Evaluator:
             ))
         return out
 
+    def check_shapes(self, state: State, aux: List[List[torch.Tensor]]) -> None:
+        """Run the one-off shape checks of a first evaluation now, eagerly, if any group has not
+        had them: compiled and captured solves must not trace or capture them."""
+        if not all(group.checked for group in self.groups):
+            with torch.no_grad():
+                self.jacobians(state, aux)
+
     def _check_jacobians(self, group: _Group, jacobians: Sequence[torch.Tensor], batch: int):
         if len(jacobians) != len(group.dofs):
             raise ValueError(
