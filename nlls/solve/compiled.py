@@ -11,7 +11,8 @@ iterations and give the same results (to floating-point reassociation by the com
 The first call of a chunk compiles it (tens of seconds on CPU); later calls with the same
 structure, shapes and dtypes reuse it. Iterations left over after the last whole chunk run
 eagerly. If compilation fails, a warning says why and the run continues eagerly from where it
-was: compiling never changes what is computed.
+was: compiling never changes what is computed. On the CPU, small ``torch.stack`` s (Jacobian
+columns, matrix entries) are fused into their consumers (:mod:`nlls.solve._stack_pass`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import warnings
 from typing import Callable, Dict, Tuple
 
 import torch
+
+from ._stack_pass import compile_options
 
 
 def _chunk_function(optimizer, size: int, stop_on_convergence: bool, best: bool, history: bool) -> Callable:
@@ -56,7 +59,8 @@ def run_compiled(optimizer, loop, num_iterations: int, stop_on_convergence: bool
     while num_iterations - done >= size:
         compiled = cache.get(key)
         if compiled is None:
-            compiled = torch.compile(_chunk_function(optimizer, size, *flags), dynamic=False)
+            compiled = torch.compile(_chunk_function(optimizer, size, *flags), dynamic=False,
+                                     options=compile_options())
             cache[key] = compiled
         if compiled is _FAILED:
             break
