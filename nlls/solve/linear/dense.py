@@ -5,6 +5,7 @@ from typing import Tuple
 
 import torch
 
+from ..linearization import _is_compiling
 from .base import Factorization, LinearSolver
 
 _ADVICE = (
@@ -85,7 +86,9 @@ class DenseCholesky(LinearSolver):
     Two triangular solves are used instead of ``cholesky_solve`` (capturable in CUDA graphs).
     Batches of at least ``small_batch`` matrices of size ``D <= 3`` use explicit formulas
     instead (:class:`_SmallCholeskyFactorization`; on CPU 2.6-4x faster at B = 4096, 2-4x slower
-    at B <= 256), so results agree across batch sizes to rounding, not bit for bit.
+    at B <= 256), so results agree across batch sizes to rounding, not bit for bit. Under
+    ``torch.compile`` (``optimize(compile=True)``) ``D <= 3`` systems use them at every batch
+    size: compiled, they fuse into the surrounding kernels.
 
     Args:
         small_batch: batch size from which ``D <= 3`` systems use the explicit formulas.
@@ -101,7 +104,7 @@ class DenseCholesky(LinearSolver):
         self.small_batch = small_batch
 
     def factor(self, matrix: torch.Tensor) -> Factorization:
-        if matrix.shape[-1] <= 3 and matrix.shape[0] >= self.small_batch:
+        if matrix.shape[-1] <= 3 and (matrix.shape[0] >= self.small_batch or _is_compiling()):
             return _SmallCholeskyFactorization(matrix)
         return _CholeskyFactorization(matrix)
 
