@@ -107,14 +107,15 @@ def make_data(problem: Problem, batch: int, num_points: int, device, seed: int =
 
 
 # ---- (b) the speed limit: hand-written vectorized Gauss-Newton and Levenberg-Marquardt ----------
-def handwritten_gauss_newton(problem, start, x, y, iterations):
-    """Plain batched Gauss-Newton: bmm for J^T J, one Cholesky and one solve per iteration."""
+def handwritten_gauss_newton(problem, start, x, y, iterations, solve=torch.cholesky_solve):
+    """Plain batched Gauss-Newton: bmm for J^T J, one Cholesky and one solve per iteration
+    (``solve(rhs, factor)``, as ``torch.cholesky_solve``)."""
     p = start
     for _ in range(iterations):
         jac, r = problem.jacobian(p, x), problem.residual(p, x, y)
         jt = jac.transpose(1, 2)
         factor, _ = torch.linalg.cholesky_ex(torch.bmm(jt, jac))
-        p = p - torch.cholesky_solve(torch.bmm(jt, r[..., None]), factor)[..., 0]
+        p = p - solve(torch.bmm(jt, r[..., None]), factor)[..., 0]
     return p
 
 

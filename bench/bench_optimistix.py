@@ -180,17 +180,6 @@ def triangular_cholesky_solve(rhs: torch.Tensor, factor: torch.Tensor) -> torch.
     return torch.linalg.solve_triangular(factor.mT, z, upper=True)
 
 
-def handwritten_gauss_newton_triangular(problem, start, x, y, iterations):
-    """``handwritten_gauss_newton`` of bench_curve_fit.py with the capturable solve."""
-    p = start
-    for _ in range(iterations):
-        jac, r = problem.jacobian(p, x), problem.residual(p, x, y)
-        jt = jac.transpose(1, 2)
-        factor, _ = torch.linalg.cholesky_ex(torch.bmm(jt, jac))
-        p = p - triangular_cholesky_solve(torch.bmm(jt, r[..., None]), factor)[..., 0]
-    return p
-
-
 def capturable_loop(problem) -> Callable:
     """The hand-written loop of ``problem`` as ``f(start, a, b)`` with only capturable
     operations (the Cholesky solve by two triangular solves), for ``handwritten_cuda_graph``."""
@@ -198,8 +187,8 @@ def capturable_loop(problem) -> Callable:
         return lambda R, p, q: handwritten_rotation_lm(R, p, q, problem.iterations,
                                                        triangular_cholesky_solve)
     if problem.optimizer == "gauss_newton":
-        return lambda start, x, y: handwritten_gauss_newton_triangular(problem, start, x, y,
-                                                                      problem.iterations)
+        return lambda start, x, y: handwritten_gauss_newton(problem, start, x, y, problem.iterations,
+                                                            triangular_cholesky_solve)
     return lambda start, x, y: handwritten_lm(
         lambda P: problem.residual(P, x, y), lambda P: problem.jacobian(P, x),
         lambda P, delta: P + delta, start, problem.dof, problem.iterations,
@@ -525,6 +514,17 @@ def warm_compiled(run: Callable, warmup: int) -> Dict:
 
 
 # ---- measurements ------------------------------------------------------------------------------
+def _warm_up(method: str, run: Callable, args, extra: Dict) -> None:
+    """The warm-up calls of a torch method; a compiled or CUDA-graph nlls method compiles or
+    captures in its first ones, and ``extra[method]`` gets what that cost."""
+    if method.startswith("nlls") and method.endswith("compiled"):
+        extra[method] = warm_compiled(run, args.warmup)
+    elif method.startswith("nlls") and method.endswith("cuda_graph"):
+        extra[method] = warm_captured(run, args.warmup, args.sync)
+    for _ in range(args.warmup):
+        run()
+
+
 def emit(record: Dict, rows: List[Dict], out) -> None:
     line = json.dumps({"bench": "optimistix", **record})
     print(line, flush=True)
@@ -630,14 +630,9 @@ def bench_forward(problem, batch, args, child, rows, out):
             elif method in ("nlls_analytic", "nlls_analytic_compiled", "nlls_analytic_cuda_graph"):
                 compiled, graphed = method.endswith("compiled"), method.endswith("cuda_graph")
                 run = nlls_run(problem, start, a, b, compile=compiled, cuda_graph=graphed)
-                if compiled:
-                    extra[method] = warm_compiled(run, args.warmup)
-                if graphed:
-                    extra[method] = warm_captured(run, args.warmup, args.sync)
             else:
                 continue
-            for _ in range(args.warmup):
-                run()
+            _warm_up(method, run, args, extra)
         except Exception as exc:  # a failed capture or an out-of-memory: the others still run
             skipped[method] = _failure(exc)
             continue
@@ -752,14 +747,9 @@ def bench_grad(batch, args, child, rows, out):
                 kwargs = {"compile": True} if compiled else {"cuda_graph": True} if graphed else {}
                 run = torch_grad(lambda xg, yg, layer=layer, kwargs=kwargs:
                                  layer({"p": start, "x": xg, "y": yg}, **kwargs)[0]["p"])
-                if compiled:
-                    extra[method] = warm_compiled(run, args.warmup)
-                if graphed:
-                    extra[method] = warm_captured(run, args.warmup, args.sync)
             else:
                 continue
-            for _ in range(args.warmup):
-                run()
+            _warm_up(method, run, args, extra)
         except Exception as exc:  # a failed capture or an out-of-memory: the others still run
             skipped[method] = _failure(exc)
             continue

@@ -83,9 +83,6 @@ def rewrite_stacks(graph: torch.fx.Graph) -> int:
                 mask = _add(graph, aten.eq.Scalar, (index, k), {}, mask_value)
                 result_value = aten.where.self(mask_value, values[k], result_value)
                 result = _add(graph, aten.where.self, (mask, pieces[k], result), {}, result_value)
-            if tuple(result_value.shape) != tuple(out.shape):  # pragma: no cover - cat's shapes agree
-                result = _add(graph, aten.expand.default, (result, list(out.shape)), {},
-                              aten.expand.default(result_value, list(out.shape)))
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         count += 1

@@ -24,6 +24,16 @@ import torch
 from ._stack_pass import compile_options
 
 
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing the caller, for code that picks another formulation
+    when compiled (``torch.compiler.is_compiling`` is missing from older torch releases that
+    nlls still supports)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    if check is None:
+        from torch._dynamo import is_compiling as check
+    return check()
+
+
 def _chunk_function(optimizer, size: int, stop_on_convergence: bool, best: bool, history: bool) -> Callable:
     from .optimizer import _Loop
 

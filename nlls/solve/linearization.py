@@ -13,6 +13,7 @@ from typing import Tuple
 
 import torch
 
+from .compiled import is_compiling as _is_compiling
 from .evaluate import Evaluator, State
 
 
@@ -25,15 +26,6 @@ from .evaluate import Evaluator, State
 _LARGE = 4096  # rows * dim from which the bmm of the transposed view stops being the fastest
 _TALL = 20  # dim from which the contiguous transposed copy pays off
 _FUSED_BYTES = 4 * 2 ** 20  # largest J for which compiled per-entry reductions win
-
-
-def _is_compiling() -> bool:
-    """Whether ``torch.compile`` is tracing the caller (``torch.compiler.is_compiling`` is
-    missing from older torch releases that nlls still supports)."""
-    check = getattr(torch.compiler, "is_compiling", None)
-    if check is None:
-        from torch._dynamo import is_compiling as check
-    return check()
 
 
 def _normal_bmm(jac: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

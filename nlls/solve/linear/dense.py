@@ -5,7 +5,7 @@ from typing import Tuple
 
 import torch
 
-from ..linearization import _is_compiling
+from ..compiled import is_compiling
 from .base import Factorization, LinearSolver
 
 _ADVICE = (
@@ -104,7 +104,7 @@ class DenseCholesky(LinearSolver):
         self.small_batch = small_batch
 
     def factor(self, matrix: torch.Tensor) -> Factorization:
-        if matrix.shape[-1] <= 3 and (matrix.shape[0] >= self.small_batch or _is_compiling()):
+        if matrix.shape[-1] <= 3 and (matrix.shape[0] >= self.small_batch or is_compiling()):
             return _SmallCholeskyFactorization(matrix)
         return _CholeskyFactorization(matrix)
 
