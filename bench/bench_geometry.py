@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 import nlls
-from nlls.solve.evaluate import Evaluator
+from nlls.core.evaluation import Evaluator
 from nlls.solve.linearization import DenseLinearization
 
 GROUPS = {"SE2": nlls.SE2, "SE3": nlls.SE3}

@@ -46,7 +46,7 @@ import torch
 
 from .core.numeric_diff import NumericDiffCostFunction
 from .core.variable import Variable
-from .solve.evaluate import State
+from .core.evaluation import State
 from .solve.optimizer import Optimizer, OptimizerInfo, Status
 
 

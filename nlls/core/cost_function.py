@@ -11,7 +11,7 @@ Three ways to give the Jacobians ``dr / d delta`` (``delta`` the tangent step of
 * ``NumericDiffCostFunction``: finite differences, for residuals computed outside torch.
 
 All methods work on whole batches ``(B, ...)``. The solver stacks cost functions of the same kind
-along the batch dimension and calls them once (``nlls.solve.evaluate``), so ``error()`` and
+along the batch dimension and calls them once (``nlls.core.evaluation``), so ``error()`` and
 ``jacobians()`` must treat every row independently and use only the registered variables.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 An :class:`Objective` is a set of cost functions and the variables they share, registered by
 name. Its value per batch element is ``0.5 * sum_i ||w_i * r_i||^2``. The objective knows nothing
-about how it is minimized: solvers read it (``nlls.solve.evaluate``), and it never calls them.
+about how it is minimized: solvers read it (``nlls.core.evaluation``), and it never calls them.
 """
 from __future__ import annotations
 

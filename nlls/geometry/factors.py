@@ -19,7 +19,7 @@ For vector variables (``Vector``, ``Point2``, ``Point3``) the same factors are t
 differences ``(x_j - x_i) - m`` and ``x - t`` with Jacobians ``-I``, ``I``.
 
 Both use only their registered variables and treat batch rows independently, so the solver
-evaluates thousands of them as one stacked call (:mod:`nlls.solve.evaluate`).
+evaluates thousands of them as one stacked call (:mod:`nlls.core.evaluation`).
 """
 from __future__ import annotations
 

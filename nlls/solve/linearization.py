@@ -14,7 +14,7 @@ from typing import Tuple
 import torch
 
 from .compiled import is_compiling as _is_compiling
-from .evaluate import Evaluator, State
+from ..core.evaluation import Evaluator, State
 
 
 # ---- J^T J and J^T r of many small blocks ----------------------------------------------------
@@ -221,7 +221,7 @@ class DenseLinearization(Linearization):
         super()._move(device)
 
     def linearize(self, state: State, aux) -> DenseSystem:
-        """``A``, ``g`` and the error at ``state`` (see :mod:`nlls.solve.evaluate`)."""
+        """``A``, ``g`` and the error at ``state`` (see :mod:`nlls.core.evaluation`)."""
         parts = self.evaluator.jacobians(state, aux)
         if self._direct:
             jac, r = parts[0]

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Union
 import torch
 
 from ..core.objective import Objective
-from .evaluate import Evaluator, State
+from ..core.evaluation import Evaluator, State
 from .linear import LinearSolver, make_linear_solver
 from .linearization import (DenseLinearization, DenseSystem, JacobianLinearization, Linearization,
                             SparseLinearization)

@@ -4,7 +4,7 @@ import torch
 
 import nlls
 from nlls.core.robust import RobustLoss
-from nlls.solve.evaluate import Evaluator
+from nlls.core.evaluation import Evaluator
 
 LOSSES = [nlls.HuberLoss(0.7), nlls.CauchyLoss(0.7)]
 

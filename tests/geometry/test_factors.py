@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nlls
-from nlls.solve.evaluate import Evaluator
+from nlls.core.evaluation import Evaluator
 
 from .conftest import GROUPS, tangents
 

@@ -6,7 +6,7 @@ import torch
 import nlls
 from nlls.io import BALProblem, BALReprojection, read, read_bal
 from nlls.io.bal import rodrigues
-from nlls.solve.evaluate import Evaluator
+from nlls.core.evaluation import Evaluator
 
 from .reference import BAL, data_file, lm
 

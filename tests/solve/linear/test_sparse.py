@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import nlls
-from nlls.solve.evaluate import Evaluator
+from nlls.core.evaluation import Evaluator
 from nlls.solve.linearization import DenseLinearization, JacobianLinearization, SparseLinearization
 
 F64 = torch.float64

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import nlls
-from nlls.solve.evaluate import Evaluator, signature
+from nlls.core.evaluation import Evaluator, signature
 from nlls.solve.linearization import DenseLinearization
 
 

@@ -23,11 +23,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..core.cost_function import CostFunction
-from ..core.cost_weight import CostWeight
-from ..core.manifold import Manifold
-from ..core.objective import Objective
-from ..core.variable import Variable
+from .cost_function import CostFunction
+from .cost_weight import CostWeight
+from .manifold import Manifold
+from .objective import Objective
+from .variable import Variable
 
 State = Tuple[torch.Tensor, ...]  # one (N, B, *shape) tensor per block
 _BASE_ATTRS = {"_name", "_optim_vars", "_aux_vars", "cost_weight"}
