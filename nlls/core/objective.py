@@ -148,6 +148,16 @@ class Objective:
 
     # ---- reading ------------------------------------------------------------------------
     @property
+    def structure_version(self) -> int:
+        """A counter that increments whenever cost functions or variables are added or removed.
+
+        Read-only. Solvers key their caches (grouping, sparsity pattern, symbolic factorization)
+        on it: an unchanged value means the same cost functions over the same variables (the
+        variables' values may have changed).
+        """
+        return self._structure_version
+
+    @property
     def batch_size(self) -> int:
         return self._check_batch()
 

@@ -105,3 +105,22 @@ def test_copy_is_deep_and_to_changes_dtype():
     torch.testing.assert_close(dup.error_metric(), dup.error_metric())
     obj.to(torch.float32)
     assert obj.dtype == torch.float32 and obj.error().dtype == torch.float32
+
+
+def test_structure_version_counts_additions_and_is_read_only():
+    obj = nlls.Objective()
+    assert obj.structure_version == 0
+    cf = _fit()
+    obj.add(cf)
+    assert obj.structure_version == 1
+    before = obj.structure_version
+    obj.update({"ab": torch.ones(3, 2, dtype=torch.float64)})  # values only: same structure
+    assert obj.structure_version == before
+    prior = nlls.AutoDiffCostFunction((cf.ab,), lambda o, a: o[0].tensor, 2, name="prior")
+    obj.add(prior)
+    assert obj.structure_version == before + 1
+    with pytest.raises(AttributeError):
+        obj.structure_version = 0
+    with pytest.raises(ValueError):
+        obj.add(prior)  # refused: the structure and its version are unchanged
+    assert obj.structure_version == before + 1
