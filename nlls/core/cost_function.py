@@ -192,7 +192,7 @@ class AutoDiffCostFunction(CostFunction):
         autograd_mode: str = "auto",
     ):
         super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
-        _check_residual(self, err_fn, dim)
+        check_residual(self, err_fn, dim)
         if autograd_mode not in self._MODES:
             raise ValueError(
                 f"AutoDiffCostFunction {self.name!r}: autograd_mode must be one of "
@@ -252,7 +252,7 @@ class AutoDiffCostFunction(CostFunction):
             return _forward_jacobians(self._error_at, zeros)
 
 
-def _check_residual(owner: CostFunction, err_fn, dim) -> None:
+def check_residual(owner: CostFunction, err_fn, dim) -> None:
     """Check the error function and residual size of an autodiff or numeric cost function."""
     if not callable(err_fn):
         raise TypeError(f"{type(owner).__name__} {owner.name!r}: err_fn must be callable")

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .variable import Variable, _as_tensor
+from .variable import Variable, as_tensor
 
 WeightLike = Union[float, int, torch.Tensor, Variable]
 
@@ -22,7 +22,7 @@ def _as_weight_variable(value: WeightLike, what: str, name: Optional[str]) -> Va
         return value
     if isinstance(value, (int, float)):
         return Variable(torch.tensor([[float(value)]], dtype=torch.get_default_dtype()), name=name)
-    tensor = _as_tensor(value, what)
+    tensor = as_tensor(value, what)
     if tensor.ndim == 0:
         tensor = tensor.reshape(1, 1)
     elif tensor.ndim == 1:

@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .variable import Variable, _as_tensor
+from .variable import Variable, as_tensor as _as_tensor
 
 
 class Manifold(Variable):

@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .cost_function import CostFunction, ErrorFunction, _check_residual
+from .cost_function import CostFunction, ErrorFunction, check_residual
 from .cost_weight import CostWeight
 from .manifold import Manifold, Vector
 from .variable import Variable
@@ -65,7 +65,7 @@ class NumericDiffCostFunction(CostFunction):
         scheme: str = "central",
     ):
         super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
-        _check_residual(self, err_fn, dim)
+        check_residual(self, err_fn, dim)
         if scheme not in SCHEMES:
             raise ValueError(f"NumericDiffCostFunction {self.name!r}: scheme must be one of {SCHEMES}, got {scheme!r}")
         if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):

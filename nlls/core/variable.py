@@ -17,7 +17,17 @@ import torch
 _ids = itertools.count()
 
 
-def _as_tensor(value, what: str) -> torch.Tensor:
+def unique_name(prefix: str) -> str:
+    """A fresh variable name ``<prefix>__<n>``, ``n`` counting up across all variables."""
+    return f"{prefix}__{next(_ids)}"
+
+
+def as_tensor(value, what: str) -> torch.Tensor:
+    """``value`` as a tensor: tensors as given, numbers as ``(1, 1)``, numpy arrays converted.
+
+    Raises:
+        TypeError: anything else; the message starts with ``what``.
+    """
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (int, float)):
@@ -41,13 +51,13 @@ class Variable:
     """
 
     def __init__(self, tensor: torch.Tensor, name: Optional[str] = None):
-        tensor = _as_tensor(tensor, f"{type(self).__name__} {name!r}")
+        tensor = as_tensor(tensor, f"{type(self).__name__} {name!r}")
         if tensor.ndim < 1:
             raise ValueError(
                 f"{type(self).__name__} {name!r}: tensor needs a leading batch dimension, "
                 f"got a scalar"
             )
-        self._name = name if name is not None else f"{type(self).__name__}__{next(_ids)}"
+        self._name = name if name is not None else unique_name(type(self).__name__)
         if not isinstance(self._name, str):
             raise TypeError(f"Variable name must be a str, got {type(self._name).__name__}")
         self.tensor = tensor
@@ -91,7 +101,7 @@ class Variable:
         Raises:
             ValueError: on a shape change of the per-element shape.
         """
-        tensor = _as_tensor(tensor, f"{type(self).__name__} {self.name!r}")
+        tensor = as_tensor(tensor, f"{type(self).__name__} {self.name!r}")
         if tuple(tensor.shape[1:]) != self.event_shape or tensor.ndim != self.tensor.ndim:
             raise ValueError(
                 f"{type(self).__name__} {self.name!r}: update expects shape (B, "

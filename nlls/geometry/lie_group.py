@@ -49,7 +49,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..core.manifold import Manifold, _broadcast_batch
-from ..core.variable import Variable, _as_tensor, _ids
+from ..core.variable import Variable, as_tensor as _as_tensor, _ids
 
 #: largest deviation from the group (``|R^T R - I|``, ``|cos^2 + sin^2 - 1|``) accepted at construction
 _TOLERANCE = {torch.float64: 1e-5, torch.float32: 1e-4}

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import _as_tensor
+from ..core.variable import as_tensor as _as_tensor
 from .lie_group import _A, _B, _C, LieGroup, _horner, _small
 from .so2 import SO2, _complex_mul, _perp, _rotate, _rotation_matrix, _unit
 

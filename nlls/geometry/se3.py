@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import _as_tensor
+from ..core.variable import as_tensor as _as_tensor
 from .lie_group import LieGroup, _eye, _tolerance
 from .so3 import (
     SO3, _Angle, _orthonormalize, _unit_quaternion, exp_matrix, hat, log_matrix,

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import _as_tensor
+from ..core.variable import as_tensor as _as_tensor
 from .lie_group import Rotation
 
 

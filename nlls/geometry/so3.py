@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import _as_tensor
+from ..core.variable import as_tensor as _as_tensor
 from .lie_group import Rotation, _A, _B, _C, _eye, _horner, _safe_sqrt, _small, _tolerance
 
 _D = (1.0 / 12.0, 1.0 / 720.0, 1.0 / 30240.0, 1.0 / 1209600.0)  # 1/t^2 - (1 + cos t)/(2 t sin t)
