@@ -136,7 +136,7 @@ def solve(args) -> int:
     optimizer = nlls.build_optimizer(objective, config)
     if not args.quiet:
         print(f"{path}: {len(objective.optim_vars)} variables, {len(objective.cost_functions)} "
-              f"cost functions, {optimizer._prepare().dof} unknowns (read in {1e3 * build_time:.0f} ms)")
+              f"cost functions, {optimizer.prepare().dof} unknowns (read in {1e3 * build_time:.0f} ms)")
     info = optimizer.optimize(verbose=not args.quiet)
     converged = bool(info.converged.all())
     print("summary:")

@@ -25,8 +25,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import yaml
 
+from .backward import BACKWARD_MODES, HESSIANS
 from .core.objective import Objective
-from .layer import HESSIANS, BackwardMode
 from .solve.gauss_newton import GaussNewton
 from .solve.levenberg_marquardt import LevenbergMarquardt
 from .solve.linear import LINEAR_SOLVERS
@@ -41,6 +41,12 @@ OPTIMIZERS = {"gauss_newton": GaussNewton, "levenberg_marquardt": LevenbergMarqu
 _LM_ONLY = ("damping", "adaptive_damping", "diagonal_scaling", "min_relative_decrease", "max_damping")
 
 
+# the defaults are the constructors' own (stated once, there)
+_DEFAULTS = {name: p.default for cls in (LevenbergMarquardt, Optimizer)
+             for name, p in inspect.signature(cls.__init__).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+
+
 def _number(kind, minimum=None, open_minimum=False):
     return {"kind": kind, "minimum": minimum, "open": open_minimum}
 
@@ -49,17 +55,17 @@ def _number(kind, minimum=None, open_minimum=False):
 class OptimizerConfig:
     """``optimizer:`` section; keys are the optimizer's keyword arguments."""
 
-    name: str = field(default="levenberg_marquardt", metadata={"choices": tuple(OPTIMIZERS)})
-    max_iterations: int = field(default=20, metadata=_number(int, 0))
-    step_size: float = field(default=1.0, metadata=_number(float, 0, True))
-    abs_err_tolerance: float = field(default=1e-10, metadata=_number(float, 0))
-    rel_err_tolerance: float = field(default=1e-8, metadata=_number(float, 0))
-    check_every: int = field(default=1, metadata=_number(int, 1))
-    damping: float = field(default=1e-3, metadata=_number(float, 0, True))
-    adaptive_damping: bool = field(default=True, metadata={"kind": bool})
-    diagonal_scaling: bool = field(default=False, metadata={"kind": bool})
-    min_relative_decrease: float = field(default=1e-3, metadata=_number(float, 0))
-    max_damping: float = field(default=1e16, metadata=_number(float, 0, True))
+    name: str = field(default="levenberg_marquardt", metadata={"choices": OPTIMIZERS})
+    max_iterations: int = field(default=_DEFAULTS["max_iterations"], metadata=_number(int, 0))
+    step_size: float = field(default=_DEFAULTS["step_size"], metadata=_number(float, 0, True))
+    abs_err_tolerance: float = field(default=_DEFAULTS["abs_err_tolerance"], metadata=_number(float, 0))
+    rel_err_tolerance: float = field(default=_DEFAULTS["rel_err_tolerance"], metadata=_number(float, 0))
+    check_every: int = field(default=_DEFAULTS["check_every"], metadata=_number(int, 1))
+    damping: float = field(default=_DEFAULTS["damping"], metadata=_number(float, 0, True))
+    adaptive_damping: bool = field(default=_DEFAULTS["adaptive_damping"], metadata={"kind": bool})
+    diagonal_scaling: bool = field(default=_DEFAULTS["diagonal_scaling"], metadata={"kind": bool})
+    min_relative_decrease: float = field(default=_DEFAULTS["min_relative_decrease"], metadata=_number(float, 0))
+    max_damping: float = field(default=_DEFAULTS["max_damping"], metadata=_number(float, 0, True))
 
 
 @dataclass
@@ -74,7 +80,7 @@ class LinearSolverConfig:
 class BackwardConfig:
     """``backward:`` section, read by ``OptimizationLayer.from_config``."""
 
-    mode: str = field(default="implicit", metadata={"choices": tuple(m.value for m in BackwardMode)})
+    mode: str = field(default="implicit", metadata={"choices": BACKWARD_MODES})
     num_iterations: Optional[int] = field(default=None, metadata=_number(int, 1))
     hessian: str = field(default="gauss_newton", metadata={"choices": HESSIANS})
 

@@ -24,7 +24,7 @@ import math
 import torch
 
 import nlls
-from nlls.solve.cuda_graph import HostSyncError, check_capturable
+from nlls.solve.drivers.cuda_graph import HostSyncError, check_capturable
 
 
 def make_data(batch: int, points: int = 40, seed: int = 0, dtype=torch.float64):

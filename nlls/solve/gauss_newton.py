@@ -16,10 +16,10 @@ from .optimizer import Optimizer
 class GaussNewton(Optimizer):
     """Gauss-Newton with a fixed step size. Arguments: see :class:`~nlls.solve.optimizer.Optimizer`."""
 
-    def _compute_step(self, system, memory):
+    def compute_step(self, system, step_state):
         factorization = self.linear_solver.factor(system.A)
         return factorization.solve(-system.g)
 
-    def _accept(self, system, memory, delta, solved, error, new_error):
+    def accept(self, system, step_state, delta, solved, error, new_error):
         accept = solved & torch.isfinite(new_error)
-        return accept, ~accept, torch.zeros_like(accept), memory
+        return accept, ~accept, torch.zeros_like(accept), step_state

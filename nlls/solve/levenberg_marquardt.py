@@ -16,13 +16,24 @@ damping stays fixed and every finite step is taken (a damped Gauss-Newton, conve
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Union
 
 import torch
 
 from ..core.objective import Objective
+from .checks import check_bool, check_number
 from .linear import LinearSolver
-from .optimizer import Optimizer, _check_number
+from .optimizer import Optimizer
+
+
+@dataclass
+class DampingState:
+    """Levenberg-Marquardt's state per batch element: the damping ``lambda`` and the factor by
+    which it grows at the next rejected step."""
+
+    damping: torch.Tensor
+    growth: torch.Tensor
 
 
 class LevenbergMarquardt(Optimizer):
@@ -58,35 +69,32 @@ class LevenbergMarquardt(Optimizer):
             step_size=step_size, abs_err_tolerance=abs_err_tolerance,
             rel_err_tolerance=rel_err_tolerance, check_every=check_every,
         )
-        _check_number(self, "damping", damping, minimum=0, open_minimum=True)
-        _check_number(self, "min_relative_decrease", min_relative_decrease, minimum=0)
-        _check_number(self, "max_damping", max_damping, minimum=damping, open_minimum=True)
-        for key, value in (("adaptive_damping", adaptive_damping), ("diagonal_scaling", diagonal_scaling)):
-            if not isinstance(value, bool):
-                raise TypeError(f"LevenbergMarquardt: {key} must be a bool, got {value!r}")
+        check_number(self, "damping", damping, minimum=0, open_minimum=True)
+        check_number(self, "min_relative_decrease", min_relative_decrease, minimum=0)
+        check_number(self, "max_damping", max_damping, minimum=damping, open_minimum=True)
+        check_bool("LevenbergMarquardt", "adaptive_damping", adaptive_damping)
+        check_bool("LevenbergMarquardt", "diagonal_scaling", diagonal_scaling)
         self.damping = float(damping)
         self.adaptive_damping = adaptive_damping
         self.diagonal_scaling = diagonal_scaling
         self.min_relative_decrease = float(min_relative_decrease)
         self.max_damping = float(max_damping)
 
-    def _init_memory(self, error):
-        return {
-            "damping": torch.full_like(error, self.damping),
-            "growth": torch.full_like(error, 2.0),
-        }
+    def init_step_state(self, error) -> DampingState:
+        return DampingState(damping=torch.full_like(error, self.damping),
+                            growth=torch.full_like(error, 2.0))
 
-    def _damping_for_display(self, memory):
-        return memory["damping"]
+    def damping_of(self, step_state: DampingState):
+        return step_state.damping
 
-    def _compute_step(self, system, memory):
-        matrix = system.damped(memory["damping"], self.diagonal_scaling)
+    def compute_step(self, system, step_state: DampingState):
+        matrix = system.damped(step_state.damping, self.diagonal_scaling)
         return self.linear_solver.factor(matrix).solve(-system.g)
 
-    def _accept(self, system, memory, delta, solved, error, new_error):
+    def accept(self, system, step_state: DampingState, delta, solved, error, new_error):
         finite = solved & torch.isfinite(new_error)
         if not self.adaptive_damping:
-            return finite, ~finite, torch.zeros_like(finite), memory
+            return finite, ~finite, torch.zeros_like(finite), step_state
         predicted = system.quadratic_decrease(delta * self.step_size)
         actual = error - new_error
         ratio = actual / torch.where(predicted > 0, predicted, torch.ones_like(predicted))
@@ -95,9 +103,9 @@ class LevenbergMarquardt(Optimizer):
         accept = finite & torch.where(
             predicted > 0, ratio > self.min_relative_decrease, actual >= 0
         )
-        damping, growth = memory["damping"], memory["growth"]
+        damping, growth = step_state.damping, step_state.growth
         shrink = torch.clamp(1.0 - (2.0 * ratio - 1.0) ** 3, min=1.0 / 3.0)
         damping = torch.where(accept, damping * shrink, damping * growth)
         growth = torch.where(accept, torch.full_like(growth, 2.0), growth * 2.0)
         stalled = ~accept & (damping > self.max_damping)
-        return accept, torch.zeros_like(accept), stalled, {"damping": damping, "growth": growth}
+        return accept, torch.zeros_like(accept), stalled, DampingState(damping, growth)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nlls
-import nlls.solve.compiled as compiled_module
+import nlls.solve.drivers.compiled as compiled_module
 from tests.problems import QuadFit, autodiff_objective, exp_data, exp_error, quad_data
 
 F64 = torch.float64
@@ -94,4 +94,4 @@ def test_each_problem_shape_gets_its_own_compiled_chunk(monkeypatch):
         opt.optimize(compile=True)  # the same shape: reused, not compiled again
         codes.update(id(c) for c in calls)
     assert len(calls) == 3 and len(codes) == 3
-    assert all(group.checked for group in opt._evaluator.groups)
+    assert all(group.checked for group in opt.evaluator.groups)

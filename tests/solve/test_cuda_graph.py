@@ -1,6 +1,6 @@
 """optimize(cuda_graph=True): one captured solve, replayed with new data.
 
-Without a GPU the graph path runs with a stand-in recorder (``_EagerGraph``: a replay reruns
+Without a GPU the graph path runs with a stand-in recorder (``EagerRecorder``: a replay reruns
 the captured function and writes into the first run's output tensors, as a CUDA graph replay
 does), which covers the static buffers, the caching per shape, the output cloning and the
 errors. ``check_capturable`` runs the captured function under a dispatch mode that fails at any
@@ -11,18 +11,18 @@ import pytest
 import torch
 
 import nlls
-import nlls.solve.cuda_graph as cuda_graph
-from nlls.solve.cuda_graph import HostSyncError, check_capturable
+import nlls.solve.drivers.cuda_graph as cuda_graph
+from nlls.solve.drivers.cuda_graph import (CUDAGraphDriver, EagerRecorder, HostSyncError, captured_solves,
+                                           check_capturable)
 from tests.problems import QuadFit, autodiff_objective, exp_data, exp_error, quad_data
 
 F64 = torch.float64
 
 
 @pytest.fixture
-def cpu_graphs(monkeypatch):
-    """The graph path on the CPU, with the stand-in recorder."""
-    monkeypatch.setattr(cuda_graph, "GRAPH", cuda_graph._EagerGraph)
-    monkeypatch.setattr(cuda_graph, "_ALLOW_CPU", True)
+def cpu_graphs():
+    """The graph path on the CPU: the CUDA-graph driver with the stand-in recorder."""
+    return CUDAGraphDriver(recorder=EagerRecorder, require_cuda=False)
 
 
 def _quad(batch=4, seed=0, device="cpu", dtype=F64):
@@ -98,7 +98,7 @@ def test_graph_solve_equals_eager_solve(cpu_graphs, make, optimizer):
         obj = make()[0]
         cls = nlls.GaussNewton if optimizer == "gn" else nlls.LevenbergMarquardt
         opt = cls(obj, max_iterations=15)
-        info = opt.optimize(cuda_graph=graph, track_best_solution=True, track_err_history=True)
+        info = opt.optimize(driver=cpu_graphs if graph else None, track_best_solution=True, track_err_history=True)
         runs.append((info, _values(obj)))
     (eager, eager_values), (graph, graph_values) = runs
     _assert_same_run(graph, eager, graph_values, eager_values)
@@ -120,7 +120,7 @@ def test_graph_solve_with_each_capturable_solver(cpu_graphs, solver):
     for graph in (False, True):
         obj, xs = _pose_graph_se2()
         opt = nlls.LevenbergMarquardt(obj, linear_solver=solver, max_iterations=20, diagonal_scaling=True)
-        runs.append((opt.optimize(cuda_graph=graph), _values(obj)))
+        runs.append((opt.optimize(driver=cpu_graphs if graph else None), _values(obj)))
     (eager, eager_values), (graph, graph_values) = runs
     _assert_same_run(graph, eager, graph_values, eager_values, rtol=1e-9, atol=1e-10)
 
@@ -128,15 +128,15 @@ def test_graph_solve_with_each_capturable_solver(cpu_graphs, solver):
 def test_replays_take_new_data_and_capture_once_per_shape(cpu_graphs):
     obj, ab, xv, yv = _quad(batch=4, seed=0)
     opt = nlls.GaussNewton(obj, max_iterations=6)
-    opt.optimize(cuda_graph=True)
+    opt.optimize(driver=cpu_graphs)
     first = ab.tensor.clone()
     first_solution = ab.tensor
     # new data, same shapes: the same graph, the new data's solution
     x2, y2, _ = quad_data(4, points=20, seed=7)
     obj.update({"x": x2, "y": y2, "ab": torch.zeros(4, 2, dtype=F64)})
     y2_before = y2.clone()
-    info = opt.optimize(cuda_graph=True)
-    assert len(opt._cuda_graphs) == 1 and next(iter(opt._cuda_graphs.values())).replays == 2
+    info = opt.optimize(driver=cpu_graphs)
+    assert len(captured_solves(opt)) == 1 and captured_solves(opt)[0].replays == 2
     assert torch.equal(first_solution, first), "a replay overwrote an earlier call's result"
     assert torch.equal(y2, y2_before), "the user's data was modified"
     ref_obj, ref_ab, _, _ = _quad(batch=4, seed=7)
@@ -146,21 +146,21 @@ def test_replays_take_new_data_and_capture_once_per_shape(cpu_graphs):
     # another batch size: a second graph
     x3, y3, _ = quad_data(2, points=20, seed=8)
     obj.update({"x": x3, "y": y3, "ab": torch.zeros(2, 2, dtype=F64)})
-    opt.optimize(cuda_graph=True)
-    assert len(opt._cuda_graphs) == 2
+    opt.optimize(driver=cpu_graphs)
+    assert len(captured_solves(opt)) == 2
 
 
 def test_structure_change_is_an_error_until_reset(cpu_graphs):
     obj, ab, xv, yv = _quad()
     opt = nlls.GaussNewton(obj, max_iterations=3)
-    opt.optimize(cuda_graph=True)
+    opt.optimize(driver=cpu_graphs)
     prior = nlls.Difference(ab, nlls.Variable(torch.ones(1, 2, dtype=F64), name="t"), name="prior")
     obj.add(prior)
     with pytest.raises(RuntimeError, match="structure changed.*reset_cuda_graphs"):
-        opt.optimize(cuda_graph=True)
+        opt.optimize(driver=cpu_graphs)
     opt.reset_cuda_graphs()
-    info = opt.optimize(cuda_graph=True)
-    assert info.converged.all() and len(opt._cuda_graphs) == 1
+    info = opt.optimize(driver=cpu_graphs)
+    assert info.converged.all() and len(captured_solves(opt)) == 1
 
 
 def test_layer_implicit_gradients_equal_eager(cpu_graphs):
@@ -170,7 +170,7 @@ def test_layer_implicit_gradients_equal_eager(cpu_graphs):
         obj, p = autodiff_objective(exp_error, 3, x, y, torch.tensor([[1.0, 1.0, 0.0]], dtype=F64).repeat(3, 1))
         layer = nlls.OptimizationLayer(nlls.LevenbergMarquardt(obj, max_iterations=30))
         y_in = y.clone().requires_grad_(True)
-        solution, info = layer({"y": y_in}, cuda_graph=graph)
+        solution, info = layer({"y": y_in}, driver=cpu_graphs if graph else None)
         (solution["p"] * torch.tensor([1.0, -2.0, 0.5], dtype=F64)).sum().backward()
         grads.append((solution["p"].detach(), y_in.grad, info))
     (p0, g0, i0), (p1, g1, i1) = grads
@@ -184,11 +184,11 @@ def test_layer_refuses_to_unroll_through_a_graph(cpu_graphs):
     obj, _ = autodiff_objective(exp_error, 3, x, y, torch.ones(2, 3, dtype=F64))
     layer = nlls.OptimizationLayer(nlls.GaussNewton(obj, max_iterations=3))
     with pytest.raises(ValueError, match="'y' requires grad.*implicit"):
-        layer({"y": y.clone().requires_grad_(True)}, backward_mode="unroll", cuda_graph=True)
+        layer({"y": y.clone().requires_grad_(True)}, backward_mode="unroll", driver=cpu_graphs)
     with pytest.raises(ValueError, match="exclusive"):
         layer({"y": y}, cuda_graph=True, compile=True)
     with torch.no_grad():  # no gradient wanted: a plain forward solve
-        solution, info = layer({"y": y}, backward_mode="unroll", cuda_graph=True)
+        solution, info = layer({"y": y}, backward_mode="unroll", driver=cpu_graphs)
     assert solution["p"].shape == (2, 3)
 
 
@@ -202,7 +202,7 @@ def test_cuda_graph_needs_cuda_tensors():
 def test_cuda_graph_errors_name_the_cause(cpu_graphs):
     obj, *_ = _pose_graph_se2()
     with pytest.raises(ValueError, match="not capturable"):
-        nlls.LevenbergMarquardt(obj, linear_solver="cg").optimize(cuda_graph=True)  # block-Jacobi
+        nlls.LevenbergMarquardt(obj, linear_solver="cg").optimize(driver=cpu_graphs)  # block-Jacobi
     obj, ab, xv, yv = _quad()
     with pytest.raises(ValueError, match="exclusive"):
         nlls.GaussNewton(obj).optimize(cuda_graph=True, compile=True)
@@ -210,7 +210,7 @@ def test_cuda_graph_errors_name_the_cause(cpu_graphs):
         nlls.GaussNewton(obj).optimize(cuda_graph="yes")
     xv.tensor = xv.tensor.clone().requires_grad_(True)
     with pytest.raises(ValueError, match="aux variable 'x' requires grad.*implicit"):
-        nlls.GaussNewton(obj).optimize(cuda_graph=True)
+        nlls.GaussNewton(obj).optimize(driver=cpu_graphs)
 
     def black_box(p, x):
         return p[:, :1] * x - 1.0
@@ -221,7 +221,7 @@ def test_cuda_graph_errors_name_the_cause(cpu_graphs):
                                              aux_vars=(nlls.Variable(torch.ones(2, 3, dtype=F64), name="x"),),
                                              name="bb"))
     with pytest.raises(ValueError, match="NumericDiffCostFunction 'bb'"):
-        nlls.GaussNewton(numeric).optimize(cuda_graph=True)
+        nlls.GaussNewton(numeric).optimize(driver=cpu_graphs)
 
 
 # ---- no host round-trips: every solver path, on the CPU ---------------------------------------
@@ -299,7 +299,7 @@ def test_cuda_graph_equals_eager_on_cuda(solver, batch):
         if graph:  # a second call replays the graph with new start values
             obj.update({"p": torch.tensor([[1.0, 1.0, 0.0]], dtype=F64, device="cuda").repeat(batch, 1)})
             info = opt.optimize(cuda_graph=True)
-            assert len(opt._cuda_graphs) == 1
+            assert len(captured_solves(opt)) == 1
         runs.append((info, _values(obj)))
     (eager, eager_values), (graph, graph_values) = runs
     _assert_same_run(graph, eager, graph_values, eager_values, rtol=1e-8, atol=1e-9)

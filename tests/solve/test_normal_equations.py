@@ -4,9 +4,8 @@ import pytest
 import torch
 
 import nlls
-from nlls.solve import linearization as lin
-from nlls.solve.linearization import (_NORMAL_VARIANTS, _gradient_blocks, _normal_blocks,
-                                      _normal_rule)
+from nlls.solve import normal_equations as lin
+from nlls.solve.normal_equations import NORMAL_VARIANTS, gradient_blocks, normal_blocks, normal_rule
 
 # (leading sizes, dim, D): one block, curve-fit batches, grouped (K, B) blocks, and the
 # boundaries of the rule (rows * dim = 4096, dim = 20, D = 3 / 4)
@@ -29,12 +28,12 @@ def _reference(jac, r):
     return jac.mT @ jac, (jac.mT @ r[..., None])[..., 0]
 
 
-@pytest.mark.parametrize("name", sorted(_NORMAL_VARIANTS))
+@pytest.mark.parametrize("name", sorted(NORMAL_VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lead,dim,size", SHAPES)
 def test_every_variant_equals_the_float64_reference(name, dtype, lead, dim, size):
     jac, r = _blocks(lead, dim, size, dtype)
-    A, g = _NORMAL_VARIANTS[name](jac, r)
+    A, g = NORMAL_VARIANTS[name](jac, r)
     A_ref, g_ref = _reference(jac, r)
     assert A.shape == (*lead, size, size) and g.shape == (*lead, size)
     assert A.dtype == dtype and g.dtype == dtype
@@ -52,19 +51,19 @@ def test_every_variant_equals_the_float64_reference(name, dtype, lead, dim, size
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lead,dim,size", SHAPES)
-def test_rule_and_gradient_blocks_equal_the_reference(dtype, lead, dim, size):
+def test_rule_andgradient_blocks_equal_the_reference(dtype, lead, dim, size):
     jac, r = _blocks(lead, dim, size, dtype, seed=1)
-    A, g = _normal_blocks(jac, r)
+    A, g = normal_blocks(jac, r)
     A_ref, g_ref = _reference(jac, r)
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-11)
     torch.testing.assert_close(A.double(), A_ref, **tol)
     torch.testing.assert_close(g.double(), g_ref, **tol)
-    torch.testing.assert_close(_gradient_blocks(jac, r).double(), g_ref, **tol)
+    torch.testing.assert_close(gradient_blocks(jac, r).double(), g_ref, **tol)
 
 
 def test_rule_branches():
     def rule(lead, dim, size, dtype=torch.float32):
-        return _normal_rule(torch.zeros(*lead, dim, size, dtype=dtype))
+        return normal_rule(torch.zeros(*lead, dim, size, dtype=dtype))
 
     assert rule((1,), 100, 2) == "bmm"  # small: overhead
     assert rule((4096,), 100, 2) == "transposed"
@@ -78,7 +77,7 @@ def test_rule_under_compile_picks_fused_entries_while_j_fits():
     picked = []
 
     def probe(jac):
-        picked.append(_normal_rule(jac))
+        picked.append(normal_rule(jac))
         return jac.sum()
 
     compiled = torch.compile(probe, backend="eager", fullgraph=True, dynamic=False)
@@ -88,18 +87,18 @@ def test_rule_under_compile_picks_fused_entries_while_j_fits():
     assert picked == ["entries", "transposed", "bmm"]
 
 
-@pytest.mark.parametrize("name", sorted(_NORMAL_VARIANTS))
+@pytest.mark.parametrize("name", sorted(NORMAL_VARIANTS))
 def test_gradcheck_every_variant(name):
     jac, r = _blocks((3,), 6, 3, torch.float64, seed=2)
     jac.requires_grad_(True)
     r.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda j, e: _NORMAL_VARIANTS[name](j, e), (jac, r))
-    assert torch.autograd.gradgradcheck(lambda j, e: _NORMAL_VARIANTS[name](j, e), (jac, r))
+    assert torch.autograd.gradcheck(lambda j, e: NORMAL_VARIANTS[name](j, e), (jac, r))
+    assert torch.autograd.gradgradcheck(lambda j, e: NORMAL_VARIANTS[name](j, e), (jac, r))
 
 
-@pytest.mark.parametrize("name", sorted(_NORMAL_VARIANTS))
+@pytest.mark.parametrize("name", sorted(NORMAL_VARIANTS))
 def test_torch_func_transforms_of_every_variant(name):
-    variant = _NORMAL_VARIANTS[name]
+    variant = NORMAL_VARIANTS[name]
     jac, r = _blocks((5,), 8, 2, torch.float64, seed=3)
     tangent_jac, tangent_r = _blocks((5,), 8, 2, torch.float64, seed=4)
     # vmap over the blocks equals the batched call
@@ -124,7 +123,7 @@ def test_torch_func_transforms_of_every_variant(name):
 @pytest.mark.parametrize("name", ["entries", "transposed"])
 def test_compiled_variants_equal_eager(name):
     jac, r = _blocks((64,), 100, 3, torch.float32, seed=5)
-    compiled = torch.compile(_NORMAL_VARIANTS[name], dynamic=False)
+    compiled = torch.compile(NORMAL_VARIANTS[name], dynamic=False)
     A, g = compiled(jac, r)
     A_ref, g_ref = _reference(jac, r)
     torch.testing.assert_close(A.double(), A_ref, rtol=1e-5, atol=1e-4)
@@ -162,11 +161,11 @@ def _quadratic_fit(batch, dtype=torch.float64):
     return objective, p, least_squares
 
 
-@pytest.mark.parametrize("name", sorted(_NORMAL_VARIANTS))
+@pytest.mark.parametrize("name", sorted(NORMAL_VARIANTS))
 def test_gauss_newton_solutions_do_not_depend_on_the_variant(name, monkeypatch):
     # B * dim = 5000: the rule picks "transposed" eagerly; force each variant in turn
     objective, p, least_squares = _quadratic_fit(100)
-    monkeypatch.setattr(lin, "_normal_rule", lambda jac: name)
+    monkeypatch.setattr(lin, "normal_rule", lambda jac: name)
     info = nlls.GaussNewton(objective, max_iterations=3).optimize()
     assert bool(info.converged.all())
     torch.testing.assert_close(p.tensor, least_squares, rtol=1e-10, atol=1e-10)

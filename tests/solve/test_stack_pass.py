@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import nlls
-import nlls.solve.compiled as compiled_module
-from nlls.solve import _stack_pass
+import nlls.solve.drivers.compiled as compiled_module
+from nlls.solve.drivers import stack_pass as _stack_pass
 from tests.problems import QuadFit, quad_data
 
 pytestmark = pytest.mark.skipif(_stack_pass.StacksAsSelections is None,

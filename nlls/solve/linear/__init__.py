@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Type, Union
 
-from .base import Factorization, LinearSolver
+from .base import SINGULAR_ADVICE, Factorization, LinearSolver
 from .dense import DenseCholesky, DenseLU
 from .cg import ConjugateGradient
 from .sparse import SparseCholesky
@@ -15,6 +15,18 @@ LINEAR_SOLVERS: Dict[str, Type[LinearSolver]] = {
     SparseCholesky.name: SparseCholesky,
     ConjugateGradient.name: ConjugateGradient,
 }
+
+
+def register_linear_solver(cls: Type[LinearSolver]) -> Type[LinearSolver]:
+    """Register a :class:`LinearSolver` subclass under its ``name``, for ``linear_solver="name"``
+    and the YAML ``linear_solver.name`` key; returns the class (usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, LinearSolver)) or not cls.name:
+        raise TypeError(f"register_linear_solver expects a LinearSolver subclass with a name, got {cls!r}")
+    if cls.linearization not in ("dense", "sparse", "jacobian"):
+        raise ValueError(f"{cls.__name__}.linearization must be 'dense', 'sparse' or 'jacobian', "
+                         f"got {cls.linearization!r}")
+    LINEAR_SOLVERS[cls.name] = cls
+    return cls
 
 
 def make_linear_solver(spec: Union[str, LinearSolver]) -> LinearSolver:
@@ -34,5 +46,5 @@ def make_linear_solver(spec: Union[str, LinearSolver]) -> LinearSolver:
     )
 
 
-__all__ = ["Factorization", "LinearSolver", "DenseCholesky", "DenseLU", "SparseCholesky", "ConjugateGradient", "LINEAR_SOLVERS",
+__all__ = ["Factorization", "LinearSolver", "SINGULAR_ADVICE", "register_linear_solver", "DenseCholesky", "DenseLU", "SparseCholesky", "ConjugateGradient", "LINEAR_SOLVERS",
            "make_linear_solver"]

@@ -39,7 +39,7 @@ class _CGFactorization(Factorization):
         if kind == "jacobi":
             inverse = 1.0 / self.operator.diagonal().clamp_min(1e-12)
             return lambda r: inverse * r
-        evaluator = self.operator.linearization.evaluator
+        evaluator = self.operator.evaluator
         inverses = []
         for block, values in zip(evaluator.blocks, self.operator.diagonal_blocks()):
             eye = torch.eye(block.dof, dtype=values.dtype, device=values.device)

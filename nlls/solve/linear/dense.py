@@ -5,14 +5,8 @@ from typing import Tuple
 
 import torch
 
-from ..compiled import is_compiling
-from .base import Factorization, LinearSolver
-
-_ADVICE = (
-    "the normal matrix is singular or not positive definite: some variable may be "
-    "unconstrained by any cost function (add a prior), or use LevenbergMarquardt, whose damping "
-    "makes the system solvable"
-)
+from ..tracing import is_compiling
+from .base import SINGULAR_ADVICE, Factorization, LinearSolver
 
 
 def _eye_like(matrix: torch.Tensor) -> torch.Tensor:
@@ -96,7 +90,7 @@ class DenseCholesky(LinearSolver):
 
     name = "dense_cholesky"
     capturable = True
-    failure_advice = _ADVICE
+    failure_advice = SINGULAR_ADVICE
 
     def __init__(self, small_batch: int = 1024):
         if isinstance(small_batch, bool) or not isinstance(small_batch, int) or small_batch < 1:
@@ -137,7 +131,7 @@ class DenseLU(LinearSolver):
 
     name = "dense_lu"
     capturable = True
-    failure_advice = _ADVICE
+    failure_advice = SINGULAR_ADVICE
 
     def factor(self, matrix: torch.Tensor) -> Factorization:
         return _LUFactorization(matrix)

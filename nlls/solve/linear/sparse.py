@@ -30,9 +30,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from ..linearization import SparseMatrix, SparsePattern
-from .base import Factorization, LinearSolver
-from .dense import _ADVICE
+from ..systems import SparseMatrix, SparsePattern
+from .base import SINGULAR_ADVICE, Factorization, LinearSolver
 
 BACKENDS = ("auto", "cholmod", "scipy", "cudss")
 
@@ -138,7 +137,7 @@ class SparseCholesky(LinearSolver):
 
     name = "sparse_cholesky"
     linearization = "sparse"
-    failure_advice = _ADVICE
+    failure_advice = SINGULAR_ADVICE
 
     def __init__(self, backend: str = "auto"):
         if backend not in BACKENDS:

@@ -1,4 +1,4 @@
-"""CUDA graphs: ``optimize(cuda_graph=True)`` captures a whole solve once and replays it.
+"""The CUDA-graph driver: ``optimize(cuda_graph=True)`` captures a whole solve once and replays it.
 
 On a GPU a small batched solve is launch-bound: an iteration is a few dozen kernels of a few
 microseconds each, and eager PyTorch spends more time launching them from Python than the GPU
@@ -26,7 +26,7 @@ What must hold (checked, with an error naming the cause):
 * the values live on a CUDA device;
 * the linear solver is capturable (``dense_cholesky``, ``dense_lu``, ``cg`` without the
   block-Jacobi preconditioner); sparse factorizations run on the host;
-* no :class:`~nlls.core.numeric_diff.NumericDiffCostFunction` (it calls host code);
+* every cost function is ``capturable`` (a ``NumericDiffCostFunction`` calls host code);
 * no autograd graph is wanted through the iterations: a graph replays kernels, not autograd. To
   differentiate, use ``OptimizationLayer`` with the implicit backward, which replays the forward
   solve and differentiates at the solution;
@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..core.numeric_diff import NumericDiffCostFunction
+from ..state import SolveState, map_tensors
+from .base import Driver
 
 aten = torch.ops.aten
 
@@ -107,18 +108,18 @@ def _caller() -> str:
     """The innermost frame outside torch and this module's loop: where the operation came from."""
     for frame in reversed(traceback.extract_stack()[:-3]):
         name = frame.filename.replace("\\", "/")
-        if "/torch/" in name or name.endswith("/nlls/solve/cuda_graph.py"):
+        if "/torch/" in name or name.endswith("/nlls/solve/drivers/cuda_graph.py"):
             continue
         return f"{frame.filename}:{frame.lineno} ({frame.name}: {(frame.line or '').strip()})"
     return "an unknown place"
 
 
 # ---- checks ---------------------------------------------------------------------------------
-def check_supported(optimizer, state, aux, allow_cpu: bool = False) -> None:
+def check_supported(optimizer, values, aux, allow_cpu: bool = False) -> None:
     """The host-side conditions of a captured solve; raises with the cause."""
     name = type(optimizer).__name__
     if not allow_cpu:
-        devices = {t.device for t in state}
+        devices = {t.device for t in values}
         if any(d.type != "cuda" for d in devices):
             raise ValueError(
                 f"{name}: cuda_graph=True needs the variables on a CUDA device, they are on "
@@ -132,15 +133,14 @@ def check_supported(optimizer, state, aux, allow_cpu: bool = False) -> None:
             f"round-trips; {solver!r} is not capturable (use 'dense_cholesky', 'dense_lu' or "
             f"ConjugateGradient(preconditioner='jacobi'))"
         )
-    numeric = [cf.name for cf in optimizer.objective.cost_functions.values()
-               if isinstance(cf, NumericDiffCostFunction)]
-    if numeric:
+    host = [cf for cf in optimizer.objective.cost_functions.values() if not cf.capturable]
+    if host:
         raise ValueError(
-            f"{name}: cuda_graph=True cannot capture NumericDiffCostFunction {numeric[0]!r}: it "
+            f"{name}: cuda_graph=True cannot capture {type(host[0]).__name__} {host[0].name!r}: it "
             f"calls host code every evaluation (run without cuda_graph)"
         )
     if torch.is_grad_enabled():
-        wants = [t for t in list(state) + [t for g in aux for t in g] if t.requires_grad]
+        wants = [t for t in list(values) + [t for g in aux for t in g] if t.requires_grad]
         if wants:
             owner = _grad_owner(optimizer.objective)
             raise ValueError(
@@ -168,63 +168,30 @@ def check_capturable(optimizer, num_iterations: Optional[int] = None) -> None:
 
     Use it on the CPU to make a custom cost function ready for ``cuda_graph=True``.
     """
-    evaluator = optimizer._prepare()
+    evaluator = optimizer.prepare()
     batch = evaluator.batch_size()
-    state, aux = evaluator.gather(batch), evaluator.aux(batch)
-    check_supported(optimizer, state, aux, allow_cpu=True)
+    values, aux = evaluator.gather(batch), evaluator.aux(batch)
+    check_supported(optimizer, values, aux, allow_cpu=True)
     iterations = optimizer.max_iterations if num_iterations is None else num_iterations
-    evaluator.check_shapes(state, aux)
+    evaluator.check_shapes(values, aux)
     with torch.no_grad():
         with _SyncGuard():
-            _solve_body(optimizer, state, aux, iterations, (True, False, False))()
+            _solve_body(optimizer, values, aux, iterations, (False, False))()
 
 
 # ---- capture and replay ------------------------------------------------------------------
-def _solve_body(optimizer, state, aux, num_iterations: int, flags) -> Callable:
-    """The captured function: start and ``num_iterations`` iterations on fixed tensors."""
-    stop_on_convergence, best, history = flags
-
-    def body():
-        from .optimizer import Status
-
-        loop = optimizer._begin(state, aux, best, history)
-        if not stop_on_convergence:
-            loop.active = loop.status != Status.FAILED
+def _solve_body(optimizer, values, aux, num_iterations: int, flags) -> Callable:
+    """The captured function: the start and ``num_iterations`` steps on fixed tensors."""
+    def body() -> SolveState:
+        state = optimizer.initial_state(values, aux, *flags)
         for _ in range(num_iterations):
-            optimizer._iterate(loop, stop_on_convergence)
-        return loop
+            state = optimizer.step(state)
+        return state
 
     return body
 
 
-def _loop_tensors(loop) -> List[torch.Tensor]:
-    """Every output tensor of a loop, in a fixed order."""
-    out = list(loop.state) + [loop.error, loop.active, loop.status, loop.iterations, loop.initial_error]
-    out += [loop.memory[k] for k in sorted(loop.memory)]
-    if loop.best_state is not None:
-        out += list(loop.best_state) + [loop.best_error]
-    if loop.history is not None:
-        out += list(loop.history)
-    return out
-
-
-def _cloned(loop, aux):
-    """A loop holding clones of the graph's outputs (the next replay overwrites those)."""
-    from .optimizer import _Loop
-
-    c = lambda t: t.clone()  # noqa: E731
-    return _Loop(
-        state=tuple(map(c, loop.state)), aux=aux, error=c(loop.error), active=c(loop.active),
-        status=c(loop.status), iterations=c(loop.iterations),
-        memory={k: c(v) for k, v in loop.memory.items()}, initial_error=c(loop.initial_error),
-        started=0.0,
-        best_state=None if loop.best_state is None else tuple(map(c, loop.best_state)),
-        best_error=None if loop.best_error is None else c(loop.best_error),
-        history=None if loop.history is None else [c(h) for h in loop.history],
-    )
-
-
-class _CUDAGraph:
+class CUDAGraphRecorder:
     """``body`` warmed up on a side stream, then captured; ``replay()`` returns its outputs."""
 
     def __init__(self, body: Callable, device: torch.device):
@@ -238,41 +205,37 @@ class _CUDAGraph:
             with torch.cuda.graph(self.graph):
                 self.outputs = body()
 
-    def replay(self):
+    def replay(self) -> SolveState:
         self.graph.replay()
         return self.outputs
 
 
-class _EagerGraph:
-    """A stand-in for :class:`_CUDAGraph` on any device (tests): a replay reruns ``body`` and
-    writes its results into the first run's output tensors, as a graph replay does."""
+class EagerRecorder:
+    """A stand-in for :class:`CUDAGraphRecorder` on any device: a replay reruns ``body`` and
+    writes its results into the first run's output tensors, as a graph replay does. It runs the
+    driver's whole path (static buffers, caching, output copies) where no GPU is at hand."""
 
     def __init__(self, body: Callable, device: torch.device):
         self.body = body
         self.outputs = body()
 
-    def replay(self):
-        fresh = _loop_tensors(self.body())
-        for static, new in zip(_loop_tensors(self.outputs), fresh):
+    def replay(self) -> SolveState:
+        fresh = self.body().tensors()
+        for static, new in zip(self.outputs.tensors(), fresh):
             static.copy_(new)
         return self.outputs
 
 
-#: what captures a solve; tests swap in :class:`_EagerGraph` to run the graph path on the CPU
-GRAPH = _CUDAGraph
-_ALLOW_CPU = False  # tests only: run the graph path on CPU tensors (with GRAPH = _EagerGraph)
-
-
 class _CapturedSolve:
-    """One captured solve: static input buffers, the graph, its outputs."""
+    """One captured solve: static input buffers, the recorded graph, its outputs."""
 
-    def __init__(self, optimizer, state, aux, num_iterations: int, flags):
-        self.state = tuple(s.detach().clone() for s in state)
+    def __init__(self, optimizer, recorder, values, aux, num_iterations: int, flags):
+        self.values = tuple(s.detach().clone() for s in values)
         self.aux = [[t.detach().clone() for t in group] for group in aux]
-        body = _solve_body(optimizer, self.state, self.aux, num_iterations, flags)
+        body = _solve_body(optimizer, self.values, self.aux, num_iterations, flags)
         try:
             with torch.no_grad():
-                self.graph = GRAPH(body, self.state[0].device)
+                self.graph = recorder(body, self.values[0].device)
         except HostSyncError:
             raise
         except Exception as exc:
@@ -280,59 +243,89 @@ class _CapturedSolve:
                 f"{type(optimizer).__name__}: the solve could not be captured in a CUDA graph "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). A cost "
                 f"function may read values on the host or create tensors from host data; "
-                f"nlls.solve.cuda_graph.check_capturable(optimizer) names the operation. Run "
-                f"without cuda_graph=True meanwhile."
+                f"nlls.check_capturable(optimizer) names the operation. Run without "
+                f"cuda_graph=True meanwhile."
             ) from exc
         self.replays = 0
 
-    def run(self, state, aux):
+    def run(self, values, aux) -> SolveState:
         with torch.no_grad():
-            for static, new in zip(self.state, state):
+            for static, new in zip(self.values, values):
                 static.copy_(new)
             for static_group, group in zip(self.aux, aux):
                 for static, new in zip(static_group, group):
                     static.copy_(new)
             outputs = self.graph.replay()
         self.replays += 1
-        return _cloned(outputs, aux)
+        # clones: the next replay overwrites the graph's outputs
+        return outputs.replace(aux=aux, **map_tensors(torch.clone, outputs.device_part()))
 
 
-def _key(state, aux, num_iterations: int, flags) -> Tuple:
+def _key(values, aux, num_iterations: int, flags, recorder) -> Tuple:
     describe = lambda t: (tuple(t.shape), t.dtype, t.device)  # noqa: E731
-    return (num_iterations, flags, tuple(map(describe, state)),
+    return (num_iterations, flags, recorder, tuple(map(describe, values)),
             tuple(tuple(map(describe, group)) for group in aux))
 
 
-def run_cuda_graph(optimizer, num_iterations: int, stop_on_convergence: bool = True,
-                   track_best_solution: bool = False, track_err_history: bool = False,
-                   verbose: bool = False):
-    """A whole solve of ``num_iterations`` iterations by graph replay; returns the finished loop
-    (as ``Optimizer._start`` + ``_run`` would leave it)."""
-    started = time.perf_counter()
-    graphs: Dict[Tuple, _CapturedSolve] = optimizer._cuda_graphs
-    if graphs and optimizer._cuda_graph_structure != optimizer.objective._structure_version:
-        raise RuntimeError(
-            f"{type(optimizer).__name__}: the objective's structure changed (cost functions or "
-            f"variables were added or removed) since its CUDA graphs were captured; call "
-            f"optimizer.reset_cuda_graphs() to capture anew for the new structure"
-        )
-    evaluator = optimizer._prepare()
-    batch = evaluator.batch_size()
-    state, aux = evaluator.gather(batch), evaluator.aux(batch)
-    check_supported(optimizer, state, aux, allow_cpu=_ALLOW_CPU)
-    flags = (stop_on_convergence, track_best_solution, track_err_history)
-    key = _key(state, aux, num_iterations, flags)
-    captured = graphs.get(key)
-    if captured is None:
+class CUDAGraphDriver(Driver):
+    """Captures a whole solve once per problem structure and shape, replays it with new data
+    (see the module's description).
+
+    Args:
+        recorder: what records and replays the solve: :class:`CUDAGraphRecorder` (a CUDA graph)
+            or :class:`EagerRecorder` (reruns it, on any device).
+        require_cuda: refuse values that are not on a CUDA device (with the default recorder a
+            CPU solve cannot be captured).
+    """
+
+    name = "cuda_graph"
+    whole_solve = True
+
+    def __init__(self, recorder=CUDAGraphRecorder, require_cuda: bool = True):
+        self.recorder = recorder
+        self.require_cuda = require_cuda
+
+    def check(self, optimizer, owner: str, wanting_grad) -> None:
+        if wanting_grad:
+            raise ValueError(
+                f"{owner}: this backward mode differentiates the recorded iterations, but "
+                f"cuda_graph=True replays them without autograd ({wanting_grad[0]!r} requires "
+                f"grad); use backward_mode='implicit' with cuda_graph=True"
+            )
+
+    def solve(self, optimizer, num_iterations: int, track_best_solution: bool = False,
+              track_err_history: bool = False, verbose: bool = False) -> SolveState:
+        started = time.perf_counter()
+        graphs = optimizer.cache(self.name)
+        version = optimizer.objective.structure_version
+        if graphs.setdefault("structure", version) != version:
+            raise RuntimeError(
+                f"{type(optimizer).__name__}: the objective's structure changed (cost functions or "
+                f"variables were added or removed) since its CUDA graphs were captured; call "
+                f"optimizer.reset_cuda_graphs() to capture anew for the new structure"
+            )
+        evaluator = optimizer.prepare()
+        batch = evaluator.batch_size()
+        values, aux = evaluator.gather(batch), evaluator.aux(batch)
+        check_supported(optimizer, values, aux, allow_cpu=not self.require_cuda)
+        flags = (track_best_solution, track_err_history)
+        key = _key(values, aux, num_iterations, flags, self.recorder)
+        captured = graphs.get(key)
+        if captured is None:
+            if verbose:
+                print(f"{type(optimizer).__name__}: capturing {num_iterations} iterations in a "
+                      f"CUDA graph (batch {batch}, {evaluator.dof} unknowns)")
+            evaluator.check_shapes(values, aux)
+            captured = graphs[key] = _CapturedSolve(optimizer, self.recorder, values, aux,
+                                                    num_iterations, flags)
+        state = captured.run(values, aux)
+        state = state.replace(started=started, verbose=verbose, iteration=num_iterations)
         if verbose:
-            print(f"{type(optimizer).__name__}: capturing {num_iterations} iterations in a CUDA "
-                  f"graph (batch {batch}, {evaluator.dof} unknowns)")
-        evaluator.check_shapes(state, aux)
-        captured = _CapturedSolve(optimizer, state, aux, num_iterations, flags)
-        graphs[key] = captured
-        optimizer._cuda_graph_structure = optimizer.objective._structure_version
-    loop = captured.run(state, aux)
-    loop.started, loop.verbose, loop.count = started, verbose, num_iterations
-    if verbose:
-        print(f"iteration {num_iterations:3d}  error {loop.error.mean().item():.6e}  (CUDA graph replay)")
-    return loop
+            print(f"iteration {num_iterations:3d}  error {state.error.mean().item():.6e}  (CUDA "
+                  f"graph replay)")
+        return state
+
+
+def captured_solves(optimizer) -> list:
+    """The solves ``optimizer`` keeps captured (each with its ``replays`` count)."""
+    return [v for k, v in optimizer.cache(CUDAGraphDriver.name).items() if k != "structure"]

@@ -1,0 +1,160 @@
+"""``backward_mode="implicit"``: the implicit function theorem at the solution.
+
+The solve runs without a graph; the gradient comes from the optimality condition at the
+solution. With ``g(x, theta) = J^T r`` the gradient on the tangent, ``g(x*, theta) = 0`` for every
+``theta``, so ``H dx* = -(dg/dtheta) dtheta`` with ``H = dg/dx``. For an incoming cotangent ``v`` on
+``x*``::
+
+    H w = v,        dL/dtheta = -(dg/dtheta)^T w          (one solve, one vector-Jacobian product)
+
+Memory and graph size do not depend on the iteration count. The backward is itself built from
+differentiable operations and refers to ``x*`` through the layer's own output, so
+``create_graph=True`` gives correct second derivatives. ``hessian`` chooses ``H``:
+``"gauss_newton"`` (``J^T J``, the forward's linear solver; exact when the residuals vanish at
+the solution) or ``"exact"`` (``dg/dx`` with the second-order residual terms, column by column
+from forward-mode derivatives of ``g``; needs a dense linear solver and cost functions with
+second derivatives).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import List
+
+import torch
+
+from ..core.evaluation import State
+from ..core.variable import Variable
+from .base import Backward
+
+
+@contextlib.contextmanager
+def swapped(variables: List[Variable], tensors):
+    saved = [v.tensor for v in variables]
+    try:
+        for v, t in zip(variables, tensors):
+            v.tensor = t
+        yield
+    finally:
+        for v, t in zip(variables, saved):
+            v.tensor = t
+
+
+class ImplicitPieces:
+    """The pieces of the implicit backward for one solve: g, H and the tangent map, as
+    functions of the solution blocks and the aux tensors that require grad."""
+
+    def __init__(self, optimizer: Optimizer, theta_vars: List[Variable], hessian: str, batch: int):
+        self.optimizer = optimizer
+        self.evaluator = optimizer.evaluator
+        self.linearization = optimizer.linearization
+        self.hessian = hessian
+        self.batch = batch
+        # the aux data of this solve (the objective may hold other data by backward time)
+        theta_ids = {id(v) for v in theta_vars}
+        others = [v for v in optimizer.objective.aux_vars.values() if id(v) not in theta_ids]
+        self.aux_vars = list(theta_vars) + others
+        self.fixed = tuple(v.tensor.detach() for v in others)
+
+    def aux(self, thetas):
+        with swapped(self.aux_vars, tuple(thetas) + self.fixed):
+            return self.evaluator.aux(self.batch)
+
+    def gradient(self, state: State, thetas) -> torch.Tensor:
+        return self.linearization.gradient(state, self.aux(thetas))
+
+    def matrix(self, state: State, thetas) -> torch.Tensor:
+        aux = self.aux(thetas)
+        if self.hessian == "gauss_newton":
+            return self.linearization.linearize(state, aux).A
+        dof = self.evaluator.dof
+        ref = state[0]
+        zeros = torch.zeros(self.batch, dof, dtype=ref.dtype, device=ref.device)
+        basis = torch.eye(dof, dtype=ref.dtype, device=ref.device)[:, None, :].expand(dof, self.batch, dof)
+
+        def moved_gradient(eta):
+            return self.linearization.gradient(self.evaluator.retract(state, eta), aux)
+
+        def column(direction):
+            return torch.func.jvp(moved_gradient, (zeros,), (direction,))[1]
+
+        columns = torch.func.vmap(column)(basis)  # (D, B, D): column k of H per element
+        H = columns.permute(1, 2, 0)
+        return 0.5 * (H + H.mT)
+
+    def tangent_cotangent(self, state: State, grads) -> torch.Tensor:
+        """Map cotangents on the solution tensors to the tangent: ``(d retract / d delta)^T v``."""
+        ref = state[0]
+        zeros = torch.zeros(self.batch, self.evaluator.dof, dtype=ref.dtype, device=ref.device)
+        _, pullback = torch.func.vjp(lambda d: self.evaluator.retract(state, d), zeros)
+        return pullback(tuple(grads))[0]
+
+
+class ImplicitFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, implicit: ImplicitPieces, num_blocks: int, *tensors):
+        blocks, thetas = tensors[:num_blocks], tensors[num_blocks:]
+        outputs = tuple(b.clone() for b in blocks)
+        ctx.implicit = implicit
+        ctx.num_blocks = num_blocks
+        ctx.save_for_backward(*outputs, *thetas)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        implicit: ImplicitPieces = ctx.implicit
+        saved = ctx.saved_tensors
+        state, thetas = saved[: ctx.num_blocks], saved[ctx.num_blocks:]
+        create_graph = torch.is_grad_enabled()
+        if not create_graph:
+            state = tuple(s.detach() for s in state)
+            thetas = tuple(t.detach() for t in thetas)
+        v = implicit.tangent_cotangent(state, grads)
+        H = implicit.matrix(state, thetas)
+        w, ok = implicit.optimizer.linear_solver.factor(H).solve(v)
+        if not bool(ok.all()):
+            warnings.warn(
+                f"OptimizationLayer implicit backward: the {implicit.hessian} Hessian could not be "
+                f"factored for batch elements {torch.nonzero(~ok).flatten().tolist()}; their "
+                f"gradients are set to zero (is the solution a strict minimum? for "
+                f"hessian='exact' try linear_solver='dense_lu')",
+                RuntimeWarning,
+            )
+        _, pullback = torch.func.vjp(lambda *th: implicit.gradient(state, th), *thetas)
+        theta_grads = pullback(-w)
+        return (None, None) + (None,) * ctx.num_blocks + tuple(theta_grads)
+
+
+class Implicit(Backward):
+    """Differentiates the optimality condition at the solution (see the module's description).
+    The gradient assumes the forward solve converged: an element that did not converge gets
+    the gradient of the point it stopped at, as if it were optimal (check ``info.converged``)."""
+
+    name = "implicit"
+
+    def check(self, optimizer, inputs, driver) -> None:
+        if self.hessian != "exact":
+            return
+        if optimizer.linear_solver.linearization != "dense":
+            raise ValueError(
+                f"hessian='exact' builds a dense Hessian and needs a dense linear solver; "
+                f"{optimizer.linear_solver!r} is not one (use hessian='gauss_newton')"
+            )
+        lacking = [cf for cf in optimizer.objective.cost_functions.values()
+                   if not cf.has_second_derivatives]
+        if lacking and torch.is_grad_enabled():
+            raise ValueError(
+                f"hessian='exact' needs second derivatives, which {type(lacking[0]).__name__} "
+                f"{lacking[0].name!r} does not provide; use hessian='gauss_newton'"
+            )
+
+    def solve(self, optimizer, driver, tracking):
+        with torch.no_grad():
+            state = driver.solve(optimizer, optimizer.max_iterations, **tracking)
+        theta_vars = [v for v in optimizer.objective.aux_vars.values() if v.tensor.requires_grad]
+        if not theta_vars or not torch.is_grad_enabled():
+            return state, state.values
+        pieces = ImplicitPieces(optimizer, theta_vars, self.hessian, state.error.shape[0])
+        blocks = tuple(v.detach() for v in state.values)
+        thetas = tuple(v.tensor for v in theta_vars)
+        return state, ImplicitFunction.apply(pieces, len(blocks), *blocks, *thetas)

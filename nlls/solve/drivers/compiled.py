@@ -1,0 +1,155 @@
+"""The compiled driver: ``optimize(compile=True)`` runs the iterations through ``torch.compile``.
+
+On small batches an iteration is a few dozen tiny tensor operations, and the time goes into
+Python and dispatch, not arithmetic. ``torch.compile`` traces ``check_every`` iterations of the
+protocol's ``step`` (linearize, solve, retract, evaluate, accept: one chunk) into one graph and
+generates fused code for it. Between chunks the driver asks ``optimizer.terminate`` once, exactly
+as the eager loop does every ``check_every`` iterations, so both run the same iterations and give
+the same results (to floating-point reassociation by the compiler).
+
+A fixed-count solve (``check_every >= max_iterations``, the natural setting when every element
+runs every iteration) is compiled whole: the start of the solve (the initial error and masks)
+and all its iterations are one compiled call, with no host read in between.
+
+The first call compiles (seconds to tens of seconds on the CPU); later calls with the same
+structure, shapes and dtypes reuse the code, kept in ``optimizer.cache("compiled")``. Iterations
+left over after the last whole chunk run eagerly. If compilation fails, a warning says why and
+the run continues eagerly from where it was: compiling never changes what is computed. On the
+CPU, small ``torch.stack`` s are fused into their consumers (:mod:`.stack_pass`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Tuple
+
+import torch
+
+from ..state import SolveState, flatten, map_tensors, unflatten
+from .base import Driver
+from .eager import EagerDriver
+from .stack_pass import compile_options
+
+
+def _signature(tensors) -> Tuple:
+    return tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors)
+
+
+def _fresh(function: Callable) -> Callable:
+    """``function`` with a code object of its own: torch.compile keeps its compiled variants on
+    the code object and silently falls back to eager execution past a fixed number of them, which
+    one shared function would reach after a few problem shapes."""
+    function.__code__ = function.__code__.replace()
+    return function
+
+
+def _chunk_function(optimizer, template: SolveState, size: int) -> Callable:
+    """``size`` steps on the flattened device part of a state shaped like ``template``."""
+    template = template.replace(aux=None, **map_tensors(lambda t: t.new_empty(0), _device_part(template)))
+
+    def chunk(aux, *tensors):
+        state = template.replace(aux=aux, verbose=False, history=None if template.history is None else [],
+                                 **unflatten(_device_part(template), iter(tensors)))
+        for _ in range(size):
+            state = optimizer.step(state)
+        return flatten(_device_part(state)), state.history or []
+
+    return _fresh(chunk)
+
+
+def _whole_function(optimizer, size: int, best: bool, history: bool) -> Callable:
+    """The start of a solve and ``size`` steps, from block values and aux data."""
+    def whole(values, aux):
+        state = optimizer.initial_state(values, aux, best, history)
+        for _ in range(size):
+            state = optimizer.step(state)
+        return flatten(_device_part(state)), state.history or []
+
+    return _fresh(whole)
+
+
+def _device_part(state: SolveState) -> dict:
+    part = state.device_part()
+    part.pop("history")  # a list that grows: returned on its own
+    return part
+
+
+class CompiledDriver(Driver):
+    """Runs the protocol's steps as ``torch.compile``'d code (see the module's description)."""
+
+    name = "compiled"
+
+    def solve(self, optimizer, num_iterations: int, track_best_solution: bool = False,
+              track_err_history: bool = False, verbose: bool = False) -> SolveState:
+        if optimizer.check_every < num_iterations or num_iterations == 0:
+            return super().solve(optimizer, num_iterations, track_best_solution, track_err_history,
+                                 verbose)
+        # a fixed-count solve: its start and every iteration in one compiled call
+        state = optimizer.init(track_best_solution, track_err_history, verbose)
+        optimizer.evaluator.check_shapes(state.values, state.aux)
+        flags = (track_best_solution, track_err_history)
+        key = ("whole", num_iterations, flags, _signature(state.values),
+               _signature(t for group in state.aux for t in group))
+        out = self._call(optimizer, key, lambda: _whole_function(optimizer, num_iterations, *flags),
+                         (state.values, state.aux))
+        if out is None:
+            return EagerDriver().run(optimizer, state, num_iterations)
+        return self._unpack(state, out, num_iterations, restart=True)
+
+    def run(self, optimizer, state: SolveState, num_iterations: int) -> SolveState:
+        size = optimizer.check_every
+        optimizer.evaluator.check_shapes(state.values, state.aux)
+        done = 0
+        while num_iterations - done >= size:
+            tensors = flatten(_device_part(state))
+            key = ("chunk", size, state.freeze_converged, state.history is not None,
+                   state.best_values is not None, _signature(tensors),
+                   _signature(t for group in state.aux for t in group))
+            out = self._call(optimizer, key, lambda: _chunk_function(optimizer, state, size),
+                             (state.aux, *tensors))
+            if out is None:
+                break
+            state = self._unpack(state, out, size)
+            done += size
+            if optimizer.terminate(state):
+                return state
+        return EagerDriver().run(optimizer, state, num_iterations - done)
+
+    def _call(self, optimizer, key, make: Callable, args):
+        """The compiled function of ``key`` (compiled on first use) called on ``args``; ``None``
+        (after a warning) when it cannot be compiled, so the caller runs eagerly."""
+        cache = optimizer.cache(self.name)
+        compiled = cache.get(key)
+        if compiled is None:
+            compiled = cache[key] = torch.compile(make(), dynamic=False, options=compile_options())
+        if compiled is _FAILED:
+            return None
+        try:
+            return compiled(*args)
+        except Exception as exc:  # the compiler's failure is not the user's: run eagerly
+            warnings.warn(
+                f"{type(optimizer).__name__}.optimize(compile=True): torch.compile could not "
+                f"compile the iterations ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+                f"running them eagerly",
+                RuntimeWarning,
+            )
+            cache[key] = _FAILED
+            return None
+
+    @staticmethod
+    def _unpack(state: SolveState, out, size: int, restart: bool = False) -> SolveState:
+        tensors, new_history = out
+        new = state.replace(**unflatten(_device_part(state), iter(tensors)),
+                            iteration=state.iteration + size)
+        if state.history is not None:
+            new.history = list(new_history) if restart else state.history + list(new_history)
+        if state.verbose:
+            print(f"iteration {new.iteration:3d}  error {new.error.mean().item():.6e}  (compiled "
+                  f"{'solve' if restart else 'chunk'} of {size})")
+        return new
+
+
+def _failed(*args, **kwargs):  # marker: this function could not be compiled
+    raise RuntimeError("unreachable")
+
+
+_FAILED = _failed

@@ -1,0 +1,174 @@
+"""The solve-state protocol: what one run of an optimizer carries from iteration to iteration.
+
+Every driver (the eager loop, compiled chunks, a CUDA graph; :mod:`nlls.solve.drivers`) and every
+backward mode of :class:`~nlls.OptimizationLayer` runs a solve through four documented methods of
+:class:`~nlls.Optimizer`, in the spirit of ``init / step / terminate / postprocess``::
+
+    state = optimizer.init()                 # values gathered, error, masks, step-rule state
+    while not optimizer.terminate(state):    # a host read: has every element stopped?
+        state = optimizer.step(state)        # one iteration of every active element
+    info = optimizer.postprocess(state)      # OptimizerInfo, solution written back
+
+:class:`SolveState` is that state. Its tensor fields are per batch element and change only by
+device operations (masks and ``torch.where``), so ``step`` never reads a value back to the host;
+drivers decide when to call ``terminate``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+Values = Tuple[torch.Tensor, ...]  # one (N, B, *shape) tensor per variable block
+
+
+class Status(enum.IntEnum):
+    """Why a batch element stopped (``OptimizerInfo.status``)."""
+
+    RUNNING = 0
+    CONVERGED = 1
+    MAX_ITERATIONS = 2
+    FAILED = 3
+
+
+@dataclass
+class OptimizerInfo:
+    """What ``optimize()`` reports, per batch element.
+
+    Attributes:
+        converged: ``(B,)`` bool, the element met a tolerance (or could decrease no further).
+        iterations: ``(B,)`` iterations the element ran before it stopped.
+        initial_error, final_error: ``(B,)`` objective values ``0.5 * sum ||w r||^2``.
+        status: ``(B,)`` :class:`Status` codes.
+        best_solution: name -> ``(B, ...)`` tensor of the lowest-error iterate, when tracked.
+        best_error: ``(B,)`` error of ``best_solution``, when tracked.
+        err_history: ``(B, iterations run + 1)`` error after each iteration, when tracked.
+        linear_solver: the linear solver used.
+        message: why the run stopped, in words.
+    """
+
+    converged: torch.Tensor
+    iterations: torch.Tensor
+    initial_error: torch.Tensor
+    final_error: torch.Tensor
+    status: torch.Tensor
+    linear_solver: str
+    message: str
+    best_solution: Optional[Dict[str, torch.Tensor]] = None
+    best_error: Optional[torch.Tensor] = None
+    err_history: Optional[torch.Tensor] = None
+    elapsed: float = field(default=0.0)
+
+    def __repr__(self) -> str:
+        return f"OptimizerInfo({self.message})"
+
+
+@dataclass
+class SolveState:
+    """The state of one solve, per batch element (``B`` elements).
+
+    Attributes:
+        values: the optim variables' values, one ``(N, B, *shape)`` tensor per variable block
+            (see :class:`~nlls.core.evaluation.Evaluator`).
+        aux: the stacked aux data the residuals read (``Evaluator.aux``).
+        error: ``(B,)`` objective value at ``values``.
+        active: ``(B,)`` bool, the element still iterates.
+        status: ``(B,)`` int8 :class:`Status` codes.
+        iterations: ``(B,)`` iterations each element has run.
+        step_state: the step rule's own state (e.g. Levenberg-Marquardt's damping), a
+            dataclass of ``(B,)`` tensors or ``None``.
+        initial_error: ``(B,)`` error at the start.
+        best_values, best_error: the lowest-error iterate so far, when tracked (else ``None``).
+        history: the error after each iteration, when tracked (else ``None``).
+        freeze_converged: converged elements stop stepping (``True``); the truncated backward
+            mode turns it off so that every element that has not failed takes its steps.
+        iteration: iterations run by the driver (host-side count).
+        started: ``time.perf_counter()`` at ``init``; verbose: print progress.
+    """
+
+    values: Values
+    aux: List[List[torch.Tensor]]
+    error: torch.Tensor
+    active: torch.Tensor
+    status: torch.Tensor
+    iterations: torch.Tensor
+    step_state: Any
+    initial_error: torch.Tensor
+    best_values: Optional[Values] = None
+    best_error: Optional[torch.Tensor] = None
+    history: Optional[List[torch.Tensor]] = None
+    freeze_converged: bool = True
+    iteration: int = 0
+    started: float = 0.0
+    verbose: bool = False
+
+    # ---- what drivers use to pass the device part through compiled or captured code ----------
+    def device_part(self) -> Dict[str, Any]:
+        """The fields that change by device operations, as a dict of tensors, tuples of tensors
+        and the step-rule state (a pytree ``torch.compile`` accepts as input and output)."""
+        return {name: getattr(self, name) for name in DEVICE_FIELDS}
+
+    def replace(self, **changes) -> "SolveState":
+        """A copy with ``changes`` (the host-side fields are kept)."""
+        return dataclasses.replace(self, **changes)
+
+    def tensors(self) -> List[torch.Tensor]:
+        """Every tensor of the device part, in a fixed order (for copying in and out of buffers)."""
+        out: List[torch.Tensor] = []
+        for value in self.device_part().values():
+            out.extend(flatten(value))
+        return out
+
+
+#: the fields of :class:`SolveState` that device code reads and writes
+DEVICE_FIELDS = ("values", "error", "active", "status", "iterations", "step_state", "initial_error",
+                 "best_values", "best_error", "history")
+
+
+def flatten(value) -> List[torch.Tensor]:
+    """The tensors inside ``value`` (a tensor, ``None``, a list/tuple, a dict or a dataclass of
+    them), in a fixed order."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if dataclasses.is_dataclass(value):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        value = [value[k] for k in sorted(value)]
+    out: List[torch.Tensor] = []
+    for item in value:
+        out.extend(flatten(item))
+    return out
+
+
+def map_tensors(fn, value):
+    """``value`` with every tensor inside replaced by ``fn(tensor)`` (same structure)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: map_tensors(fn, getattr(value, f.name))
+                                             for f in dataclasses.fields(value)})
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, value[k]) for k in sorted(value)}
+    return type(value)(map_tensors(fn, v) for v in value)
+
+
+def unflatten(template, tensors):
+    """The structure of ``template`` filled with ``tensors`` (an iterator), in :func:`flatten`'s
+    order: the inverse of ``flatten``."""
+    return map_tensors(lambda _: next(tensors), template)
+
+
+def select(mask: torch.Tensor, new: Values, old: Values) -> Values:
+    """Per batch element, the blocks of ``new`` where ``mask (B,)`` holds, else of ``old``."""
+    out = []
+    for n, o in zip(new, old):
+        m = mask.reshape(1, -1, *([1] * (n.ndim - 2)))
+        out.append(torch.where(m, n, o))
+    return tuple(out)

@@ -1,0 +1,208 @@
+"""The linear systems a linearization hands to a linear solver.
+
+Every system is the normal equations ``A delta = -g`` of a batch, ``g (B, D)`` the gradient on the
+tangent; what ``A`` is depends on the linearization (``LinearSolver.linearization`` names it):
+
+* ``"dense"``: :class:`DenseSystem`, ``A`` a ``(B, D, D)`` tensor;
+* ``"sparse"``: :class:`SparseSystem`, ``A`` a :class:`SparseMatrix` (batched values on one
+  :class:`SparsePattern`);
+* ``"jacobian"``: :class:`JacobianSystem`, ``A`` a :class:`JacobianOperator` (products through the
+  Jacobian blocks, never formed).
+
+Each ``A`` offers ``diagonal()``, ``add_diagonal(d)`` and ``matvec(x)``; the systems add the damping
+and the model decrease the step rules use. A linear solver's ``factor`` receives ``A`` or its
+damped form (:meth:`NormalEquations.damped`), which has the same type.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class NormalEquations:
+    """``A delta = -g`` for a batch; ``A`` is a matrix or an operator with ``diagonal()``,
+    ``add_diagonal(d)`` and ``matvec(x)``."""
+
+    A: object
+    g: torch.Tensor
+
+    def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
+               min_diagonal: float = 1e-6):
+        """``A + damping * D`` with ``D = I`` or, with ``diagonal_scaling``, ``diag(A)``
+        clamped below by ``min_diagonal`` (Marquardt's scaling).
+
+        Args:
+            damping: ``(B,)`` per batch element.
+        """
+        if diagonal_scaling:
+            diagonal = self.A.diagonal().clamp_min(min_diagonal)
+        else:
+            diagonal = torch.ones_like(self.g)
+        return self.A.add_diagonal(damping[:, None] * diagonal)
+
+    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
+        """Decrease of the linear model ``-(g.delta + 0.5 delta^T A delta)``, ``(B,)``."""
+        a_delta = self.A.matvec(delta)
+        return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
+
+
+class DenseOperator:
+    """The operator interface on a dense ``(B, D, D)`` tensor."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix = matrix
+
+    def diagonal(self) -> torch.Tensor:
+        return self.matrix.diagonal(dim1=-2, dim2=-1)
+
+    def add_diagonal(self, diagonal: torch.Tensor) -> torch.Tensor:
+        return self.matrix + torch.diag_embed(diagonal)
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.matrix @ x[..., None])[..., 0]
+
+
+class DenseSystem(NormalEquations):
+    """The normal equations of a batch: ``A (B, D, D)`` a tensor, ``g (B, D)``."""
+
+    def damped(self, damping, diagonal_scaling=False, min_diagonal=1e-6) -> torch.Tensor:
+        return NormalEquations(DenseOperator(self.A), self.g).damped(damping, diagonal_scaling, min_diagonal)
+
+    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
+        return NormalEquations(DenseOperator(self.A), self.g).quadratic_decrease(delta)
+
+
+class SparsePattern:
+    """The scalar sparsity pattern of ``A = J^T J`` (symmetric, both triangles, rows sorted).
+
+    Computed once per objective structure from the columns each cost function touches; holds
+    CSR arrays, the positions of the diagonal, and per cost group the scatter index of every
+    entry of its members' ``J^T J`` blocks into the values.
+    """
+
+    def __init__(self, dof: int, columns):
+        self.dof = dof
+        flats = [(c[:, :, None] * dof + c[:, None, :]).reshape(-1) for c in columns]
+        diagonal = torch.arange(dof) * (dof + 1)  # keep the diagonal even where nothing touches it
+        unique = torch.unique(torch.cat(flats + [diagonal]))  # sorted: row-major CSR order
+        self.rows = torch.div(unique, dof, rounding_mode="floor")
+        self.cols = unique % dof
+        self.nnz = unique.numel()
+        self.crow = torch.searchsorted(self.rows, torch.arange(dof + 1))
+        self.diagonal = torch.searchsorted(unique, diagonal)
+        self.scatter = [torch.searchsorted(unique, f) for f in flats]
+        self._device_cache = {}
+
+    def on(self, device: torch.device):
+        """``(rows, cols, diagonal, scatter)`` on ``device`` (moved once, then cached)."""
+        key = str(device)
+        if key not in self._device_cache:
+            self._device_cache[key] = (
+                self.rows.to(device), self.cols.to(device), self.diagonal.to(device),
+                [s.to(device) for s in self.scatter],
+            )
+        return self._device_cache[key]
+
+    def __repr__(self) -> str:
+        return f"SparsePattern(dof={self.dof}, nnz={self.nnz})"
+
+
+class SparseMatrix:
+    """A batch of symmetric sparse matrices sharing one pattern: ``values (B, nnz)``."""
+
+    def __init__(self, pattern: SparsePattern, values: torch.Tensor):
+        self.pattern = pattern
+        self.values = values
+
+    @property
+    def shape(self):
+        return (self.values.shape[0], self.pattern.dof, self.pattern.dof)
+
+    def diagonal(self) -> torch.Tensor:
+        _, _, diagonal, _ = self.pattern.on(self.values.device)
+        return self.values[:, diagonal]
+
+    def add_diagonal(self, diagonal: torch.Tensor) -> "SparseMatrix":
+        _, _, positions, _ = self.pattern.on(self.values.device)
+        return SparseMatrix(self.pattern, self.values.index_add(1, positions, diagonal))
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` for ``x (B, D)``."""
+        rows, cols, _, _ = self.pattern.on(self.values.device)
+        return torch.zeros_like(x).index_add(1, rows, self.values * x[:, cols])
+
+    def to_dense(self) -> torch.Tensor:
+        rows, cols, _, _ = self.pattern.on(self.values.device)
+        dof = self.pattern.dof
+        dense = self.values.new_zeros(self.values.shape[0], dof * dof)
+        return dense.index_copy(1, rows * dof + cols, self.values).reshape(-1, dof, dof)
+
+
+class SparseSystem(NormalEquations):
+    """Sparse normal equations: ``A`` a :class:`SparseMatrix`, ``g (B, D)``."""
+
+
+class JacobianOperator:
+    """``A = J^T J + diag(shift)`` as an operator: products through the Jacobian blocks, never
+    forming ``A`` (for matrix-free solvers such as conjugate gradient)."""
+
+    def __init__(self, evaluator, parts, columns, index, shift=None):
+        self.evaluator = evaluator
+        self.parts = parts  # (J (K, B, dim, Dg), r (K, B, dim)) per cost group
+        self.columns = columns  # (K, Dg) columns of the step per member, per group
+        self.index = index  # the same, flattened (scatter index into (B, D))
+        self.shift = shift  # (B, D) or None
+
+    @property
+    def batch(self) -> int:
+        return self.parts[0][1].shape[1]
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` for ``x (B, D)``: gather ``x`` per member, ``J^T (J x)``, scatter back."""
+        out = torch.zeros_like(x)
+        for (jac, _), columns, index in zip(self.parts, self.columns, self.index):
+            local = x[:, columns].permute(1, 0, 2)  # (K, B, Dg)
+            jx = (jac @ local[..., None])  # (K, B, dim, 1)
+            jtjx = (jac.transpose(-1, -2) @ jx)[..., 0]
+            out = out.index_add(1, index, jtjx.transpose(0, 1).reshape(x.shape[0], -1))
+        if self.shift is not None:
+            out = out + self.shift * x
+        return out
+
+    def diagonal(self) -> torch.Tensor:
+        """``diag(A)``, ``(B, D)``."""
+        ref = self.parts[0][0]
+        out = ref.new_zeros(ref.shape[1], self.evaluator.dof)
+        for (jac, _), index in zip(self.parts, self.index):
+            squares = (jac * jac).sum(dim=2)  # (K, B, Dg)
+            out = out.index_add(1, index, squares.transpose(0, 1).reshape(out.shape[0], -1))
+        return out + (self.shift if self.shift is not None else 0.0)
+
+    def add_diagonal(self, diagonal: torch.Tensor) -> "JacobianOperator":
+        shift = diagonal if self.shift is None else self.shift + diagonal
+        return JacobianOperator(self.evaluator, self.parts, self.columns, self.index, shift)
+
+    def diagonal_blocks(self):
+        """Per variable block: ``(N, B, dof, dof)`` diagonal blocks of ``A`` (block Jacobi)."""
+        evaluator = self.evaluator
+        ref = self.parts[0][0]
+        blocks = [ref.new_zeros(len(b.variables), ref.shape[1], b.dof, b.dof) for b in evaluator.blocks]
+        for (jac, _), group in zip(self.parts, evaluator.groups):
+            start = 0
+            for dof, slot_index in zip(group.dofs, group.slot_of_position):
+                slot = group.optim_slots[slot_index]
+                piece = jac[..., start:start + dof]
+                blocks[slot.block] = blocks[slot.block].index_add(
+                    0, slot.index_on(ref.device), piece.transpose(-1, -2) @ piece)
+                start += dof
+        if self.shift is not None:
+            for b, block in zip(evaluator.blocks, range(len(blocks))):
+                shift = self.shift[:, b.offset: b.offset + b.size].reshape(-1, len(b.variables), b.dof)
+                blocks[block] = blocks[block] + torch.diag_embed(shift.transpose(0, 1))
+        return blocks
+
+
+class JacobianSystem(NormalEquations):
+    """Normal equations kept as Jacobian blocks: ``A`` a :class:`JacobianOperator`, ``g``."""
