@@ -55,3 +55,6 @@ from .config import Config, ConfigError, build_optimizer, load_config  # noqa: E
 
 __all__ += ["Config", "ConfigError", "build_optimizer", "load_config"]
 from . import io  # noqa: E402,F401
+from .solve.drivers.cuda_graph import HostSyncError, check_capturable  # noqa: E402
+
+__all__ += ["HostSyncError", "check_capturable"]
