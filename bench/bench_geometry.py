@@ -49,9 +49,9 @@ def build(group, poses: int, factors: int, batch: int, autodiff: bool, device, d
         i, j = torch.randint(poses, (2,), generator=generator).tolist()
         if i != j:
             pairs.append((i, j))
-    noise = 0.1 * torch.randn(poses, batch, group._dof, generator=generator, dtype=torch.float64)
+    noise = 0.1 * torch.randn(poses, batch, group.DOF, generator=generator, dtype=torch.float64)
     variables = [
-        group(group._retract_tensor(truth.tensor[i:i + 1].expand(batch, *group._event_shape), noise[i])
+        group(group.retract_tensor(truth.tensor[i:i + 1].expand(batch, *group.EVENT_SHAPE), noise[i])
               .to(device=device, dtype=dtype), name=f"x{i}")
         for i in range(poses)
     ]
@@ -59,10 +59,10 @@ def build(group, poses: int, factors: int, batch: int, autodiff: bool, device, d
     objective.add(nlls.Difference(variables[0], group(truth.tensor[:1].to(device=device, dtype=dtype),
                                                       name="origin"), name="prior"))
     for k, (i, j) in enumerate(pairs[:factors]):
-        relative = group._between_tensor(truth.tensor[i:i + 1], truth.tensor[j:j + 1])
+        relative = group.between_tensor(truth.tensor[i:i + 1], truth.tensor[j:j + 1])
         measurement = group(relative.to(device=device, dtype=dtype), name=f"m{k}")
         if autodiff:
-            cost = nlls.AutoDiffCostFunction((variables[i], variables[j]), between_error, group._dof,
+            cost = nlls.AutoDiffCostFunction((variables[i], variables[j]), between_error, group.DOF,
                                              aux_vars=(measurement,), name=f"between{k}")
         else:
             cost = nlls.Between(variables[i], variables[j], measurement, name=f"between{k}")

@@ -56,10 +56,10 @@ def make_graph(num_poses: int, num_loop_closures: int, sigma, seed: int = 0):
     edges = [(i, i + 1) for i in range(num_poses - 1)]
     later = torch.randperm(num_poses - per_lap, generator=generator)[:num_loop_closures] + per_lap
     edges += [(int(j) - per_lap, int(j)) for j in later]  # same place, one lap apart
-    first = truth.tensor[[i for i, _ in edges]]
-    second = truth.tensor[[j for _, j in edges]]
+    first = nlls.SE2(truth.tensor[[i for i, _ in edges]], name="first")  # a batch: one per edge
+    second = nlls.SE2(truth.tensor[[j for _, j in edges]], name="second")
     noise = torch.randn(len(edges), 3, generator=generator, dtype=torch.float64) * sigma
-    measured = nlls.SE2._retract_tensor(nlls.SE2._between_tensor(first, second), noise)
+    measured = first.between(second).retract(noise).tensor
     return truth, edges, measured
 
 
@@ -70,10 +70,12 @@ def make_graph(num_poses: int, num_loop_closures: int, sigma, seed: int = 0):
 
 # %%
 def dead_reckoning(first: torch.Tensor, edges, measured: torch.Tensor) -> torch.Tensor:
-    poses = [first]
+    pose = nlls.SE2(first, name="start")
+    poses = [pose.tensor]
     for (i, j), m in zip(edges, measured):
         if j == i + 1:
-            poses.append(nlls.SE2._compose_tensor(poses[-1], m[None]))
+            pose = pose.compose(nlls.SE2(m[None]))
+            poses.append(pose.tensor)
     return torch.cat(poses)
 
 

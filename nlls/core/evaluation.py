@@ -40,7 +40,7 @@ class _Block:
         self.cls = cls
         self.event_shape = event_shape
         self.variables = variables
-        self.dof = cls._dof_of(event_shape)
+        self.dof = cls.dof_of(event_shape)
         self.offset = offset  # first tangent column of the block in the solver's step
 
     @property
@@ -286,7 +286,7 @@ class Evaluator:
             d = delta[:, block.offset: block.offset + block.size]
             d = d.reshape(batch, n, block.dof).transpose(0, 1).reshape(n * batch, block.dof)
             flat = values.reshape(n * batch, *block.event_shape)
-            out.append(block.cls._retract_tensor(flat, d).reshape(values.shape))
+            out.append(block.cls.retract_tensor(flat, d).reshape(values.shape))
         return tuple(out)
 
     # ---- evaluation ----------------------------------------------------------------------

@@ -14,54 +14,66 @@ rotation, although its matrix has 9 entries), and two maps tie the two views tog
 Jacobians in nlls are always taken with respect to ``delta`` at ``delta = 0``: a cost function's
 Jacobian block for a variable has ``dof`` columns. The optimizer solves for ``delta`` and retracts.
 
-Subclasses implement the tensor-level maps ``_retract_tensor`` and ``_local_tensor`` (class
-methods on raw ``(B, ...)`` tensors) so that the solver can apply them to many variables of the
-same type at once.
+A new kind of variable subclasses :class:`Manifold` and implements its four abstract class
+methods, which work on raw ``(N, *event_shape)`` tensors so that the solver applies them to many
+variables of the same type at once: :meth:`~Manifold.check_tensor`, :meth:`~Manifold.dof_of`,
+:meth:`~Manifold.retract_tensor` and :meth:`~Manifold.local_tensor`. A class that leaves one out
+cannot be instantiated (``TypeError`` naming it). Lie groups derive all four from ``exp``, ``log``
+and ``compose`` (:class:`~nlls.geometry.LieGroup`).
 """
 from __future__ import annotations
 
+import abc
 from typing import Optional, Tuple
 
 import torch
 
-from .variable import Variable, as_tensor as _as_tensor
+from .variable import Variable, as_tensor
 
 
-class Manifold(Variable):
+class Manifold(Variable, metaclass=abc.ABCMeta):
     """A variable with a tangent space: the kind of variable an optimizer changes.
 
-    Subclasses define :meth:`_dof_of` (tangent size from the per-element shape),
-    :meth:`_retract_tensor`, :meth:`_local_tensor` and :meth:`_check_tensor`.
+    The extension contract: a subclass implements the abstract class methods below on raw
+    tensors ``(N, *event_shape)`` (``N`` any batch size; rows are independent). The solver calls
+    them on many variables of one type stacked together, and ``torch.func`` transforms them
+    (``vmap``, ``jvp``), so they must not branch in Python on the data. A tangent step is
+    ``(N, dof)``; for poses it lists translation first, then rotation.
     """
 
     def __init__(self, tensor: torch.Tensor, name: Optional[str] = None):
         super().__init__(tensor, name=name)
-        self._check_tensor(self.tensor, self.name)
+        self.check_tensor(self.tensor, self.name)
 
-    # ---- what subclasses define ----------------------------------------------------------
+    # ---- the extension contract: what subclasses define ------------------------------------
     @classmethod
-    def _check_tensor(cls, tensor: torch.Tensor, name: str) -> None:
-        """Raise ``ValueError`` naming the variable when ``tensor`` is not a valid element."""
-        raise NotImplementedError
-
-    @classmethod
-    def _dof_of(cls, event_shape: Tuple[int, ...]) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check_tensor(cls, tensor: torch.Tensor, name: str) -> None:
+        """Raise ``ValueError`` (``TypeError`` for a wrong dtype) naming the variable ``name``
+        when ``tensor`` ``(B, *event_shape)`` is not a batch of valid elements. Called on data
+        the user hands over (construction, :meth:`update`), never in the solver's loop."""
 
     @classmethod
-    def _retract_tensor(cls, tensor: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """``tensor (+) delta`` on raw data: ``(N, ...)`` and ``(N, dof)``."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def dof_of(cls, event_shape: Tuple[int, ...]) -> int:
+        """The tangent size of an element whose per-element shape is ``event_shape``."""
 
     @classmethod
-    def _local_tensor(cls, tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """``other (-) tensor`` on raw data, ``(N, dof)``."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def retract_tensor(cls, tensor: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``tensor (+) delta``: elements ``(N, *event_shape)`` moved by steps ``(N, dof)``;
+        returns ``(N, *event_shape)``. ``retract_tensor(x, 0) == x``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def local_tensor(cls, tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``other (-) tensor``: the step ``(N, dof)`` from ``tensor`` to ``other`` (both
+        ``(N, *event_shape)``), so that ``retract_tensor(tensor, result) == other``."""
 
     # ---- public interface ---------------------------------------------------------------
     def dof(self) -> int:
         """Size of the tangent space."""
-        return self._dof_of(self.event_shape)
+        return self.dof_of(self.event_shape)
 
     def retract(self, delta: torch.Tensor) -> "Manifold":
         """Move along the tangent: ``self (+) delta``.
@@ -72,14 +84,14 @@ class Manifold(Variable):
         Returns:
             A new variable of the same type (named ``<name>_retracted``); ``self`` is unchanged.
         """
-        delta = _as_tensor(delta, f"{type(self).__name__}.retract")
+        delta = as_tensor(delta, f"{type(self).__name__}.retract")
         if delta.ndim != 2 or delta.shape[1] != self.dof():
             raise ValueError(
                 f"{type(self).__name__} {self.name!r}: retract expects delta of shape "
                 f"(B, {self.dof()}), got {tuple(delta.shape)}"
             )
-        tensor, delta = _broadcast_batch(self.tensor, delta, self.name)
-        out = self._with_tensor(self._retract_tensor(tensor, delta))
+        tensor, delta = broadcast_batch(self.tensor, delta, self.name)
+        out = self._with_tensor(self.retract_tensor(tensor, delta))
         out._name = f"{self.name}_retracted"
         return out
 
@@ -90,16 +102,21 @@ class Manifold(Variable):
                 f"{type(self).__name__} {self.name!r}: local needs a {type(self).__name__} of "
                 f"shape (B, {', '.join(map(str, self.event_shape))}), got {other!r}"
             )
-        tensor, other_tensor = _broadcast_batch(self.tensor, other.tensor, self.name)
-        return self._local_tensor(tensor, other_tensor)
+        tensor, other_tensor = broadcast_batch(self.tensor, other.tensor, self.name)
+        return self.local_tensor(tensor, other_tensor)
 
     def update(self, tensor: torch.Tensor) -> None:
-        tensor = _as_tensor(tensor, f"{type(self).__name__} {self.name!r}")
-        self._check_tensor(tensor, self.name)
+        tensor = as_tensor(tensor, f"{type(self).__name__} {self.name!r}")
+        self.check_tensor(tensor, self.name)
         super().update(tensor)
 
 
-def _broadcast_batch(a: torch.Tensor, b: torch.Tensor, name: str):
+def broadcast_batch(a: torch.Tensor, b: torch.Tensor, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` with equal batch sizes: a batch of 1 is expanded (no copy) to the other's.
+
+    Raises:
+        ValueError: naming ``name``, when the batch sizes differ and neither is 1.
+    """
     if a.shape[0] == b.shape[0]:
         return a, b
     if a.shape[0] == 1:
@@ -135,7 +152,7 @@ class Vector(Manifold):
             if dof is None:
                 raise ValueError(f"{type(self).__name__} {name!r}: give dof or tensor")
             tensor = torch.zeros(1, dof, dtype=dtype or torch.get_default_dtype())
-        tensor = _as_tensor(tensor, f"{type(self).__name__} {name!r}")
+        tensor = as_tensor(tensor, f"{type(self).__name__} {name!r}")
         if tensor.ndim == 1 and dof is not None and tensor.shape[0] == dof:
             raise ValueError(
                 f"{type(self).__name__} {name!r}: tensor needs a batch dimension: "
@@ -149,7 +166,7 @@ class Vector(Manifold):
         super().__init__(tensor, name=name)
 
     @classmethod
-    def _check_tensor(cls, tensor: torch.Tensor, name: str) -> None:
+    def check_tensor(cls, tensor: torch.Tensor, name: str) -> None:
         if tensor.ndim != 2:
             raise ValueError(
                 f"{cls.__name__} {name!r}: expected a tensor of shape (B, n), "
@@ -164,15 +181,15 @@ class Vector(Manifold):
             raise TypeError(f"{cls.__name__} {name!r}: expected a floating dtype, got {tensor.dtype}")
 
     @classmethod
-    def _dof_of(cls, event_shape: Tuple[int, ...]) -> int:
+    def dof_of(cls, event_shape: Tuple[int, ...]) -> int:
         return event_shape[0]
 
     @classmethod
-    def _retract_tensor(cls, tensor: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def retract_tensor(cls, tensor: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return tensor + delta
 
     @classmethod
-    def _local_tensor(cls, tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    def local_tensor(cls, tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         return other - tensor
 
     def __add__(self, other):

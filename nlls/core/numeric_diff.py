@@ -143,7 +143,7 @@ class NumericDiffCostFunction(CostFunction):
                 for i in range(other):
                     for sign in signs:
                         delta = sign * h * eye[i]
-                        blocks.append(type(var)._retract_tensor(x, delta))
+                        blocks.append(type(var).retract_tensor(x, delta))
             stacked.append(torch.cat(blocks, dim=0))
         aux_rep = [a.repeat(copies, *([1] * (a.ndim - 1))) for a in aux]
         out = self._call(stacked, aux_rep).reshape(copies, batch, self._dim)

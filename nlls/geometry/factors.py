@@ -29,9 +29,10 @@ import torch
 
 from ..core.cost_function import CostFunction
 from ..core.cost_weight import CostWeight
-from ..core.manifold import Manifold, Vector, _broadcast_batch
+from ..core.manifold import Manifold, Vector, broadcast_batch
 from ..core.variable import Variable
-from .lie_group import LieGroup, _eye
+from .lie_group import LieGroup
+from .numerics import eye
 
 
 def _check_data(owner: CostFunction, role: str, data, variable: Manifold) -> None:
@@ -63,8 +64,8 @@ def _check_variable(owner: CostFunction, variable) -> None:
 
 
 def _identity_jacobian(like: torch.Tensor, dof: int, sign: float = 1.0) -> torch.Tensor:
-    eye = _eye(dof, like, like.shape[:1])
-    return eye if sign > 0 else -eye
+    identity = eye(dof, like, like.shape[:1])
+    return identity if sign > 0 else -identity
 
 
 class Difference(CostFunction):
@@ -97,20 +98,20 @@ class Difference(CostFunction):
         return self.var.dof()
 
     def _inputs(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return _broadcast_batch(self.target.tensor, self.var.tensor, self.name)
+        return broadcast_batch(self.target.tensor, self.var.tensor, self.name)
 
     def error(self) -> torch.Tensor:
         target, var = self._inputs()
         if isinstance(self.var, LieGroup):
-            return type(self.var)._local_tensor(target, var)
+            return type(self.var).local_tensor(target, var)
         return var - target
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         target, var = self._inputs()
         cls = type(self.var)
         if isinstance(self.var, LieGroup):
-            error = cls._local_tensor(target, var)
-            return [cls._jr_inv_tensor(error)], error
+            error = cls.local_tensor(target, var)
+            return [cls.jr_inv_tensor(error)], error
         error = var - target
         return [_identity_jacobian(error, error.shape[1])], error
 
@@ -156,26 +157,26 @@ class Between(CostFunction):
         return self.var1.dof()
 
     def _inputs(self):
-        x1, x2 = _broadcast_batch(self.var1.tensor, self.var2.tensor, self.name)
-        measurement, x1 = _broadcast_batch(self.measurement.tensor, x1, self.name)
-        measurement, x2 = _broadcast_batch(measurement, x2, self.name)
+        x1, x2 = broadcast_batch(self.var1.tensor, self.var2.tensor, self.name)
+        measurement, x1 = broadcast_batch(self.measurement.tensor, x1, self.name)
+        measurement, x2 = broadcast_batch(measurement, x2, self.name)
         return x1, x2, measurement
 
     def error(self) -> torch.Tensor:
         x1, x2, measurement = self._inputs()
         if isinstance(self.var1, LieGroup):
             cls = type(self.var1)
-            return cls._local_tensor(measurement, cls._between_tensor(x1, x2))
+            return cls.local_tensor(measurement, cls.between_tensor(x1, x2))
         return (x2 - x1) - measurement
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         x1, x2, measurement = self._inputs()
         if isinstance(self.var1, LieGroup):
             cls = type(self.var1)
-            relative = cls._between_tensor(x1, x2)
-            error = cls._local_tensor(measurement, relative)
-            jr_inv = cls._jr_inv_tensor(error)
-            jac1 = -jr_inv @ cls._adjoint_tensor(cls._inverse_tensor(relative))
+            relative = cls.between_tensor(x1, x2)
+            error = cls.local_tensor(measurement, relative)
+            jr_inv = cls.jr_inv_tensor(error)
+            jac1 = -jr_inv @ cls.adjoint_tensor(cls.inverse_tensor(relative))
             return [jac1, jr_inv], error
         error = (x2 - x1) - measurement
         dof = error.shape[1]

@@ -16,7 +16,7 @@ up to ``|w| = pi``). The right Jacobian of ``exp`` is
                 [ 0,   0,   1            ]],     C = (w - sin w) / w^3,
 
 and ``Jr^-1`` follows from the block structure. Each of ``A, B, C, a`` is a Taylor series for
-small ``w`` (see :mod:`nlls.geometry.lie_group`). The adjoint for this tangent order is
+small ``w`` (see :mod:`nlls.geometry.numerics`). The adjoint for this tangent order is
 ``Ad(R, t) = [[R, (y, -x)^T], [0, 1]]``.
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import as_tensor as _as_tensor
-from .lie_group import _A, _B, _C, LieGroup, _horner, _small
-from .so2 import SO2, _complex_mul, _perp, _rotate, _rotation_matrix, _unit
+from ..core.variable import as_tensor
+from .lie_group import LieGroup
+from .numerics import A_SERIES, B_SERIES, C_SERIES, horner, small_angle
+from .so2 import SO2, complex_mul, perp, rotate, rotation_matrix, unit
 
 _HALF_COT = (1.0, -1.0 / 12.0, -1.0 / 720.0, -1.0 / 30240.0)  # (w/2) cot(w/2)
 
@@ -36,21 +37,21 @@ _HALF_COT = (1.0, -1.0 / 12.0, -1.0 / 720.0, -1.0 / 30240.0)  # (w/2) cot(w/2)
 def _terms(w: torch.Tensor):
     """``(A, w B, w C)`` of the angles ``w`` ``(N,)``, safe at 0."""
     w2 = w * w
-    small = _small(w2)
+    small = small_angle(w2)
     ws = torch.where(small, torch.ones_like(w), w)
     half_sin = torch.sin(0.5 * ws)
-    a = torch.where(small, _horner(w2, _A), torch.sin(ws) / ws)
-    b = torch.where(small, _horner(w2, _B), 2.0 * half_sin * half_sin / (ws * ws))
-    c = torch.where(small, _horner(w2, _C), (ws - torch.sin(ws)) / (ws * ws * ws))
+    a = torch.where(small, horner(w2, A_SERIES), torch.sin(ws) / ws)
+    b = torch.where(small, horner(w2, B_SERIES), 2.0 * half_sin * half_sin / (ws * ws))
+    c = torch.where(small, horner(w2, C_SERIES), (ws - torch.sin(ws)) / (ws * ws * ws))
     return a, w * b, w * c, b
 
 
 def _half_cot(w: torch.Tensor) -> torch.Tensor:
     """``(w/2) cot(w/2)`` of ``(N,)`` angles in ``(-pi, pi]``, safe at 0."""
     w2 = w * w
-    small = _small(w2)
+    small = small_angle(w2)
     half = 0.5 * torch.where(small, torch.ones_like(w), w)
-    return torch.where(small, _horner(w2, _HALF_COT), half * torch.cos(half) / torch.sin(half))
+    return torch.where(small, horner(w2, _HALF_COT), half * torch.cos(half) / torch.sin(half))
 
 
 def _matrix(rows):
@@ -71,23 +72,17 @@ class SE2(LieGroup):
         ValueError: wrong shapes, or ``cos^2 + sin^2`` off 1 by more than the dtype's tolerance.
     """
 
-    _dof = 3
-    _event_shape = (4,)
-    _point_dim = 2
-    _storage = "(x, y, cos, sin) with cos^2 + sin^2 = 1"
+    DOF = 3
+    EVENT_SHAPE = (4,)
+    POINT_DIM = 2
+    STORAGE = "(x, y, cos, sin) with cos^2 + sin^2 = 1"
 
-    def __init__(
-        self,
-        tensor: Optional[torch.Tensor] = None,
-        name: Optional[str] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        x_y_theta: Optional[torch.Tensor] = None,
-    ):
+    def __init__(self, tensor: Optional[torch.Tensor] = None, name: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None, *, x_y_theta: Optional[torch.Tensor] = None):
         if x_y_theta is not None:
             if tensor is not None:
                 raise ValueError(f"SE2 {name!r}: give either x_y_theta or tensor, not both")
-            x_y_theta = _as_tensor(x_y_theta, f"SE2 {name!r} x_y_theta")
+            x_y_theta = as_tensor(x_y_theta, f"SE2 {name!r} x_y_theta")
             if x_y_theta.ndim != 2 or x_y_theta.shape[1] != 3:
                 raise ValueError(
                     f"SE2 {name!r}: x_y_theta must have shape (B, 3), got {tuple(x_y_theta.shape)}"
@@ -112,63 +107,63 @@ class SE2(LieGroup):
 
     def rotation(self) -> SO2:
         """The rotation part as an :class:`SO2`."""
-        return SO2._from_tensor(self.tensor[:, 2:])
+        return SO2.from_tensor(self.tensor[:, 2:])
 
     # ---- tensor-level maps --------------------------------------------------------------------
     @classmethod
-    def _identity_tensor(cls, batch_size, dtype, device):
+    def identity_tensor(cls, batch_size, dtype, device):
         out = torch.zeros(batch_size, 4, dtype=dtype, device=device)
         out[:, 2] = 1.0
         return out
 
     @classmethod
-    def _rand_tensor(cls, batch_size, generator, dtype, device):
+    def rand_tensor(cls, batch_size, generator, dtype, device):
         xy = torch.randn(batch_size, 2, generator=generator, dtype=dtype, device=device)
         theta = torch.rand(batch_size, 1, generator=generator, dtype=dtype, device=device)
         theta = math.pi * (2.0 * theta - 1.0)
         return torch.cat([xy, torch.cos(theta), torch.sin(theta)], dim=1)
 
     @classmethod
-    def _deviation(cls, tensor):
+    def deviation(cls, tensor):
         return ((tensor[:, 2:] ** 2).sum(-1) - 1.0).abs()
 
     @classmethod
-    def _exp_tensor(cls, tangent):
+    def exp_tensor(cls, tangent):
         vx, vy, w = tangent[..., 0], tangent[..., 1], tangent[..., 2]
         a, wb, _, _ = _terms(w)
         return torch.stack([a * vx - wb * vy, wb * vx + a * vy, torch.cos(w), torch.sin(w)], dim=-1)
 
     @classmethod
-    def _log_tensor(cls, tensor):
+    def log_tensor(cls, tensor):
         x, y = tensor[..., 0], tensor[..., 1]
         w = torch.atan2(tensor[..., 3], tensor[..., 2])
         alpha = _half_cot(w)
         return torch.stack([alpha * x + 0.5 * w * y, alpha * y - 0.5 * w * x, w], dim=-1)
 
     @classmethod
-    def _compose_tensor(cls, a, b):
+    def compose_tensor(cls, a, b):
         c, s = a[..., 2], a[..., 3]
-        t = _rotate(c, s, b[..., :2]) + a[..., :2]
-        return torch.cat([t, _complex_mul(a[..., 2:], b[..., 2:])], dim=-1)
+        t = rotate(c, s, b[..., :2]) + a[..., :2]
+        return torch.cat([t, complex_mul(a[..., 2:], b[..., 2:])], dim=-1)
 
     @classmethod
-    def _inverse_tensor(cls, a):
+    def inverse_tensor(cls, a):
         c, s = a[..., 2], a[..., 3]
-        t = -_rotate(c, -s, a[..., :2])
+        t = -rotate(c, -s, a[..., :2])
         return torch.cat([t, torch.stack([c, -s], dim=-1)], dim=-1)
 
     @classmethod
-    def _normalize_tensor(cls, a):
-        return torch.cat([a[..., :2], _unit(a[..., 2:])], dim=-1)
+    def normalize_tensor(cls, a):
+        return torch.cat([a[..., :2], unit(a[..., 2:])], dim=-1)
 
     @classmethod
-    def _adjoint_tensor(cls, a):
+    def adjoint_tensor(cls, a):
         x, y, c, s = a.unbind(-1)
         zero, one = torch.zeros_like(x), torch.ones_like(x)
         return _matrix([[c, -s, y], [s, c, -x], [zero, zero, one]])
 
     @classmethod
-    def _jr_tensor(cls, tangent):
+    def jr_tensor(cls, tangent):
         vx, vy, w = tangent.unbind(-1)
         a, wb, wc, b = _terms(w)
         zero, one = torch.zeros_like(w), torch.ones_like(w)
@@ -179,7 +174,7 @@ class SE2(LieGroup):
         ])
 
     @classmethod
-    def _jr_inv_tensor(cls, tangent):
+    def jr_inv_tensor(cls, tangent):
         vx, vy, w = tangent.unbind(-1)
         _, wb, wc, b = _terms(w)
         alpha = _half_cot(w)
@@ -193,28 +188,28 @@ class SE2(LieGroup):
         ])
 
     @classmethod
-    def _to_matrix_tensor(cls, tensor):
+    def to_matrix_tensor(cls, tensor):
         x, y, c, s = tensor.unbind(-1)
         zero, one = torch.zeros_like(x), torch.ones_like(x)
         return _matrix([[c, -s, x], [s, c, y], [zero, zero, one]])
 
     @classmethod
-    def _transform_from_tensor(cls, tensor, point, with_jacobians):
+    def transform_from_tensor(cls, tensor, point, with_jacobians):
         c, s = tensor[..., 2], tensor[..., 3]
-        rotated = _rotate(c, s, point)
+        rotated = rotate(c, s, point)
         out = rotated + tensor[..., :2]
         if not with_jacobians:
             return out, None, None
-        rotation = _rotation_matrix(c, s)
-        return out, torch.cat([rotation, _perp(rotated)[..., None]], dim=-1), rotation
+        rotation = rotation_matrix(c, s)
+        return out, torch.cat([rotation, perp(rotated)[..., None]], dim=-1), rotation
 
     @classmethod
-    def _transform_to_tensor(cls, tensor, point, with_jacobians):
+    def transform_to_tensor(cls, tensor, point, with_jacobians):
         c, s = tensor[..., 2], tensor[..., 3]
-        out = _rotate(c, -s, point - tensor[..., :2])
+        out = rotate(c, -s, point - tensor[..., :2])
         if not with_jacobians:
             return out, None, None
         qx, qy = out[..., 0], out[..., 1]
         zero, one = torch.zeros_like(qx), torch.ones_like(qx)
         jac_g = _matrix([[-one, zero, qy], [zero, -one, -qx]])
-        return out, jac_g, _rotation_matrix(c, -s)
+        return out, jac_g, rotation_matrix(c, -s)

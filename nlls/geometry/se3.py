@@ -26,17 +26,18 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import as_tensor as _as_tensor
-from .lie_group import LieGroup, _eye, _tolerance
+from ..core.variable import as_tensor
+from .lie_group import LieGroup
+from .numerics import RotationAngle, eye, tolerance
 from .so3 import (
-    SO3, _Angle, _orthonormalize, _unit_quaternion, exp_matrix, hat, log_matrix,
-    matrix_to_quaternion, quaternion_to_matrix, right_jacobian, right_jacobian_inverse,
+    SO3, exp_matrix, hat, log_matrix, matrix_to_quaternion, orthonormalize, quaternion_to_matrix,
+    right_jacobian, right_jacobian_inverse, unit_quaternion,
 )
 
 
 def _coupling(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Barfoot's ``Q(v, w)`` ``(N, 3, 3)``, the upper-right block of ``Jl(v, w)``."""
-    angle = _Angle(w)
+    angle = RotationAngle(w)
     V, W = hat(v), hat(w)
     WV, VW = W @ V, V @ W
     WVW = WV @ W
@@ -68,32 +69,26 @@ class SE3(LieGroup):
             block off the rotations by more than the dtype's tolerance.
     """
 
-    _dof = 6
-    _event_shape = (3, 4)
-    _point_dim = 3
-    _storage = "[R | t] with R a rotation matrix"
+    DOF = 6
+    EVENT_SHAPE = (3, 4)
+    POINT_DIM = 3
+    STORAGE = "[R | t] with R a rotation matrix"
 
-    def __init__(
-        self,
-        tensor: Optional[torch.Tensor] = None,
-        name: Optional[str] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        matrix: Optional[torch.Tensor] = None,
-        x_y_z_quaternion: Optional[torch.Tensor] = None,
-    ):
+    def __init__(self, tensor: Optional[torch.Tensor] = None, name: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None, *, matrix: Optional[torch.Tensor] = None,
+                 x_y_z_quaternion: Optional[torch.Tensor] = None):
         given = [k for k, v in (("tensor", tensor), ("matrix", matrix),
                                 ("x_y_z_quaternion", x_y_z_quaternion)) if v is not None]
         if len(given) > 1:
             raise ValueError(f"SE3 {name!r}: give one of tensor, matrix, x_y_z_quaternion; got {given}")
         if tensor is not None:
-            tensor = _as_tensor(tensor, f"SE3 {name!r}")
+            tensor = as_tensor(tensor, f"SE3 {name!r}")
             if tuple(tensor.shape[1:]) == (4, 4):
                 matrix, tensor = tensor, None
         if matrix is not None:
-            tensor = _top_rows(_as_tensor(matrix, f"SE3 {name!r} matrix"), name)
+            tensor = _top_rows(as_tensor(matrix, f"SE3 {name!r} matrix"), name)
         if x_y_z_quaternion is not None:
-            pose = _as_tensor(x_y_z_quaternion, f"SE3 {name!r} x_y_z_quaternion")
+            pose = as_tensor(x_y_z_quaternion, f"SE3 {name!r} x_y_z_quaternion")
             if pose.ndim != 2 or pose.shape[1] != 7:
                 raise ValueError(
                     f"SE3 {name!r}: x_y_z_quaternion must have shape (B, 7) "
@@ -101,7 +96,7 @@ class SE3(LieGroup):
                 )
             if dtype is not None:
                 pose = pose.to(dtype)
-            rotation = quaternion_to_matrix(_unit_quaternion(pose[:, 3:], f"SE3 {name!r}", dtype))
+            rotation = quaternion_to_matrix(unit_quaternion(pose[:, 3:], f"SE3 {name!r}", dtype))
             tensor = torch.cat([rotation, pose[:, :3, None]], dim=-1)
         super().__init__(tensor, name=name, dtype=dtype)
 
@@ -111,7 +106,7 @@ class SE3(LieGroup):
 
     def rotation(self) -> SO3:
         """The rotation part as an :class:`SO3`."""
-        return SO3._from_tensor(self.tensor[:, :, :3])
+        return SO3.from_tensor(self.tensor[:, :, :3])
 
     def x_y_z_quaternion(self) -> torch.Tensor:
         """``(B, 7)``: translation and unit quaternion ``(qw, qx, qy, qz)``, ``qw >= 0``."""
@@ -119,70 +114,70 @@ class SE3(LieGroup):
 
     # ---- tensor-level maps --------------------------------------------------------------------
     @classmethod
-    def _identity_tensor(cls, batch_size, dtype, device):
+    def identity_tensor(cls, batch_size, dtype, device):
         return torch.eye(3, 4, dtype=dtype, device=device).repeat(batch_size, 1, 1)
 
     @classmethod
-    def _rand_tensor(cls, batch_size, generator, dtype, device):
-        rotation = SO3._rand_tensor(batch_size, generator, dtype, device)
+    def rand_tensor(cls, batch_size, generator, dtype, device):
+        rotation = SO3.rand_tensor(batch_size, generator, dtype, device)
         t = torch.randn(batch_size, 3, 1, generator=generator, dtype=dtype, device=device)
         return torch.cat([rotation, t], dim=-1)
 
     @classmethod
-    def _deviation(cls, tensor):
-        return SO3._deviation(tensor[:, :, :3])
+    def deviation(cls, tensor):
+        return SO3.deviation(tensor[:, :, :3])
 
     @classmethod
-    def _exp_tensor(cls, tangent):
+    def exp_tensor(cls, tangent):
         v, w = tangent[..., :3], tangent[..., 3:]
         t = right_jacobian(-w) @ v[..., None]  # Jl(w) v
         return torch.cat([exp_matrix(w), t], dim=-1)
 
     @classmethod
-    def _log_tensor(cls, tensor):
+    def log_tensor(cls, tensor):
         w = log_matrix(tensor[..., :3])
         v = (right_jacobian_inverse(-w) @ tensor[..., 3:])[..., 0]  # Jl(w)^-1 t
         return torch.cat([v, w], dim=-1)
 
     @classmethod
-    def _compose_tensor(cls, a, b):
+    def compose_tensor(cls, a, b):
         ra = a[..., :3]
         return torch.cat([ra @ b[..., :3], ra @ b[..., 3:] + a[..., 3:]], dim=-1)
 
     @classmethod
-    def _inverse_tensor(cls, a):
+    def inverse_tensor(cls, a):
         rt = a[..., :3].transpose(-1, -2)
         return torch.cat([rt, -rt @ a[..., 3:]], dim=-1)
 
     @classmethod
-    def _normalize_tensor(cls, a):
-        return torch.cat([_orthonormalize(a[..., :3]), a[..., 3:]], dim=-1)
+    def normalize_tensor(cls, a):
+        return torch.cat([orthonormalize(a[..., :3]), a[..., 3:]], dim=-1)
 
     @classmethod
-    def _adjoint_tensor(cls, a):
+    def adjoint_tensor(cls, a):
         r = a[..., :3]
         return _blocks(r, hat(a[..., 3]) @ r, r)
 
     @classmethod
-    def _jr_tensor(cls, tangent):
+    def jr_tensor(cls, tangent):
         v, w = tangent[..., :3], tangent[..., 3:]
         jr = right_jacobian(w)
         return _blocks(jr, _coupling(-v, -w), jr)
 
     @classmethod
-    def _jr_inv_tensor(cls, tangent):
+    def jr_inv_tensor(cls, tangent):
         v, w = tangent[..., :3], tangent[..., 3:]
         jr_inv = right_jacobian_inverse(w)
         return _blocks(jr_inv, -jr_inv @ _coupling(-v, -w) @ jr_inv, jr_inv)
 
     @classmethod
-    def _to_matrix_tensor(cls, tensor):
+    def to_matrix_tensor(cls, tensor):
         last = torch.zeros_like(tensor[..., :1, :])
         last = torch.cat([last[..., :3], torch.ones_like(last[..., 3:])], dim=-1)
         return torch.cat([tensor, last], dim=-2)
 
     @classmethod
-    def _transform_from_tensor(cls, tensor, point, with_jacobians):
+    def transform_from_tensor(cls, tensor, point, with_jacobians):
         r = tensor[..., :3]
         out = (r @ point[..., None])[..., 0] + tensor[..., 3]
         if not with_jacobians:
@@ -190,12 +185,12 @@ class SE3(LieGroup):
         return out, torch.cat([r, -r @ hat(point)], dim=-1), r
 
     @classmethod
-    def _transform_to_tensor(cls, tensor, point, with_jacobians):
+    def transform_to_tensor(cls, tensor, point, with_jacobians):
         rt = tensor[..., :3].transpose(-1, -2)
         out = (rt @ (point - tensor[..., 3])[..., None])[..., 0]
         if not with_jacobians:
             return out, None, None
-        jac_g = torch.cat([-_eye(3, out, out.shape[:-1]), hat(out)], dim=-1)
+        jac_g = torch.cat([-eye(3, out, out.shape[:-1]), hat(out)], dim=-1)
         return out, jac_g, rt
 
 
@@ -210,7 +205,7 @@ def _top_rows(matrix: torch.Tensor, name) -> torch.Tensor:
     last = matrix[:, 3, :]
     expected = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=matrix.dtype, device=matrix.device)
     deviation = (last - expected).abs().amax(dim=-1)
-    bad = ~(deviation <= _tolerance(matrix.dtype))
+    bad = ~(deviation <= tolerance(matrix.dtype))
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
         raise ValueError(

@@ -13,32 +13,34 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import as_tensor as _as_tensor
+from ..core.variable import as_tensor
 from .lie_group import Rotation
 
 
-def _rotation_matrix(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def rotation_matrix(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``[[c, -s], [s, c]]`` from ``(N,)`` cosines and sines, ``(N, 2, 2)``."""
     return torch.stack([c, -s, s, c], dim=-1).reshape(*c.shape, 2, 2)
 
 
-def _rotate(c, s, p):
+def rotate(c, s, p):
     """``R p`` for ``(N,)`` cosines/sines and points ``(N, 2)``."""
     x, y = p[..., 0], p[..., 1]
     return torch.stack([c * x - s * y, s * x + c * y], dim=-1)
 
 
-def _perp(p: torch.Tensor) -> torch.Tensor:
+def perp(p: torch.Tensor) -> torch.Tensor:
     """``J p = (-p_y, p_x)``, the derivative of a rotation of ``p`` by a small angle."""
     return torch.stack([-p[..., 1], p[..., 0]], dim=-1)
 
 
-def _complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The product of unit complex numbers ``(..., 2)`` ``(cos, sin)``: the composed rotation."""
     ca, sa, cb, sb = a[..., 0], a[..., 1], b[..., 0], b[..., 1]
     return torch.stack([ca * cb - sa * sb, sa * cb + ca * sb], dim=-1)
 
 
-def _unit(a: torch.Tensor) -> torch.Tensor:
+def unit(a: torch.Tensor) -> torch.Tensor:
+    """``a / |a|`` along the last dimension."""
     return a / torch.linalg.vector_norm(a, dim=-1, keepdim=True)
 
 
@@ -56,98 +58,92 @@ class SO2(Rotation):
         ValueError: wrong shapes, or ``cos^2 + sin^2`` off 1 by more than the dtype's tolerance.
     """
 
-    _dof = 1
-    _event_shape = (2,)
-    _point_dim = 2
-    _storage = "(cos, sin) with cos^2 + sin^2 = 1"
+    DOF = 1
+    EVENT_SHAPE = (2,)
+    POINT_DIM = 2
+    STORAGE = "(cos, sin) with cos^2 + sin^2 = 1"
 
-    def __init__(
-        self,
-        tensor: Optional[torch.Tensor] = None,
-        name: Optional[str] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        theta: Optional[torch.Tensor] = None,
-    ):
+    def __init__(self, tensor: Optional[torch.Tensor] = None, name: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None, *, theta: Optional[torch.Tensor] = None):
         if theta is not None:
             if tensor is not None:
                 raise ValueError(f"SO2 {name!r}: give either theta or tensor, not both")
-            theta = _as_tensor(theta, f"SO2 {name!r} theta")
+            theta = as_tensor(theta, f"SO2 {name!r} theta")
             if theta.ndim != 2 or theta.shape[1] != 1:
                 raise ValueError(f"SO2 {name!r}: theta must have shape (B, 1), got {tuple(theta.shape)}")
             if dtype is not None:
                 theta = theta.to(dtype)
-            tensor = self._exp_tensor(theta)
+            tensor = self.exp_tensor(theta)
         super().__init__(tensor, name=name, dtype=dtype)
 
     def theta(self) -> torch.Tensor:
         """The angle ``(B, 1)`` in ``(-pi, pi]``."""
-        return self._log_tensor(self.tensor)
+        return self.log_tensor(self.tensor)
 
     # ---- tensor-level maps --------------------------------------------------------------------
     @classmethod
-    def _identity_tensor(cls, batch_size, dtype, device):
+    def identity_tensor(cls, batch_size, dtype, device):
         out = torch.zeros(batch_size, 2, dtype=dtype, device=device)
         out[:, 0] = 1.0
         return out
 
     @classmethod
-    def _rand_tensor(cls, batch_size, generator, dtype, device):
+    def rand_tensor(cls, batch_size, generator, dtype, device):
         theta = torch.rand(batch_size, 1, generator=generator, dtype=dtype, device=device)
-        return cls._exp_tensor(math.pi * (2.0 * theta - 1.0))
+        return cls.exp_tensor(math.pi * (2.0 * theta - 1.0))
 
     @classmethod
-    def _deviation(cls, tensor):
+    def deviation(cls, tensor):
         return ((tensor * tensor).sum(-1) - 1.0).abs()
 
     @classmethod
-    def _exp_tensor(cls, tangent):
+    def exp_tensor(cls, tangent):
         return torch.cat([torch.cos(tangent), torch.sin(tangent)], dim=-1)
 
     @classmethod
-    def _log_tensor(cls, tensor):
+    def log_tensor(cls, tensor):
         return torch.atan2(tensor[..., 1:], tensor[..., :1])
 
     @classmethod
-    def _compose_tensor(cls, a, b):
-        return _complex_mul(a, b)
+    def compose_tensor(cls, a, b):
+        return complex_mul(a, b)
 
     @classmethod
-    def _inverse_tensor(cls, a):
+    def inverse_tensor(cls, a):
         return torch.stack([a[..., 0], -a[..., 1]], dim=-1)
 
     @classmethod
-    def _normalize_tensor(cls, a):
-        return _unit(a)
+    def normalize_tensor(cls, a):
+        return unit(a)
 
     @classmethod
-    def _adjoint_tensor(cls, a):
+    def adjoint_tensor(cls, a):
         return torch.ones_like(a[..., :1, None])
 
     @classmethod
-    def _jr_tensor(cls, tangent):
+    def jr_tensor(cls, tangent):
         return torch.ones_like(tangent[..., None])
 
     @classmethod
-    def _jr_inv_tensor(cls, tangent):
+    def jr_inv_tensor(cls, tangent):
         return torch.ones_like(tangent[..., None])
 
     @classmethod
-    def _to_matrix_tensor(cls, tensor):
-        return _rotation_matrix(tensor[..., 0], tensor[..., 1])
+    def to_matrix_tensor(cls, tensor):
+        return rotation_matrix(tensor[..., 0], tensor[..., 1])
 
     @classmethod
-    def _transform_from_tensor(cls, tensor, point, with_jacobians):
+    def transform_from_tensor(cls, tensor, point, with_jacobians):
         c, s = tensor[..., 0], tensor[..., 1]
-        out = _rotate(c, s, point)
+        out = rotate(c, s, point)
         if not with_jacobians:
             return out, None, None
-        return out, _perp(out)[..., None], _rotation_matrix(c, s)
+        return out, perp(out)[..., None], rotation_matrix(c, s)
 
     @classmethod
-    def _transform_to_tensor(cls, tensor, point, with_jacobians):
+    def transform_to_tensor(cls, tensor, point, with_jacobians):
         c, s = tensor[..., 0], tensor[..., 1]
-        out = _rotate(c, -s, point)
+        out = rotate(c, -s, point)
         if not with_jacobians:
             return out, None, None
-        return out, -_perp(out)[..., None], _rotation_matrix(c, -s)
+        return out, -perp(out)[..., None], rotation_matrix(c, -s)

@@ -30,12 +30,10 @@ from typing import Optional
 
 import torch
 
-from ..core.variable import as_tensor as _as_tensor
-from .lie_group import Rotation, _A, _B, _C, _eye, _horner, _safe_sqrt, _small, _tolerance
+from ..core.variable import as_tensor
+from .lie_group import Rotation
+from .numerics import RotationAngle, eye, horner, safe_sqrt, small_angle, tolerance
 
-_D = (1.0 / 12.0, 1.0 / 720.0, 1.0 / 30240.0, 1.0 / 1209600.0)  # 1/t^2 - (1 + cos t)/(2 t sin t)
-_E = (1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0)  # (t^2 + 2 cos t - 2)/(2 t^4)
-_F = (1.0 / 120.0, -1.0 / 2520.0, 1.0 / 120960.0, -1.0 / 9979200.0)  # (2t - 3 sin t + t cos t)/(2 t^5)
 _T_OVER_SIN = (1.0, 1.0 / 6.0, 3.0 / 40.0, 5.0 / 112.0)  # asin(s)/s, in s^2 = sin^2 t
 
 
@@ -51,58 +49,22 @@ def vee(m: torch.Tensor) -> torch.Tensor:
     return torch.stack([m[..., 2, 1], m[..., 0, 2], m[..., 1, 0]], dim=-1)
 
 
-class _Angle:
-    """The angle ``t = |w|`` of ``w (N, 3)`` and the series/closed-form coefficients of ``t``."""
-
-    def __init__(self, w: torch.Tensor):
-        self.t2 = (w * w).sum(-1)
-        self.small = _small(self.t2)
-        self.t = _safe_sqrt(self.t2, self.small)  # 1 where small: only feeds the unused branch
-        self.sin, self.cos = torch.sin(self.t), torch.cos(self.t)
-
-    def _pick(self, coefficients, closed_form):
-        return torch.where(self.small, _horner(self.t2, coefficients), closed_form)[..., None, None]
-
-    def a(self):
-        return self._pick(_A, self.sin / self.t)
-
-    def b(self):
-        half = torch.sin(0.5 * self.t)
-        return self._pick(_B, 2.0 * half * half / (self.t * self.t))
-
-    def c(self):
-        return self._pick(_C, (self.t - self.sin) / (self.t * self.t * self.t))
-
-    def d(self):
-        # (1 + cos t) / sin t = sin t / (1 - cos t): finite at t = pi
-        one_minus_cos = 2.0 * torch.sin(0.5 * self.t) ** 2
-        return self._pick(_D, 1.0 / (self.t * self.t) - self.sin / (2.0 * self.t * one_minus_cos))
-
-    def e(self):
-        t2 = self.t * self.t
-        return self._pick(_E, (t2 + 2.0 * self.cos - 2.0) / (2.0 * t2 * t2))
-
-    def f(self):
-        t = self.t
-        return self._pick(_F, (2.0 * t - 3.0 * self.sin + t * self.cos) / (2.0 * t ** 5))
-
-
 def exp_matrix(w: torch.Tensor) -> torch.Tensor:
     """Rodrigues' formula: ``(N, 3)`` axis-angle to ``(N, 3, 3)`` rotation matrices."""
-    angle, W = _Angle(w), hat(w)
-    return _eye(3, w, w.shape[:-1]) + angle.a() * W + angle.b() * (W @ W)
+    angle, W = RotationAngle(w), hat(w)
+    return eye(3, w, w.shape[:-1]) + angle.a() * W + angle.b() * (W @ W)
 
 
 def right_jacobian(w: torch.Tensor) -> torch.Tensor:
     """``Jr(w) (N, 3, 3)``: ``exp(w + d) ~ exp(w) exp(Jr(w) d)``."""
-    angle, W = _Angle(w), hat(w)
-    return _eye(3, w, w.shape[:-1]) - angle.b() * W + angle.c() * (W @ W)
+    angle, W = RotationAngle(w), hat(w)
+    return eye(3, w, w.shape[:-1]) - angle.b() * W + angle.c() * (W @ W)
 
 
 def right_jacobian_inverse(w: torch.Tensor) -> torch.Tensor:
     """``Jr(w)^-1 (N, 3, 3)``; ``Jl^-1(w) = Jr^-1(-w)``."""
-    angle, W = _Angle(w), hat(w)
-    return _eye(3, w, w.shape[:-1]) + 0.5 * W + angle.d() * (W @ W)
+    angle, W = RotationAngle(w), hat(w)
+    return eye(3, w, w.shape[:-1]) + 0.5 * W + angle.d() * (W @ W)
 
 
 def log_matrix(R: torch.Tensor) -> torch.Tensor:
@@ -111,13 +73,13 @@ def log_matrix(R: torch.Tensor) -> torch.Tensor:
     skew = 0.5 * vee(R - R.transpose(-1, -2))  # sin t * axis
     sin2 = (skew * skew).sum(-1)
     # away from pi: w = (t / sin t) * skew
-    small = _small(sin2, float64=1e-4, other=1e-2)
-    sin = _safe_sqrt(sin2, small)
-    t_over_sin = torch.where(small, _horner(sin2, _T_OVER_SIN), torch.atan2(sin, cos) / sin)
+    small = small_angle(sin2, float64=1e-4, other=1e-2)
+    sin = safe_sqrt(sin2, small)
+    t_over_sin = torch.where(small, horner(sin2, _T_OVER_SIN), torch.atan2(sin, cos) / sin)
     regular = t_over_sin[..., None] * skew
     # near pi: the axis is the largest column of the symmetric part (1 - cos t) axis axis^T
     near_pi = cos < -0.9
-    sym = 0.5 * (R + R.transpose(-1, -2)) - cos[..., None, None] * _eye(3, R, R.shape[:-2])
+    sym = 0.5 * (R + R.transpose(-1, -2)) - cos[..., None, None] * eye(3, R, R.shape[:-2])
     k = sym.diagonal(dim1=-2, dim2=-1).argmax(dim=-1)
     column = torch.gather(sym, -1, k[..., None, None].expand(*k.shape, 3, 1))[..., 0]
     safe = torch.cat([torch.ones_like(column[..., :1]), torch.zeros_like(column[..., 1:])], dim=-1)
@@ -182,20 +144,14 @@ class SO3(Rotation):
             ``|R^T R - I|`` or ``|det R - 1|`` above the dtype's tolerance.
     """
 
-    _dof = 3
-    _event_shape = (3, 3)
-    _point_dim = 3
-    _storage = "a rotation matrix, R^T R = I and det R = 1"
+    DOF = 3
+    EVENT_SHAPE = (3, 3)
+    POINT_DIM = 3
+    STORAGE = "a rotation matrix, R^T R = I and det R = 1"
 
-    def __init__(
-        self,
-        tensor: Optional[torch.Tensor] = None,
-        name: Optional[str] = None,
-        dtype: Optional[torch.dtype] = None,
-        *,
-        matrix: Optional[torch.Tensor] = None,
-        quaternion: Optional[torch.Tensor] = None,
-    ):
+    def __init__(self, tensor: Optional[torch.Tensor] = None, name: Optional[str] = None,
+                 dtype: Optional[torch.dtype] = None, *, matrix: Optional[torch.Tensor] = None,
+                 quaternion: Optional[torch.Tensor] = None):
         given = [k for k, v in (("tensor", tensor), ("matrix", matrix), ("quaternion", quaternion))
                  if v is not None]
         if len(given) > 1:
@@ -203,7 +159,7 @@ class SO3(Rotation):
         if matrix is not None:
             tensor = matrix
         if quaternion is not None:
-            tensor = quaternion_to_matrix(_unit_quaternion(quaternion, f"SO3 {name!r}", dtype))
+            tensor = quaternion_to_matrix(unit_quaternion(quaternion, f"SO3 {name!r}", dtype))
         super().__init__(tensor, name=name, dtype=dtype)
 
     def to_quaternion(self) -> torch.Tensor:
@@ -212,64 +168,64 @@ class SO3(Rotation):
 
     # ---- tensor-level maps --------------------------------------------------------------------
     @classmethod
-    def _identity_tensor(cls, batch_size, dtype, device):
+    def identity_tensor(cls, batch_size, dtype, device):
         return torch.eye(3, dtype=dtype, device=device).repeat(batch_size, 1, 1)
 
     @classmethod
-    def _rand_tensor(cls, batch_size, generator, dtype, device):
+    def rand_tensor(cls, batch_size, generator, dtype, device):
         q = torch.randn(batch_size, 4, generator=generator, dtype=dtype, device=device)
         return quaternion_to_matrix(q / torch.linalg.vector_norm(q, dim=-1, keepdim=True))
 
     @classmethod
-    def _deviation(cls, tensor):
-        gram = tensor.transpose(-1, -2) @ tensor - _eye(3, tensor, tensor.shape[:1])
+    def deviation(cls, tensor):
+        gram = tensor.transpose(-1, -2) @ tensor - eye(3, tensor, tensor.shape[:1])
         return torch.maximum(gram.abs().amax(dim=(-2, -1)), (torch.linalg.det(tensor) - 1.0).abs())
 
     @classmethod
-    def _exp_tensor(cls, tangent):
+    def exp_tensor(cls, tangent):
         return exp_matrix(tangent)
 
     @classmethod
-    def _log_tensor(cls, tensor):
+    def log_tensor(cls, tensor):
         return log_matrix(tensor)
 
     @classmethod
-    def _compose_tensor(cls, a, b):
+    def compose_tensor(cls, a, b):
         return a @ b
 
     @classmethod
-    def _inverse_tensor(cls, a):
+    def inverse_tensor(cls, a):
         return a.transpose(-1, -2)
 
     @classmethod
-    def _normalize_tensor(cls, a):
-        return _orthonormalize(a)
+    def normalize_tensor(cls, a):
+        return orthonormalize(a)
 
     @classmethod
-    def _adjoint_tensor(cls, a):
+    def adjoint_tensor(cls, a):
         return a
 
     @classmethod
-    def _jr_tensor(cls, tangent):
+    def jr_tensor(cls, tangent):
         return right_jacobian(tangent)
 
     @classmethod
-    def _jr_inv_tensor(cls, tangent):
+    def jr_inv_tensor(cls, tangent):
         return right_jacobian_inverse(tangent)
 
     @classmethod
-    def _to_matrix_tensor(cls, tensor):
+    def to_matrix_tensor(cls, tensor):
         return tensor
 
     @classmethod
-    def _transform_from_tensor(cls, tensor, point, with_jacobians):
+    def transform_from_tensor(cls, tensor, point, with_jacobians):
         out = (tensor @ point[..., None])[..., 0]
         if not with_jacobians:
             return out, None, None
         return out, -tensor @ hat(point), tensor
 
     @classmethod
-    def _transform_to_tensor(cls, tensor, point, with_jacobians):
+    def transform_to_tensor(cls, tensor, point, with_jacobians):
         rt = tensor.transpose(-1, -2)
         out = (rt @ point[..., None])[..., 0]
         if not with_jacobians:
@@ -277,26 +233,28 @@ class SO3(Rotation):
         return out, hat(out), rt
 
 
-def _orthonormalize(R: torch.Tensor) -> torch.Tensor:
+def orthonormalize(R: torch.Tensor) -> torch.Tensor:
     """One Newton-Schulz step towards the nearest rotation: exact to first order, identity on
     rotations (and its derivative there keeps tangent directions)."""
     gram = R.transpose(-1, -2) @ R
-    return R @ (1.5 * _eye(3, R, R.shape[:-2]) - 0.5 * gram)
+    return R @ (1.5 * eye(3, R, R.shape[:-2]) - 0.5 * gram)
 
 
-def _unit_quaternion(q, what: str, dtype) -> torch.Tensor:
-    q = _as_tensor(q, f"{what} quaternion")
+def unit_quaternion(q, what: str, dtype) -> torch.Tensor:
+    """User quaternions ``(B, 4)`` checked (shape, norm within the dtype's tolerance of 1; errors
+    name ``what``), cast to ``dtype`` when given, and normalized."""
+    q = as_tensor(q, f"{what} quaternion")
     if dtype is not None:
         q = q.to(dtype)
     if q.ndim != 2 or q.shape[1] != 4:
         raise ValueError(f"{what}: quaternion must have shape (B, 4) (w, x, y, z), got {tuple(q.shape)}")
     norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
     deviation = (norm[:, 0] - 1.0).abs()
-    bad = ~(deviation <= _tolerance(q.dtype))
+    bad = ~(deviation <= tolerance(q.dtype))
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
         raise ValueError(
             f"{what}: quaternion {index} is not a unit quaternion (norm {float(norm[index]):.6g}, "
-            f"tolerance {_tolerance(q.dtype):.0e} for {q.dtype})"
+            f"tolerance {tolerance(q.dtype):.0e} for {q.dtype})"
         )
     return q / norm

@@ -51,11 +51,11 @@ def read(path: PathLike) -> Union[PoseGraph, BALProblem]:
     line, words = source.lines[0]
     tag = words[0]
     if tag in _g2o.TAGS:
-        return _g2o._read(source)
+        return _g2o.read_source(source)
     if tag in _toro.TAGS + _toro.IGNORED:
-        return _toro._read(source)
+        return _toro.read_source(source)
     if len(words) == 3 and all(word.isdigit() for word in words):
-        return _bal._read(source)
+        return _bal.read_source(source)
     raise source.error(line, f"unknown format: the first record is {' '.join(words[:4])!r}; "
                        f"expected g2o ({', '.join(_g2o.TAGS)}), TORO "
                        f"({', '.join(_toro.TAGS + _toro.IGNORED)}) or a BAL header "

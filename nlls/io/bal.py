@@ -25,59 +25,18 @@ import numpy as np
 import torch
 
 from ..core.cost_function import CostFunction
-from ..core.manifold import Point3, Vector, _broadcast_batch
+from ..core.manifold import Point3, Vector, broadcast_batch
 from ..core.objective import Objective
 from ..core.variable import Variable
+from ..geometry.so3 import SO3
 from ._text import PathLike, Records, Source, assemble, no_gc_pauses
-
-# Taylor coefficients in theta^2, used below a small angle (and closed forms above it)
-_SIN = (1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0)  # sin(t)/t
-_COS = (0.5, -1.0 / 24.0, 1.0 / 720.0, -1.0 / 40320.0)  # (1 - cos t)/t^2
-_SUB = (1.0 / 6.0, -1.0 / 120.0, 1.0 / 5040.0, -1.0 / 362880.0)  # (t - sin t)/t^3
-
-
-def _series(x: torch.Tensor, coefficients) -> torch.Tensor:
-    out = torch.full_like(x, coefficients[-1])
-    for c in reversed(coefficients[:-1]):
-        out = out * x + c
-    return out
-
-
-def _hat(w: torch.Tensor) -> torch.Tensor:
-    """``[w]_x`` ``(N, 3, 3)`` of ``(N, 3)``."""
-    zero = torch.zeros_like(w[:, 0])
-    x, y, z = w.unbind(1)
-    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=1).reshape(-1, 3, 3)
 
 
 def rodrigues(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The rotation of a Rodrigues vector and the left Jacobian of that map.
-
-    ``R = I + A W + B W^2`` and ``Jl = I + B W + C W^2`` with ``W = [w]_x``, ``t = |w|``,
-    ``A = sin(t)/t``, ``B = (1 - cos t)/t^2``, ``C = (t - sin t)/t^3``; ``R(w + d) ~
-    exp(Jl d) R(w)``. Below a small angle ``A, B, C`` are Taylor series (chosen per element with
-    ``torch.where``, the unused branch fed a safe angle), so values and derivatives stay finite
-    at ``w = 0``.
-
-    Args:
-        w: ``(N, 3)``.
-
-    Returns:
-        ``R`` and ``Jl``, both ``(N, 3, 3)``.
-    """
-    t2 = (w * w).sum(dim=1)
-    small = t2 < (1e-3 if w.dtype == torch.float64 else 0.25)
-    t = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
-    sin, cos = torch.sin(t), torch.cos(t)
-    a = torch.where(small, _series(t2, _SIN), sin / t)
-    b = torch.where(small, _series(t2, _COS), (1.0 - cos) / (t * t))
-    c = torch.where(small, _series(t2, _SUB), (t - sin) / (t * t * t))
-    hat = _hat(w)
-    hat2 = hat @ hat
-    eye = torch.eye(3, dtype=w.dtype, device=w.device)
-    rotation = eye + a[:, None, None] * hat + b[:, None, None] * hat2
-    left_jacobian = eye + b[:, None, None] * hat + c[:, None, None] * hat2
-    return rotation, left_jacobian
+    """The rotation of Rodrigues vectors ``w`` ``(N, 3)`` and the left Jacobian of that map, both
+    ``(N, 3, 3)``: ``R(w + d) ~ exp(Jl d) R(w)``, ``Jl(w) = Jr(-w)`` (:class:`~nlls.SO3`'s
+    exponential and right Jacobian, smooth at ``w = 0``)."""
+    return SO3.exp_tensor(w), SO3.jr_tensor(-w)
 
 
 class BALReprojection(CostFunction):
@@ -85,8 +44,8 @@ class BALReprojection(CostFunction):
 
     Jacobians (with ``J_P`` the derivative of the prediction by ``P = R X + t``):
 
-    * camera ``(w, t, f, k1, k2)``: ``-J_P [R X]_x Jl(w)``, ``J_P``, ``d p``, ``f |p|^2 p``,
-      ``f |p|^4 p`` (``d = 1 + k1 |p|^2 + k2 |p|^4``);
+    * camera ``(w, t, f, k1, k2)``: ``-J_P R [X]_x Jr(w)``, ``J_P``, ``d p``, ``f |p|^2 p``,
+      ``f |p|^4 p`` (``d = 1 + k1 |p|^2 + k2 |p|^4``; ``R`` and ``Jr`` from :class:`~nlls.SO3`);
     * point: ``J_P R``;
 
     where ``J_P = f (d I + 2 (k1 + 2 k2 |p|^2) p p^T) (-1/P_z) [I | p]``.
@@ -118,26 +77,26 @@ class BALReprojection(CostFunction):
     def dim(self) -> int:
         return 2
 
-    def _project(self):
-        camera, point = _broadcast_batch(self.camera.tensor, self.point.tensor, self.name)
-        uv, camera = _broadcast_batch(self.measurement.tensor, camera, self.name)
-        uv, point = _broadcast_batch(uv, point, self.name)
-        rotation, left_jacobian = rodrigues(camera[:, :3])
-        rotated = (rotation @ point[:, :, None])[:, :, 0]
+    def _project(self, with_jacobians: bool):
+        camera, point = broadcast_batch(self.camera.tensor, self.point.tensor, self.name)
+        uv, camera = broadcast_batch(self.measurement.tensor, camera, self.name)
+        uv, point = broadcast_batch(uv, point, self.name)
+        jacobians = [] if with_jacobians else None  # Jr(w), d(R X)/dR, d(R X)/dX = R
+        rotated = SO3.exp_map(camera[:, :3], jacobians).rotate(point, jacobians)
         in_camera = rotated + camera[:, 3:6]
         p = -in_camera[:, :2] / in_camera[:, 2:]
         r2 = (p * p).sum(dim=1, keepdim=True)
         f, k1, k2 = camera[:, 6:7], camera[:, 7:8], camera[:, 8:9]
         distortion = 1.0 + r2 * (k1 + k2 * r2)
         error = f * distortion * p - uv
-        return error, (camera, rotation, left_jacobian, rotated, in_camera, p, r2, distortion)
+        return error, (camera, jacobians, in_camera, p, r2, distortion)
 
     def error(self) -> torch.Tensor:
-        return self._project()[0]
+        return self._project(False)[0]
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        error, parts = self._project()
-        camera, rotation, left_jacobian, rotated, in_camera, p, r2, distortion = parts
+        error, parts = self._project(True)
+        camera, (jr, d_rotated_d_rotation, rotation), in_camera, p, r2, distortion = parts
         f, k1, k2 = camera[:, 6:7], camera[:, 7:8], camera[:, 8:9]
         eye2 = torch.eye(2, dtype=p.dtype, device=p.device)
         d_prediction_d_p = f[:, :, None] * (distortion[:, :, None] * eye2 + 2.0 * (
@@ -145,7 +104,7 @@ class BALReprojection(CostFunction):
         d_p_d_camera_point = torch.cat([eye2.expand(p.shape[0], 2, 2), p[:, :, None]], dim=2)
         d_p_d_camera_point = d_p_d_camera_point * (-1.0 / in_camera[:, 2:, None])
         j_point_in_camera = d_prediction_d_p @ d_p_d_camera_point  # (N, 2, 3)
-        j_rotation = -j_point_in_camera @ _hat(rotated) @ left_jacobian
+        j_rotation = j_point_in_camera @ d_rotated_d_rotation @ jr
         j_camera = torch.cat([
             j_rotation, j_point_in_camera, (distortion * p)[:, :, None],
             (f * r2 * p)[:, :, None], (f * r2 * r2 * p)[:, :, None],
@@ -215,10 +174,11 @@ def read_bal(path: PathLike) -> BALProblem:
             with the wrong number of fields or an out-of-range index, a non-number, too few or
             too many parameters, an empty file; ``MissingFileError`` for a missing file.
     """
-    return _read(Source(path))
+    return read_source(Source(path))
 
 
-def _read(source: Source) -> BALProblem:
+def read_source(source: Source) -> BALProblem:
+    """:func:`read_bal` of a file already split into records."""
     source.require_records("a BAL header 'num_cameras num_points num_observations'")
     header_line, header = source.lines[0]
     try:

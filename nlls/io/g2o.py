@@ -18,16 +18,43 @@ GTSAM does. ``FIX`` records are kept (and written back) but add nothing to the o
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from ._text import PathLike, Source, upper_triangle_matrices
-from .pose_graph import PoseGraph, build, quaternion_rotations, se2_data, se3_data
+from ._text import PathLike, Records, Source
+from .pose_graph import (
+    PoseGraph, PoseGraphFormat, RecordLayout, information_fields, quaternion_rotations,
+    read_pose_graph, se2_poses, se3_data, upper_triangle_information,
+)
 
-TAGS_2D = ("VERTEX_SE2", "EDGE_SE2")
-TAGS_3D = ("VERTEX_SE3:QUAT", "EDGE_SE3:QUAT")
-TAGS = TAGS_2D + TAGS_3D + ("FIX",)
 
-_INFO_2D = tuple(f"I{r + 1}{c + 1}" for r, c in zip(*np.triu_indices(3)))
-_INFO_3D = tuple(f"I{r + 1}{c + 1}" for r, c in zip(*np.triu_indices(6)))
+def _quaternion_poses(records: Records, numbers: np.ndarray) -> torch.Tensor:
+    """``x y z qx qy qz qw`` ``(n, 7)`` to ``SE3`` data."""
+    return se3_data(numbers[:, :3], quaternion_rotations(records, numbers[:, 3:]))
+
+
+def _fixed(source: Source, records):
+    """``(line, id)`` of every vertex a ``FIX`` record names."""
+    fixed = []
+    for line, row in zip(records["FIX"].lines.tolist(), records["FIX"].rows):
+        if not row:
+            raise source.error(line, "FIX needs at least one vertex id")
+        try:
+            fixed += [(line, int(word)) for word in row]
+        except ValueError:
+            raise source.error(line, f"FIX: vertex ids must be integers, got {' '.join(row)!r}"
+                               ) from None
+    return fixed
+
+
+_POSE_3D = ("x", "y", "z", "qx", "qy", "qz", "qw")
+FORMAT = PoseGraphFormat("g2o", {
+    2: RecordLayout("VERTEX_SE2", "EDGE_SE2", ("x", "y", "theta"), ("dx", "dy", "dtheta"),
+                    information_fields(3), se2_poses, upper_triangle_information(3)),
+    3: RecordLayout("VERTEX_SE3:QUAT", "EDGE_SE3:QUAT", _POSE_3D, _POSE_3D, information_fields(6),
+                    _quaternion_poses, upper_triangle_information(6)),
+}, extra=("FIX",), fixed=_fixed)
+TAGS_2D, TAGS_3D = FORMAT.layouts[2].tags, FORMAT.layouts[3].tags
+TAGS = FORMAT.pose_tags + FORMAT.extra
 
 
 def read_g2o(path: PathLike) -> PoseGraph:
@@ -45,42 +72,9 @@ def read_g2o(path: PathLike) -> PoseGraph:
             unknown vertex, an information matrix that is not positive definite, no edges, an
             empty file; ``MissingFileError`` (also a ``FileNotFoundError``) for a missing file.
     """
-    return _read(Source(path))
+    return read_source(Source(path))
 
 
-def _read(source: Source) -> PoseGraph:
-    source.require_records(" or ".join(TAGS_2D + TAGS_3D))
-    records = source.by_tag(TAGS, describe="g2o")
-    counts = {tag: len(records[tag]) for tag in TAGS_2D + TAGS_3D}
-    has_2d = any(counts[t] for t in TAGS_2D)
-    has_3d = any(counts[t] for t in TAGS_3D)
-    if has_2d and has_3d:
-        first_3d = min(int(records[t].lines[0]) for t in TAGS_3D if counts[t])
-        first_2d = min(int(records[t].lines[0]) for t in TAGS_2D if counts[t])
-        raise source.error(max(first_2d, first_3d), "mixes 2-D (VERTEX_SE2/EDGE_SE2) and 3-D "
-                           "(VERTEX_SE3:QUAT/EDGE_SE3:QUAT) records")
-    fixed = [(int(line), i) for line, row in zip(records["FIX"].lines, records["FIX"].rows)
-             for i in _fix_ids(source, int(line), row)]
-    if has_3d:
-        vertices, edges = records["VERTEX_SE3:QUAT"], records["EDGE_SE3:QUAT"]
-        ids, v = vertices.table(("id", "x", "y", "z", "qx", "qy", "qz", "qw"), ints=1)
-        pairs, e = edges.table(("i", "j", "x", "y", "z", "qx", "qy", "qz", "qw") + _INFO_3D, ints=2)
-        poses = se3_data(v[:, :3], quaternion_rotations(vertices, v[:, 3:]))
-        measurements = se3_data(e[:, :3], quaternion_rotations(edges, e[:, 3:7]))
-        return build(source, 3, (vertices, ids[:, 0], poses),
-                     (edges, pairs, measurements, upper_triangle_matrices(e[:, 7:], 6)), fixed)
-    vertices, edges = records["VERTEX_SE2"], records["EDGE_SE2"]
-    ids, v = vertices.table(("id", "x", "y", "theta"), ints=1)
-    pairs, e = edges.table(("i", "j", "dx", "dy", "dtheta") + _INFO_2D, ints=2)
-    return build(source, 2, (vertices, ids[:, 0], se2_data(v)),
-                 (edges, pairs, se2_data(e[:, :3]), upper_triangle_matrices(e[:, 3:], 3)), fixed)
-
-
-def _fix_ids(source: Source, line: int, row):
-    if not row:
-        raise source.error(line, "FIX needs at least one vertex id")
-    try:
-        return [int(word) for word in row]
-    except ValueError:
-        raise source.error(line, f"FIX: vertex ids must be integers, got {' '.join(row)!r}"
-                           ) from None
+def read_source(source: Source) -> PoseGraph:
+    """:func:`read_g2o` of a file already split into records."""
+    return read_pose_graph(source, FORMAT)

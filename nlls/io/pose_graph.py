@@ -13,9 +13,10 @@ Whatever the file format, information matrices are stored here in the tangent or
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from ..geometry.factors import Between
 from ..geometry.se2 import SE2
 from ..geometry.se3 import SE3
 from ..geometry.so3 import matrix_to_quaternion, quaternion_to_matrix
-from ._text import PathLike, Records, Source, assemble, no_gc_pauses
+from ._text import PathLike, Records, Source, assemble, no_gc_pauses, upper_triangle_matrices
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,11 @@ class PoseGraph:
         measurements = self.edges.measurements.to(dtype=dtype, device=device, copy=True)
         weights = self._sqrt_information.to(dtype=dtype, device=device, copy=True)
         with no_gc_pauses():
-            variables = [group._from_tensor(poses[k:k + 1], f"x{i}")
+            variables = [group.from_tensor(poses[k:k + 1], f"x{i}")
                          for k, i in enumerate(self.vertex_ids.tolist())]
             cost_functions = [
                 Between(variables[a], variables[b],
-                        group._from_tensor(measurements[k:k + 1], f"z{k}"),
+                        group.from_tensor(measurements[k:k + 1], f"z{k}"),
                         MatrixCostWeight(weights[k:k + 1], name=f"S{k}"), name=f"e{k}")
                 for k, (a, b) in enumerate(self._index.tolist())
             ]
@@ -185,9 +186,24 @@ def se2_data(x_y_theta: np.ndarray) -> torch.Tensor:
                                       np.sin(theta)], axis=1))
 
 
+def se2_poses(records: Records, x_y_theta: np.ndarray) -> torch.Tensor:
+    """:func:`se2_data` of records' numbers (the ``poses`` of a 2-D :class:`RecordLayout`)."""
+    return se2_data(x_y_theta)
+
+
 def se3_data(translation: np.ndarray, rotation: np.ndarray) -> torch.Tensor:
     """``(n, 3)`` translations and ``(n, 3, 3)`` rotations to ``SE3`` data ``(n, 3, 4)``."""
     return torch.from_numpy(np.concatenate([rotation, translation[:, :, None]], axis=2))
+
+
+def information_fields(dof: int) -> Tuple[str, ...]:
+    """``I11 I12 ... I{dof}{dof}``: the upper triangle of an information matrix, row by row."""
+    return tuple(f"I{r + 1}{c + 1}" for r, c in zip(*np.triu_indices(dof)))
+
+
+def upper_triangle_information(dof: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The ``information`` of a layout that lists :func:`information_fields` ``(dof)``."""
+    return functools.partial(upper_triangle_matrices, dim=dof)
 
 
 def quaternion_rotations(records: Records, q_xyzw: np.ndarray) -> np.ndarray:
@@ -254,3 +270,81 @@ def build(source: Source, dimension: int, vertices: Tuple[Records, np.ndarray, t
                            f"{np.round(eigenvalues, 6).tolist()})")
     return PoseGraph(dimension, ids, poses, PoseGraphEdges(pairs, measurements, info),
                      fixed=[i for _, i in fixed], path=source.path)
+
+
+# ---- the reader skeleton the pose-graph formats share ----------------------------------------
+@dataclass(frozen=True)
+class RecordLayout:
+    """How a format writes the vertices and edges of one dimension.
+
+    Attributes:
+        vertex_tag, edge_tag: the record tags (``VERTEX_SE2``, ``EDGE_SE2``).
+        vertex_fields: the names of a vertex's pose fields, after its id.
+        edge_fields: the names of an edge's measurement fields, after its two vertex ids.
+        information_fields: the names of the information fields that follow them.
+        poses: ``(records, numbers (n, len(fields)))`` to pose data, for vertices and edges.
+        information: numbers ``(n, len(information_fields))`` to matrices ``(n, dof, dof)``
+            in tangent order.
+    """
+
+    vertex_tag: str
+    edge_tag: str
+    vertex_fields: Tuple[str, ...]
+    edge_fields: Tuple[str, ...]
+    information_fields: Tuple[str, ...]
+    poses: Callable[[Records, np.ndarray], torch.Tensor]
+    information: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def tags(self) -> Tuple[str, str]:
+        return self.vertex_tag, self.edge_tag
+
+
+@dataclass(frozen=True)
+class PoseGraphFormat:
+    """A pose-graph file format: its name, its 2-D and 3-D layouts and its other records.
+
+    Attributes:
+        name: for messages (``"g2o"``).
+        layouts: ``{2: RecordLayout, 3: RecordLayout}``.
+        ignored: tags whose records are skipped.
+        extra: further tags, passed to ``fixed``.
+        fixed: ``(source, records by tag)`` to the ``(line, id)`` of every fixed vertex.
+    """
+
+    name: str
+    layouts: Dict[int, RecordLayout]
+    ignored: Tuple[str, ...] = ()
+    extra: Tuple[str, ...] = ()
+    fixed: Optional[Callable[[Source, Dict[str, Records]], Sequence[Tuple[int, int]]]] = None
+
+    @property
+    def pose_tags(self) -> Tuple[str, ...]:
+        return self.layouts[2].tags + self.layouts[3].tags
+
+
+def read_pose_graph(source: Source, file_format: PoseGraphFormat) -> PoseGraph:
+    """Read a 2-D or 3-D pose graph laid out as ``file_format`` says; every error names its line.
+
+    Raises:
+        FormatError: an unknown tag, a wrong number of fields, a non-number, 2-D and 3-D records
+            mixed, and what :func:`build` checks.
+    """
+    source.require_records(" or ".join(file_format.pose_tags))
+    records = source.by_tag(file_format.pose_tags + file_format.extra, file_format.ignored,
+                            describe=file_format.name)
+    first = {d: [int(records[t].lines[0]) for t in layout.tags if len(records[t])]
+             for d, layout in file_format.layouts.items()}
+    if first[2] and first[3]:
+        raise source.error(max(min(first[2]), min(first[3])), "mixes 2-D ({}) and 3-D ({}) records"
+                           .format(*("/".join(file_format.layouts[d].tags) for d in (2, 3))))
+    fixed = file_format.fixed(source, records) if file_format.fixed is not None else ()
+    dimension = 3 if first[3] else 2
+    layout = file_format.layouts[dimension]
+    vertices, edges = records[layout.vertex_tag], records[layout.edge_tag]
+    ids, v = vertices.table(("id",) + layout.vertex_fields, ints=1)
+    pairs, e = edges.table(("i", "j") + layout.edge_fields + layout.information_fields, ints=2)
+    size = len(layout.edge_fields)
+    return build(source, dimension, (vertices, ids[:, 0], layout.poses(vertices, v)),
+                 (edges, pairs, layout.poses(edges, e[:, :size]), layout.information(e[:, size:])),
+                 fixed)

@@ -20,54 +20,13 @@ blocks differ; no TORO 3-D file with a reference cost is at hand to settle it.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from ._text import PathLike, Source, upper_triangle_matrices
-from .pose_graph import PoseGraph, build, se2_data, se3_data
-
-TAGS_2D = ("VERTEX2", "EDGE2")
-TAGS_3D = ("VERTEX3", "EDGE3")
-TAGS = TAGS_2D + TAGS_3D
-IGNORED = ("EQUIV",)
-
-_INFO_3D = tuple(f"I{r + 1}{c + 1}" for r, c in zip(*np.triu_indices(6)))
-
-
-def read_toro(path: PathLike) -> PoseGraph:
-    """Read a 2-D or 3-D pose graph in TORO format.
-
-    Args:
-        path: the file.
-
-    Returns:
-        The :class:`~nlls.io.PoseGraph`; ``.objective()`` builds the problem.
-
-    Raises:
-        FormatError: (a ``ValueError``) naming file and line, as :func:`~nlls.io.read_g2o`.
-    """
-    return _read(Source(path))
-
-
-def _read(source: Source) -> PoseGraph:
-    source.require_records(" or ".join(TAGS))
-    records = source.by_tag(TAGS, IGNORED, describe="TORO")
-    has_2d = any(len(records[t]) for t in TAGS_2D)
-    has_3d = any(len(records[t]) for t in TAGS_3D)
-    if has_2d and has_3d:
-        first = [min(int(records[t].lines[0]) for t in tags if len(records[t]))
-                 for tags in (TAGS_2D, TAGS_3D)]
-        raise source.error(max(first), "mixes 2-D (VERTEX2/EDGE2) and 3-D (VERTEX3/EDGE3) records")
-    if has_3d:
-        vertices, edges = records["VERTEX3"], records["EDGE3"]
-        ids, v = vertices.table(("id", "x", "y", "z", "roll", "pitch", "yaw"), ints=1)
-        pairs, e = edges.table(("i", "j", "x", "y", "z", "roll", "pitch", "yaw") + _INFO_3D, ints=2)
-        return build(source, 3, (vertices, ids[:, 0], se3_data(v[:, :3], _rpy_rotations(v[:, 3:]))),
-                     (edges, pairs, se3_data(e[:, :3], _rpy_rotations(e[:, 3:6])),
-                      upper_triangle_matrices(e[:, 6:], 6)), ())
-    vertices, edges = records["VERTEX2"], records["EDGE2"]
-    ids, v = vertices.table(("id", "x", "y", "theta"), ints=1)
-    pairs, e = edges.table(("i", "j", "dx", "dy", "dtheta", "a", "b", "c", "d", "e", "f"), ints=2)
-    return build(source, 2, (vertices, ids[:, 0], se2_data(v)),
-                 (edges, pairs, se2_data(e[:, :3]), _toro_information_2d(e[:, 3:])), ())
+from ._text import PathLike, Records, Source
+from .pose_graph import (
+    PoseGraph, PoseGraphFormat, RecordLayout, information_fields, read_pose_graph, se2_poses,
+    se3_data, upper_triangle_information,
+)
 
 
 def _toro_information_2d(abcdef: np.ndarray) -> np.ndarray:
@@ -84,3 +43,32 @@ def _rpy_rotations(rpy: np.ndarray) -> np.ndarray:
         np.stack([sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr], -1),
         np.stack([-sp, cp * sr, cp * cr], -1),
     ], -2)
+
+
+def _rpy_poses(records: Records, numbers: np.ndarray) -> torch.Tensor:
+    """``x y z roll pitch yaw`` ``(n, 6)`` to ``SE3`` data."""
+    return se3_data(numbers[:, :3], _rpy_rotations(numbers[:, 3:]))
+
+
+_POSE_3D = ("x", "y", "z", "roll", "pitch", "yaw")
+FORMAT = PoseGraphFormat("TORO", {
+    2: RecordLayout("VERTEX2", "EDGE2", ("x", "y", "theta"), ("dx", "dy", "dtheta"),
+                    ("a", "b", "c", "d", "e", "f"), se2_poses, _toro_information_2d),
+    3: RecordLayout("VERTEX3", "EDGE3", _POSE_3D, _POSE_3D, information_fields(6), _rpy_poses,
+                    upper_triangle_information(6)),
+}, ignored=("EQUIV",))
+TAGS_2D, TAGS_3D = FORMAT.layouts[2].tags, FORMAT.layouts[3].tags
+TAGS = FORMAT.pose_tags
+IGNORED = FORMAT.ignored
+
+
+def read_toro(path: PathLike) -> PoseGraph:
+    """Read the 2-D or 3-D pose graph in TORO format in file ``path``: a
+    :class:`~nlls.io.PoseGraph`, whose ``.objective()`` builds the problem. Malformed files raise
+    as in :func:`~nlls.io.read_g2o` (``FormatError`` naming file and line)."""
+    return read_source(Source(path))
+
+
+def read_source(source: Source) -> PoseGraph:
+    """:func:`read_toro` of a file already split into records."""
+    return read_pose_graph(source, FORMAT)

@@ -14,9 +14,9 @@ def _central_differences(cf, eps=1e-6):
         for k in range(var.dof()):
             delta = torch.zeros(original.shape[0], var.dof(), dtype=original.dtype)
             delta[:, k] = eps
-            var.tensor = type(var)._retract_tensor(original, delta)
+            var.tensor = type(var).retract_tensor(original, delta)
             plus = cf.error()
-            var.tensor = type(var)._retract_tensor(original, -delta)
+            var.tensor = type(var).retract_tensor(original, -delta)
             minus = cf.error()
             columns.append((plus - minus) / (2 * eps))
         var.tensor = original

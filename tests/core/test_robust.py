@@ -113,7 +113,7 @@ def test_corrected_linearization_keeps_the_gradient(loss):
     # the gradient of the objective 0.5 * rho(s) on the tangent of x1, by autograd
     delta = torch.zeros(16, 6, dtype=torch.float64, requires_grad=True)
     original = x1.tensor
-    x1.tensor = nlls.SE3._retract_tensor(original, delta)
+    x1.tensor = nlls.SE3.retract_tensor(original, delta)
     value = 0.5 * (robust.weighted_error() ** 2).sum()
     (autograd,) = torch.autograd.grad(value, delta)
     x1.tensor = original

@@ -26,7 +26,7 @@ def rotation_part(group, tangent):
 
 def tangents(group, batch, generator, dtype=torch.float64, special=True):
     """``(batch, dof)`` tangents: random ones plus angles within 1e-6 of 0 and of pi (and 0, pi)."""
-    dof = group._dof
+    dof = group.DOF
     out = torch.randn(batch, dof, generator=generator, dtype=dtype)
     rot = 1 if group in (SO2, SE2) else 3
     axis = torch.randn(batch, rot, generator=generator, dtype=dtype)
@@ -42,10 +42,10 @@ def tangents(group, batch, generator, dtype=torch.float64, special=True):
 
 def _perturb(value, h, index):
     if isinstance(value, LieGroup):
-        delta = torch.zeros(value.shape[0], value._dof, dtype=value.dtype)
+        delta = torch.zeros(value.shape[0], value.DOF, dtype=value.dtype)
         delta[:, index] = h
-        return value._from_tensor(type(value)._compose_tensor(
-            value.tensor, type(value)._exp_tensor(delta)))
+        return value.from_tensor(type(value).compose_tensor(
+            value.tensor, type(value).exp_tensor(delta)))
     out = value.clone()
     out[:, index] += h
     return out
@@ -66,7 +66,7 @@ def numeric_jacobians(function, inputs, h=1e-6):
     reference = function(*inputs)
     out = []
     for k, value in enumerate(inputs):
-        dof = value._dof if isinstance(value, LieGroup) else value.shape[1]
+        dof = value.DOF if isinstance(value, LieGroup) else value.shape[1]
         columns = []
         for i in range(dof):
             plus = list(inputs)

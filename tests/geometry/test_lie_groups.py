@@ -106,14 +106,14 @@ def test_rotation_is_orthonormal_with_det_one(group, seed):
 @given(seed=SEEDS)
 def test_act_and_inverse_act(group, seed):
     g = _elements(group, seed)
-    points = torch.randn(BATCH, group._point_dim, generator=_generator(seed), dtype=torch.float64)
+    points = torch.randn(BATCH, group.POINT_DIM, generator=_generator(seed), dtype=torch.float64)
     moved = g.transform_from(points)
     _close(g.transform_to(moved), points, 1e-12)
     _close(g.inverse().transform_from(moved), points, 1e-12)
     homogeneous = torch.cat([points, torch.ones(BATCH, 1, dtype=torch.float64)], dim=1)
     matrix = g.to_matrix()
     expected = (matrix @ (homogeneous if group in (SE2, SE3) else points)[..., None])[..., 0]
-    _close(moved, expected[:, : group._point_dim], 1e-12)
+    _close(moved, expected[:, : group.POINT_DIM], 1e-12)
     h = _elements(group, seed + 1)  # acting is a group action: (g h) p = g (h p)
     _close(g.compose(h).transform_from(points), g.transform_from(h.transform_from(points)), 1e-12)
 
@@ -122,22 +122,22 @@ def test_act_and_inverse_act(group, seed):
 @given(seed=SEEDS, scale=st.sampled_from([1e-8, 1e-3, 0.5, 2.0]))
 def test_retract_local_consistency(group, seed, scale):
     g = _elements(group, seed)
-    delta = scale * torch.randn(BATCH, group._dof, generator=_generator(seed), dtype=torch.float64)
+    delta = scale * torch.randn(BATCH, group.DOF, generator=_generator(seed), dtype=torch.float64)
     # local inverts retract for steps whose rotation is shorter than pi
     keep = rotation_part(group, delta).norm(dim=1) < math.pi - 1e-3
     moved = g.retract(delta)
     _close(g.local(moved)[keep], delta[keep], 1e-9)
-    _close(g.local(g), torch.zeros(BATCH, group._dof, dtype=torch.float64), 1e-12)
+    _close(g.local(g), torch.zeros(BATCH, group.DOF, dtype=torch.float64), 1e-12)
     _close(moved.tensor, g.compose(group.exp_map(delta)).tensor, 1e-12)
     h = _elements(group, seed + 1)
     _close(g.retract(g.local(h)).tensor, h.tensor, 1e-9)
     _close(g.local(h), g.between(h).log_map(), 0)
-    _close(group._local_tensor(g.tensor, h.tensor), g.local(h), 0)
+    _close(group.local_tensor(g.tensor, h.tensor), g.local(h), 0)
 
 
 def test_adjoint_moves_tangents(group, generator):
     g = group.rand(8, generator, dtype=torch.float64)
-    d = 0.3 * torch.randn(8, group._dof, generator=generator, dtype=torch.float64)
+    d = 0.3 * torch.randn(8, group.DOF, generator=generator, dtype=torch.float64)
     lhs = g.compose(group.exp_map(d)).compose(g.inverse())
     rhs = group.exp_map((g.adjoint() @ d[..., None])[..., 0])
     _close(lhs.tensor, rhs.tensor, 1e-12)
@@ -147,26 +147,26 @@ def test_identity_rand_shapes_and_dtypes(group, generator):
     for dtype in (torch.float32, torch.float64):
         identity = group.identity(3, dtype=dtype)
         random = group.rand(5, generator=generator, dtype=dtype)
-        assert identity.shape == (3, *group._event_shape) and identity.dtype == dtype
-        assert random.shape == (5, *group._event_shape) and random.dtype == dtype
-        assert identity.dof() == random.dof() == group._dof
+        assert identity.shape == (3, *group.EVENT_SHAPE) and identity.dtype == dtype
+        assert random.shape == (5, *group.EVENT_SHAPE) and random.dtype == dtype
+        assert identity.dof() == random.dof() == group.DOF
         group(random.tensor, name="checked")  # rand gives valid elements
-        assert torch.equal(identity.log_map(), torch.zeros(3, group._dof, dtype=dtype))
+        assert torch.equal(identity.log_map(), torch.zeros(3, group.DOF, dtype=dtype))
     a = group.rand(4, torch.Generator().manual_seed(1))
     b = group.rand(4, torch.Generator().manual_seed(1))
     assert torch.equal(a.tensor, b.tensor)
-    assert group().shape == (1, *group._event_shape)  # the default is the identity
+    assert group().shape == (1, *group.EVENT_SHAPE)  # the default is the identity
 
 
 def test_batch_of_one_broadcasts(group, generator):
     g = group.rand(1, generator, dtype=torch.float64)
     h = group.rand(6, generator, dtype=torch.float64)
     assert g.compose(h).shape[0] == 6 and h.compose(g).shape[0] == 6
-    assert g.local(h).shape == (6, group._dof)
-    assert g.retract(torch.zeros(6, group._dof, dtype=torch.float64)).shape[0] == 6
+    assert g.local(h).shape == (6, group.DOF)
+    assert g.retract(torch.zeros(6, group.DOF, dtype=torch.float64)).shape[0] == 6
     jacobians = []
     g.between(h, jacobians=jacobians)
-    assert [tuple(j.shape) for j in jacobians] == [(6, group._dof, group._dof)] * 2
+    assert [tuple(j.shape) for j in jacobians] == [(6, group.DOF, group.DOF)] * 2
     with pytest.raises(ValueError, match="batch sizes 6 and 4"):
         h.compose(group.rand(4, generator, dtype=torch.float64))
 
@@ -174,8 +174,8 @@ def test_batch_of_one_broadcasts(group, generator):
 def test_inputs_are_not_modified(group, generator):
     g = group.rand(4, generator, dtype=torch.float64)
     h = group.rand(4, generator, dtype=torch.float64)
-    delta = torch.randn(4, group._dof, dtype=torch.float64)
-    points = torch.randn(4, group._point_dim, dtype=torch.float64)
+    delta = torch.randn(4, group.DOF, dtype=torch.float64)
+    points = torch.randn(4, group.POINT_DIM, dtype=torch.float64)
     before = [t.clone() for t in (g.tensor, h.tensor, delta, points)]
     g.compose(h, []), g.between(h, []), g.local(h, []), g.retract(delta, []), g.inverse([])
     g.transform_from(points, []), g.transform_to(points, []), group.exp_map(delta, [])
@@ -187,7 +187,7 @@ def test_results_get_fresh_names(group, generator):
     g = group.rand(2, generator, name="g")
     h = g.compose(g)
     assert h.name != g.name and g.inverse().name != g.name
-    assert g.retract(torch.zeros(2, group._dof)).name == "g_retracted"
+    assert g.retract(torch.zeros(2, group.DOF)).name == "g_retracted"
 
 
 def test_validation_names_the_variable(group):
@@ -217,6 +217,6 @@ def test_tolerance_accepts_rounding_in_float32(group, generator):
 
 def test_exp_map_checks_its_input(group):
     with pytest.raises(ValueError, match=rf"{group.__name__}.exp_map: expected a tangent of shape"):
-        group.exp_map(torch.zeros(2, group._dof + 1))
+        group.exp_map(torch.zeros(2, group.DOF + 1))
     with pytest.raises(TypeError, match="needs a"):
-        group.identity(1).compose(torch.zeros(1, group._dof))
+        group.identity(1).compose(torch.zeros(1, group.DOF))

@@ -28,7 +28,7 @@ def _operations(group):
     def element_and_point(seed):
         g = torch.Generator().manual_seed(seed)
         return [group.exp_map(tangents(group, BATCH, g)),
-                torch.randn(BATCH, group._point_dim, generator=g, dtype=torch.float64)]
+                torch.randn(BATCH, group.POINT_DIM, generator=g, dtype=torch.float64)]
 
     def element_and_tangent(seed):
         g = torch.Generator().manual_seed(seed)
@@ -94,7 +94,7 @@ def test_jacobians_at_the_identity_and_pi(group):
         axis[3:] = torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64) / math.sqrt(5.25)
     angles = torch.tensor([0.0, 1e-7, 1e-6, math.pi - 1e-6, math.pi - 1e-7, math.pi - 2e-6],
                           dtype=torch.float64)
-    tangent = torch.cat([0.3 * torch.ones(6, group._dof - rot, dtype=torch.float64),
+    tangent = torch.cat([0.3 * torch.ones(6, group.DOF - rot, dtype=torch.float64),
                          angles[:, None] * axis], dim=1)
     for name in ("exp_map", "log_map", "between", "retract"):
         function, with_jacobians, _ = _operations(group)[name]
@@ -112,7 +112,7 @@ def test_no_nan_in_values_or_gradients(group, dtype):
     """Backward through every map at angles 0, tiny, near pi and pi stays finite."""
     generator = torch.Generator().manual_seed(3)
     tangent = tangents(group, 16, generator, dtype=dtype).requires_grad_(True)
-    points = torch.randn(16, group._point_dim, generator=generator, dtype=dtype)
+    points = torch.randn(16, group.POINT_DIM, generator=generator, dtype=dtype)
     g = group.exp_map(tangent)
     identity = group.identity(16, dtype=dtype)
     outputs = [
@@ -131,9 +131,9 @@ def test_no_nan_in_values_or_gradients(group, dtype):
     (grad,) = torch.autograd.grad(total, tangent)
     assert torch.isfinite(grad).all()
     # at the identity the gradient of log(exp(t)) is exactly the identity
-    zero = torch.zeros(1, group._dof, dtype=dtype, requires_grad=True)
-    rows = [torch.autograd.grad(group.exp_map(zero).log_map()[0, i], zero)[0] for i in range(group._dof)]
-    assert torch.allclose(torch.cat(rows), torch.eye(group._dof, dtype=dtype), atol=1e-6)
+    zero = torch.zeros(1, group.DOF, dtype=dtype, requires_grad=True)
+    rows = [torch.autograd.grad(group.exp_map(zero).log_map()[0, i], zero)[0] for i in range(group.DOF)]
+    assert torch.allclose(torch.cat(rows), torch.eye(group.DOF, dtype=dtype), atol=1e-6)
 
 
 def test_float32_agrees_with_float64(group):
@@ -153,16 +153,16 @@ def test_float32_agrees_with_float64(group):
 
 
 def test_torch_func_through_retract_and_local(group):
-    """AutoDiffCostFunction differentiates _retract_tensor with jvp under vmap."""
+    """AutoDiffCostFunction differentiates retract_tensor with jvp under vmap."""
     generator = torch.Generator().manual_seed(5)
     g = group.exp_map(tangents(group, 8, generator))
     h = group.exp_map(tangents(group, 8, generator, special=False))
-    zero = torch.zeros(8, group._dof, dtype=torch.float64)
+    zero = torch.zeros(8, group.DOF, dtype=torch.float64)
 
     def error(delta):
-        return group._local_tensor(h.tensor, group._retract_tensor(g.tensor, delta))
+        return group.local_tensor(h.tensor, group.retract_tensor(g.tensor, delta))
 
-    basis = torch.eye(group._dof, dtype=torch.float64)[:, None, :].expand(group._dof, 8, group._dof)
+    basis = torch.eye(group.DOF, dtype=torch.float64)[:, None, :].expand(group.DOF, 8, group.DOF)
     _, columns = torch.func.vmap(lambda t: torch.func.jvp(error, (zero,), (t,)))(basis)
     forward = columns.permute(1, 2, 0)
     jacobians = []
@@ -170,7 +170,7 @@ def test_torch_func_through_retract_and_local(group):
     keep = _angle_of(group, h.between(g)) < math.pi - 1e-6
     assert torch.allclose(forward[keep], jacobians[1][keep], atol=1e-8)
     def one(delta, g_row, h_row):
-        return group._local_tensor(h_row[None], group._retract_tensor(g_row[None], delta[None]))[0]
+        return group.local_tensor(h_row[None], group.retract_tensor(g_row[None], delta[None]))[0]
 
     reverse = torch.func.vmap(torch.func.jacrev(one))(zero, g.tensor, h.tensor)
     assert torch.allclose(reverse[keep], jacobians[1][keep], atol=1e-8)
@@ -183,27 +183,27 @@ def test_taylor_branches_meet_the_closed_forms(group, boundary):
     rot = 1 if group in (SO2, SE2) else 3
     axis = torch.tensor([[0.6, -0.48, 0.64]], dtype=torch.float64)[:, :rot]
     axis = axis / axis.norm()
-    translation = torch.tensor([[0.7, -1.3, 0.4]], dtype=torch.float64)[:, : group._dof - rot]
+    translation = torch.tensor([[0.7, -1.3, 0.4]], dtype=torch.float64)[:, : group.DOF - rot]
     values = []
     for side in (1 - 1e-12, 1 + 1e-12):
         tangent = torch.cat([translation, boundary * side * axis], dim=1)
-        values.append([group._exp_tensor(tangent), group._jr_tensor(tangent),
-                       group._jr_inv_tensor(tangent), group._log_tensor(group._exp_tensor(tangent))])
+        values.append([group.exp_tensor(tangent), group.jr_tensor(tangent),
+                       group.jr_inv_tensor(tangent), group.log_tensor(group.exp_tensor(tangent))])
     for below, above in zip(*values):
         assert float((below - above).abs().max()) < 1e-12
 
 
 def _series_tables():
     """(table, closed form, first omitted coefficient) of every Taylor series in the groups."""
-    from nlls.geometry import lie_group, se2, so3
+    from nlls.geometry import numerics, se2, so3
 
     return {
-        "sin(t)/t": (lie_group._A, lambda t: math.sin(t) / t, 1 / 362880),
-        "(1-cos t)/t^2": (lie_group._B, lambda t: (1 - math.cos(t)) / t ** 2, 1 / 3628800),
-        "(t-sin t)/t^3": (lie_group._C, lambda t: (t - math.sin(t)) / t ** 3, 1 / 39916800),
-        "D": (so3._D, lambda t: 1 / t ** 2 - (1 + math.cos(t)) / (2 * t * math.sin(t)), 1 / 47900160),
-        "E": (so3._E, lambda t: (t * t + 2 * math.cos(t) - 2) / (2 * t ** 4), 1 / 479001600),
-        "F": (so3._F, lambda t: (2 * t - 3 * math.sin(t) + t * math.cos(t)) / (2 * t ** 5), 1 / 1245404160),
+        "sin(t)/t": (numerics.A_SERIES, lambda t: math.sin(t) / t, 1 / 362880),
+        "(1-cos t)/t^2": (numerics.B_SERIES, lambda t: (1 - math.cos(t)) / t ** 2, 1 / 3628800),
+        "(t-sin t)/t^3": (numerics.C_SERIES, lambda t: (t - math.sin(t)) / t ** 3, 1 / 39916800),
+        "D": (numerics.D_SERIES, lambda t: 1 / t ** 2 - (1 + math.cos(t)) / (2 * t * math.sin(t)), 1 / 47900160),
+        "E": (numerics.E_SERIES, lambda t: (t * t + 2 * math.cos(t) - 2) / (2 * t ** 4), 1 / 479001600),
+        "F": (numerics.F_SERIES, lambda t: (2 * t - 3 * math.sin(t) + t * math.cos(t)) / (2 * t ** 5), 1 / 1245404160),
         "(t/2)cot(t/2)": (se2._HALF_COT, lambda t: (t / 2) / math.tan(t / 2), 1 / 1209600),
         "asin(s)/s": (so3._T_OVER_SIN, lambda s: math.asin(s) / s, 35 / 1152),
     }
