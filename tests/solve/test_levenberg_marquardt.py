@@ -1,0 +1,64 @@
+"""Levenberg-Marquardt's step rule: damping updates, rejection, stalling, fixed damping."""
+import torch
+
+import nlls
+from nlls.solve.levenberg_marquardt import DampingState
+from nlls.solve.systems import DenseSystem
+
+F64 = torch.float64
+
+
+def _lm(**kwargs):
+    obj = nlls.Objective()
+    p = nlls.Vector(tensor=torch.zeros(3, 1, dtype=F64), name="p")
+    obj.add(nlls.AutoDiffCostFunction((p,), lambda o, a: o[0].tensor - 1.0, 1, name="c"))
+    return nlls.LevenbergMarquardt(obj, **kwargs)
+
+
+def _judge(lm, actual_decrease, predicted_decrease):
+    """accept() on a 1-D system whose model predicts ``predicted_decrease`` for delta = 1."""
+    g = torch.full((3, 1), -predicted_decrease - 0.5, dtype=F64)  # -(g + 0.5 A) = predicted, A = 1
+    system = DenseSystem(torch.ones(3, 1, 1, dtype=F64), g)
+    error = torch.full((3,), 10.0, dtype=F64)
+    state = lm.init_step_state(error)
+    delta = torch.ones(3, 1, dtype=F64)
+    solved = torch.ones(3, dtype=torch.bool)
+    return state, lm.accept(system, state, delta, solved, error, error - actual_decrease)
+
+
+def test_a_good_step_is_accepted_and_the_damping_shrinks():
+    lm = _lm(damping=1e-2)
+    state, (accept, failed, stalled, new) = _judge(lm, torch.tensor([1.0, 1.0, 1.0], dtype=F64), 1.0)
+    assert accept.all() and not failed.any() and not stalled.any()
+    assert isinstance(new, DampingState)
+    torch.testing.assert_close(new.damping, state.damping / 3)  # ratio 1: the largest shrink
+    torch.testing.assert_close(new.growth, torch.full((3,), 2.0, dtype=F64))
+
+
+def test_rejections_grow_the_damping_by_doubling_factors_until_it_stalls():
+    lm = _lm(damping=1.0, max_damping=5.0)
+    bad = torch.full((3,), -1.0, dtype=F64)  # the error rose
+    state, (accept, _, stalled, new) = _judge(lm, bad, 1.0)
+    assert not accept.any() and not stalled.any()
+    torch.testing.assert_close(new.damping, torch.full((3,), 2.0, dtype=F64))
+    torch.testing.assert_close(new.growth, torch.full((3,), 4.0, dtype=F64))
+    g = torch.full((3, 1), -1.5, dtype=F64)
+    system = DenseSystem(torch.ones(3, 1, 1, dtype=F64), g)
+    error = torch.full((3,), 10.0, dtype=F64)
+    accept, _, stalled, newer = lm.accept(system, new, torch.ones(3, 1, dtype=F64),
+                                          torch.ones(3, dtype=torch.bool), error, error + 1)
+    torch.testing.assert_close(newer.damping, torch.full((3,), 8.0, dtype=F64))
+    assert stalled.all()  # past max_damping: cannot decrease further
+
+
+def test_fixed_damping_takes_every_finite_step():
+    lm = _lm(adaptive_damping=False)
+    state, (accept, failed, _, new) = _judge(lm, torch.tensor([-1.0, 1.0, float("nan")], dtype=F64), 1.0)
+    assert accept.tolist() == [True, True, False] and failed.tolist() == [False, False, True]
+    assert new is state
+
+
+def test_damping_is_shown_in_verbose_output(capsys):
+    lm = _lm(max_iterations=2)
+    lm.optimize(verbose=True)
+    assert "damping" in capsys.readouterr().out

@@ -1,0 +1,82 @@
+"""The solve protocol: a hand-written driver over init/step/terminate/postprocess is optimize()."""
+import pytest
+import torch
+
+import nlls
+from nlls.solve.drivers.base import Driver
+from nlls.solve.state import SolveState, Status, flatten, map_tensors, unflatten
+from tests.problems import autodiff_objective, exp_data, exp_error
+
+F64 = torch.float64
+
+
+def _exp(batch=4):
+    x, y, _ = exp_data(batch, points=20, seed=7)
+    return autodiff_objective(exp_error, 3, x, y, torch.tensor([[1.0, 1.0, 0.0]], dtype=F64).repeat(batch, 1))
+
+
+def test_a_loop_over_the_protocol_equals_optimize():
+    obj, p = _exp()
+    reference = nlls.LevenbergMarquardt(obj, max_iterations=30).optimize(track_err_history=True)
+    expected = p.tensor.clone()
+    obj, p = _exp()
+    opt = nlls.LevenbergMarquardt(obj, max_iterations=30)
+    state = opt.init(track_err_history=True)
+    assert isinstance(state, SolveState) and state.iteration == 0
+    assert state.status.dtype == torch.int8 and (state.status == Status.RUNNING).all()
+    while state.iteration < opt.max_iterations and not opt.terminate(state):
+        state = opt.step(state)
+    info = opt.postprocess(state)
+    torch.testing.assert_close(p.tensor, expected, rtol=0, atol=0)
+    assert torch.equal(info.iterations, reference.iterations)
+    torch.testing.assert_close(info.err_history, reference.err_history, rtol=0, atol=0)
+
+
+def test_step_returns_a_new_state_and_leaves_the_old_one():
+    obj, _ = _exp(batch=2)
+    opt = nlls.GaussNewton(obj)
+    state = opt.init()
+    before = [t.clone() for t in state.tensors()]
+    new = opt.step(state)
+    assert new is not state and new.iteration == 1
+    for old, kept in zip(state.tensors(), before):
+        assert torch.equal(old, kept)
+    assert (new.error < state.error).all()
+
+
+def test_a_custom_driver_only_needs_run():
+    class EveryOther(Driver):
+        """Checks for termination every second iteration, whatever check_every says."""
+
+        def run(self, optimizer, state, num_iterations):
+            for count in range(1, num_iterations + 1):
+                state = optimizer.step(state)
+                if count % 2 == 0 and optimizer.terminate(state):
+                    break
+            return state
+
+    obj, p = _exp()
+    info = nlls.LevenbergMarquardt(obj, max_iterations=30).optimize(driver=EveryOther())
+    obj2, p2 = _exp()
+    reference = nlls.LevenbergMarquardt(obj2, max_iterations=30).optimize()
+    assert info.converged.all()
+    torch.testing.assert_close(p.tensor, p2.tensor, rtol=0, atol=0)
+    assert torch.equal(info.iterations, reference.iterations)
+    with pytest.raises(ValueError, match="either driver= or compile"):
+        nlls.GaussNewton(obj).optimize(driver=EveryOther(), compile=True)
+    with pytest.raises(TypeError, match="driver must be"):
+        nlls.GaussNewton(obj).optimize(driver="eager")
+
+
+def test_flatten_and_unflatten_are_inverse_on_a_state():
+    obj, _ = _exp(batch=2)
+    opt = nlls.LevenbergMarquardt(obj)
+    state = opt.init(track_best_solution=True)
+    part = state.device_part()
+    tensors = flatten(part)
+    assert len(tensors) == len(state.tensors())
+    rebuilt = unflatten(part, iter([t + 0 for t in tensors]))
+    for a, b in zip(flatten(rebuilt), tensors):
+        assert torch.equal(a, b)
+    doubled = map_tensors(lambda t: t.double() * 2 if t.is_floating_point() else t, part)
+    torch.testing.assert_close(doubled["step_state"].damping, 2 * part["step_state"].damping)
