@@ -7,4 +7,5 @@ from .objective import Objective
 from .variable import Variable
 
 __all__ = ["AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight",
-           "ScaleCostWeight", "MatrixCostWeight", "Manifold", "NumericDiffCostFunction", "Point2", "Point3", "Vector", "Objective", "Variable"]
+           "ScaleCostWeight", "MatrixCostWeight", "Manifold", "NumericDiffCostFunction", "Point2",
+           "Point3", "Vector", "Objective", "Variable"]

@@ -22,16 +22,33 @@ import torch
 
 from .cost_weight import CostWeight, ScaleCostWeight
 from .manifold import Manifold
+from .stacking import Stackable
 from .variable import Variable
 
 ErrorFunction = Callable[[Tuple[Manifold, ...], Tuple[Variable, ...]], torch.Tensor]
 
 
-class CostFunction:
+class CostFunction(Stackable):
     """Base class of all cost functions.
 
     Subclasses call ``super().__init__(optim_vars=..., aux_vars=..., cost_weight=..., name=...)``
     and define :meth:`dim`, :meth:`error` and :meth:`jacobians`.
+
+    Cost functions of one class, ``dim()``, variable layout and weight whose
+    :meth:`~nlls.core.stacking.Stackable.stack_key` agree are evaluated as one stacked call. The
+    default key compares the attributes that are not variables: constants by value, anything
+    else (a tensor, a module) by identity, with a warning when that keeps instances apart (hold
+    such data in an aux :class:`~nlls.core.variable.Variable`, or override ``stack_key()``).
+
+    Capabilities (class attributes; ``False`` where a subclass cannot provide them, read by the
+    optimization layer and the execution strategies instead of checking concrete classes):
+
+    * ``has_autograd_graph``: the error and Jacobians are built from differentiable torch
+      operations on the variables' tensors, so an unrolled or truncated backward can record them.
+    * ``has_second_derivatives``: the gradient can itself be differentiated with respect to the
+      variables, as the exact implicit Hessian (``hessian="exact"``) needs.
+    * ``capturable``: evaluation runs without host code or host round-trips, so a solve can be
+      captured in a CUDA graph.
 
     Args:
         optim_vars: the :class:`~nlls.core.manifold.Manifold` variables the residual depends on.
@@ -41,7 +58,12 @@ class CostFunction:
         name: unique name inside an objective; a fresh one is made when omitted.
     """
 
+    has_autograd_graph: bool = True
+    has_second_derivatives: bool = True
+    capturable: bool = True
+
     _counter = 0
+    _STACK_BASE = frozenset({"_name", "_optim_vars", "_aux_vars", "cost_weight"})
 
     def __init__(
         self,
@@ -133,13 +155,9 @@ class CostFunction:
             return list(jacobians), error
         return self.cost_weight.weight_jacobians(list(jacobians), error)
 
-    def _signature(self) -> tuple:
-        """What must agree for two cost functions to be evaluated as one stacked call.
-
-        The solver adds the variable types and shapes and the weight; subclasses add the
-        non-variable data their residual depends on (``AutoDiffCostFunction``: its function).
-        """
-        return ()
+    def stack_variables(self) -> Tuple[Variable, ...]:
+        """``optim_vars + aux_vars + weight_vars``: every variable the residual reads."""
+        return self._optim_vars + self._aux_vars + self.weight_vars
 
     def __repr__(self) -> str:
         return (
@@ -149,7 +167,43 @@ class CostFunction:
         )
 
 
-class AutoDiffCostFunction(CostFunction):
+class ErrorFunctionCostFunction(CostFunction):
+    """Base of the cost functions defined by an error function alone.
+
+    ``err_fn(optim_vars, aux_vars)`` receives the two tuples of variables and returns the
+    residual ``(B, dim)``; subclasses say how the Jacobians are found
+    (:class:`AutoDiffCostFunction`, ``NumericDiffCostFunction``). The error function is part
+    of the stack key: cost functions stack when they share it (the same function object).
+
+    Raises:
+        TypeError: ``err_fn`` is not callable.
+        ValueError: ``dim`` is not a positive int.
+    """
+
+    def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
+                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeight] = None,
+                 name: Optional[str] = None):
+        super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
+        what = f"{type(self).__name__} {self.name!r}"
+        if not callable(err_fn):
+            raise TypeError(f"{what}: err_fn must be callable")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"{what}: dim must be a positive int, got {dim!r}")
+        self.err_fn = err_fn
+        self._dim = dim
+
+    def dim(self) -> int:
+        return self._dim
+
+    def error(self) -> torch.Tensor:
+        return self.err_fn(self.optim_vars, self.aux_vars)
+
+    def stack_key(self) -> tuple:
+        """The error function (by identity) and the other attributes (see :class:`CostFunction`)."""
+        return (self.err_fn, self.attributes_key(exclude=("err_fn",)))
+
+
+class AutoDiffCostFunction(ErrorFunctionCostFunction):
     """A cost function defined by its error function alone; Jacobians by ``torch.func``.
 
     ``err_fn(optim_vars, aux_vars)`` receives the two tuples of variables and returns the
@@ -181,35 +235,16 @@ class AutoDiffCostFunction(CostFunction):
 
     _MODES = ("auto", "forward", "reverse")
 
-    def __init__(
-        self,
-        optim_vars: Sequence[Manifold],
-        err_fn: ErrorFunction,
-        dim: int,
-        aux_vars: Sequence[Variable] = (),
-        cost_weight: Optional[CostWeight] = None,
-        name: Optional[str] = None,
-        autograd_mode: str = "auto",
-    ):
-        super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
-        check_residual(self, err_fn, dim)
+    def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
+                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeight] = None,
+                 name: Optional[str] = None, autograd_mode: str = "auto"):
+        super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name)
         if autograd_mode not in self._MODES:
             raise ValueError(
                 f"AutoDiffCostFunction {self.name!r}: autograd_mode must be one of "
                 f"{self._MODES}, got {autograd_mode!r}"
             )
-        self.err_fn = err_fn
-        self._dim = dim
         self.autograd_mode = autograd_mode
-
-    def dim(self) -> int:
-        return self._dim
-
-    def error(self) -> torch.Tensor:
-        return self.err_fn(self.optim_vars, self.aux_vars)
-
-    def _signature(self) -> tuple:
-        return (self.err_fn, self._dim, self.autograd_mode)
 
     # reverse mode materializes (dim, B, dim) cotangents: below this many entries its lower
     # fixed cost wins over forward mode's (measured on CPU, bench/README.md)
@@ -250,14 +285,6 @@ class AutoDiffCostFunction(CostFunction):
             if self.autograd_mode != "auto" or "saved tensor hooks" not in str(exc):
                 raise
             return _forward_jacobians(self._error_at, zeros)
-
-
-def check_residual(owner: CostFunction, err_fn, dim) -> None:
-    """Check the error function and residual size of an autodiff or numeric cost function."""
-    if not callable(err_fn):
-        raise TypeError(f"{type(owner).__name__} {owner.name!r}: err_fn must be callable")
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        raise ValueError(f"{type(owner).__name__} {owner.name!r}: dim must be a positive int, got {dim!r}")
 
 
 def _forward_jacobians(fn, zeros):

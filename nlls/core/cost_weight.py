@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
+from .stacking import Stackable
 from .variable import Variable, as_tensor
 
 WeightLike = Union[float, int, torch.Tensor, Variable]
@@ -30,18 +31,24 @@ def _as_weight_variable(value: WeightLike, what: str, name: Optional[str]) -> Va
     return Variable(tensor, name=name)
 
 
-class CostWeight:
+class CostWeight(Stackable):
     """Base class: multiplies residuals and Jacobians by a weight.
 
     Subclasses implement :meth:`weight_error` and :meth:`weight_jacobians`; ``aux_vars`` lists
-    the variables holding the weight's data.
+    the variables holding the weight's data (the first one is :meth:`_weight`'s). Cost functions
+    stack only when their weights' :meth:`~nlls.core.stacking.Stackable.stack_key` agree.
     """
+
+    _STACK_BASE = frozenset({"_aux_vars"})
 
     def __init__(self, aux_vars: Tuple[Variable, ...] = ()):
         self._aux_vars = tuple(aux_vars)
 
     @property
     def aux_vars(self) -> Tuple[Variable, ...]:
+        return self._aux_vars
+
+    def stack_variables(self) -> Tuple[Variable, ...]:
         return self._aux_vars
 
     def weight_error(self, error: torch.Tensor) -> torch.Tensor:
@@ -55,11 +62,25 @@ class CostWeight:
     def _check(self, dim: int, owner: str) -> None:
         """Check the weight fits a residual of size ``dim``; ``owner`` names the cost function."""
 
-    def _signature(self) -> tuple:
-        return (type(self),) + tuple(v.event_shape for v in self.aux_vars)
+    def _weight(self, like: torch.Tensor) -> torch.Tensor:
+        return self._aux_vars[0].tensor.to(dtype=like.dtype, device=like.device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self._aux_vars))})"
 
 
-class ScaleCostWeight(CostWeight):
+class _ElementwiseCostWeight(CostWeight):
+    """``w * r`` with ``w`` of shape ``(B, 1)`` or ``(B, dim)``, broadcast over the residual."""
+
+    def weight_error(self, error: torch.Tensor) -> torch.Tensor:
+        return self._weight(error) * error
+
+    def weight_jacobians(self, jacobians, error):
+        w = self._weight(error)
+        return [w[..., None] * j for j in jacobians], w * error
+
+
+class ScaleCostWeight(_ElementwiseCostWeight):
     """One scale per batch element: ``w * r`` with ``w`` of shape ``(B, 1)`` (or a float).
 
     Args:
@@ -77,21 +98,8 @@ class ScaleCostWeight(CostWeight):
             )
         super().__init__((self.scale,))
 
-    def _weight(self, like: torch.Tensor) -> torch.Tensor:
-        return self.scale.tensor.to(dtype=like.dtype, device=like.device)
 
-    def weight_error(self, error: torch.Tensor) -> torch.Tensor:
-        return self._weight(error) * error
-
-    def weight_jacobians(self, jacobians, error):
-        w = self._weight(error)
-        return [w[..., None] * j for j in jacobians], w * error
-
-    def __repr__(self) -> str:
-        return f"ScaleCostWeight({self.scale!r})"
-
-
-class DiagonalCostWeight(CostWeight):
+class DiagonalCostWeight(_ElementwiseCostWeight):
     """One weight per residual entry: ``w * r`` with ``w`` of shape ``(B, dim)``.
 
     Args:
@@ -109,16 +117,6 @@ class DiagonalCostWeight(CostWeight):
             )
         super().__init__((self.diagonal,))
 
-    def _weight(self, like: torch.Tensor) -> torch.Tensor:
-        return self.diagonal.tensor.to(dtype=like.dtype, device=like.device)
-
-    def weight_error(self, error: torch.Tensor) -> torch.Tensor:
-        return self._weight(error) * error
-
-    def weight_jacobians(self, jacobians, error):
-        w = self._weight(error)
-        return [w[..., None] * j for j in jacobians], w * error
-
     def _check(self, dim: int, owner: str) -> None:
         width = self.diagonal.shape[1]
         if width not in (1, dim):
@@ -126,9 +124,6 @@ class DiagonalCostWeight(CostWeight):
                 f"cost function {owner!r}: DiagonalCostWeight {self.diagonal.name!r} has "
                 f"{width} entries, the error has dimension {dim}"
             )
-
-    def __repr__(self) -> str:
-        return f"DiagonalCostWeight({self.diagonal!r})"
 
 
 class MatrixCostWeight(CostWeight):
@@ -173,9 +168,6 @@ class MatrixCostWeight(CostWeight):
             )
         return cls(factor.mT.contiguous(), name=name)
 
-    def _weight(self, like: torch.Tensor) -> torch.Tensor:
-        return self.matrix.tensor.to(dtype=like.dtype, device=like.device)
-
     def weight_error(self, error: torch.Tensor) -> torch.Tensor:
         return (self._weight(error) @ error[..., None])[..., 0]
 
@@ -189,6 +181,3 @@ class MatrixCostWeight(CostWeight):
                 f"cost function {owner!r}: MatrixCostWeight {self.matrix.name!r} is "
                 f"{self.matrix.shape[1]}x{self.matrix.shape[2]}, the error has dimension {dim}"
             )
-
-    def __repr__(self) -> str:
-        return f"MatrixCostWeight({self.matrix!r})"

@@ -7,18 +7,23 @@ one costs thousands of Python calls and tiny kernels per iteration. Instead:
 * **Variable blocks.** Optim variables of the same type and shape form a block whose values live
   in one tensor ``(N, B, *shape)``; a solver step ``(B, D)`` is retracted block by block, one call
   each.
-* **Cost groups.** Cost functions with the same *signature* (class, error function or other
-  non-variable data, variable types, shapes and dtypes, weight type) form a group of ``K``
-  members. The group keeps a *twin*: a copy of its first member whose variables are placeholders.
-  Per evaluation each placeholder receives the stacked data of that slot for all members,
-  ``(K * B, *shape)``, gathered from the blocks with one indexed read, and the twin's
-  ``weighted_error()`` / ``weighted_jacobians_error()`` run once for the whole group.
+* **Cost groups.** Cost functions with the same *signature* (class, variable types, shapes and
+  dtypes, weight, and the non-variable data each class declares in ``stack_key()``; see
+  :mod:`nlls.core.stacking`) form a group of ``K`` members. The group keeps a *twin*: a copy
+  of its first member whose variables are placeholders. Per evaluation each placeholder
+  receives the stacked data of that slot for all members, ``(K * B, *shape)``, gathered from
+  the blocks with one indexed read, and the twin's ``weighted_error()`` /
+  ``weighted_jacobians_error()`` run once for the whole group. Attributes that keep cost
+  functions of one kind apart only by identity (a tensor outside a variable) are reported
+  with a warning when the evaluator is built.
 
 The structure (blocks, groups, index tensors) is computed once per objective structure; only
-values move per iteration. The objective is only read: it never knows it was vectorized.
+values move per iteration. The objective is only read (it caches one evaluator for
+``Objective.error()`` and ``error_metric()``, and solvers build their own).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -26,11 +31,10 @@ import torch
 from .cost_function import CostFunction
 from .cost_weight import CostWeight
 from .manifold import Manifold
-from .objective import Objective
+from .stacking import identity_splits, signature
 from .variable import Variable
 
 State = Tuple[torch.Tensor, ...]  # one (N, B, *shape) tensor per block
-_BASE_ATTRS = {"_name", "_optim_vars", "_aux_vars", "cost_weight"}
 
 
 class _Block:
@@ -80,12 +84,12 @@ class _Group:
         self.optim_slots: List[_Slot] = []
         self.aux_slots: List[_Slot] = []
         slot_of: Dict[int, int] = {}
-        for position, var in enumerate(_all_vars(first)):
+        for position, var in enumerate(first.stack_variables()):
             if id(var) in mapping:  # the same variable twice in one cost function
                 continue
             placeholder = var._with_tensor(var.tensor)
             mapping[id(var)] = placeholder
-            slot = _Slot(placeholder, [_all_vars(m)[position] for m in members])
+            slot = _Slot(placeholder, [m.stack_variables()[position] for m in members])
             if position < len(first.optim_vars):
                 slot_of[id(var)] = len(self.optim_slots)
                 self.optim_slots.append(slot)
@@ -104,10 +108,6 @@ class _Group:
     def describe(self) -> str:
         more = f" (and {self.size - 1} more of its kind)" if self.size > 1 else ""
         return f"cost function {self.members[0].name!r}{more}"
-
-
-def _all_vars(cf: CostFunction) -> Tuple[Variable, ...]:
-    return cf.optim_vars + cf.aux_vars + cf.weight_vars
 
 
 def _twin(obj, mapping: Dict[int, Variable]):
@@ -133,48 +133,21 @@ def _remap(value, mapping):
     return value
 
 
-def _attr_signature(value, positions: Dict[int, int]):
-    """Hashable description of non-variable data a residual may depend on."""
-    if isinstance(value, Variable):
-        return ("var", positions.get(id(value), id(value)))
-    if isinstance(value, (CostWeight, CostFunction)):
-        return (type(value),) + tuple(
-            (k, _attr_signature(v, positions)) for k, v in sorted(vars(value).items())
-            if k not in _BASE_ATTRS
-        )
-    if isinstance(value, (tuple, list)):
-        return (type(value),) + tuple(_attr_signature(v, positions) for v in value)
-    if isinstance(value, dict):
-        return ("dict",) + tuple((k, _attr_signature(v, positions)) for k, v in sorted(value.items()))
-    if value is None or isinstance(value, (bool, int, float, complex, str, torch.dtype)):
-        return value
-    return ("id", id(value))  # tensors, functions, modules: grouped only when shared
-
-
-def signature(cf: CostFunction) -> tuple:
-    """What must agree for cost functions to be evaluated as one stacked call."""
-    variables = _all_vars(cf)
-    positions = {id(v): i for i, v in enumerate(variables)}
-    var_sig = tuple((type(v), v.event_shape, v.dtype, positions[id(v)]) for v in variables)
-    weight = cf.cost_weight
-    weight_sig = None if weight is None else _attr_signature(weight, positions)
-    attrs = tuple(
-        (k, _attr_signature(v, positions)) for k, v in vars(cf).items() if k not in _BASE_ATTRS
-    )
-    return (type(cf), cf._signature(), len(cf.optim_vars), var_sig, weight_sig, attrs)
-
-
 class Evaluator:
     """Reads an objective once and evaluates it group by group on a block state.
 
     Args:
-        objective: the problem; its structure must not change while this evaluator is used
-            (``structure_version`` tells).
+        objective: the problem (an :class:`~nlls.core.objective.Objective`); its structure must
+            not change while this evaluator is used (``structure_version`` tells).
+
+    Warns:
+        UserWarning: once per build, when attributes that compare only by identity (tensors
+            held outside a variable, say) keep cost functions of one kind from being stacked.
     """
 
-    def __init__(self, objective: Objective):
+    def __init__(self, objective):
         self.objective = objective
-        self.structure_version = objective._structure_version
+        self.structure_version = objective.structure_version
         # blocks of optim variables, in first-seen order
         by_kind: Dict[tuple, List[Manifold]] = {}
         for var in objective.optim_vars.values():
@@ -193,12 +166,15 @@ class Evaluator:
         by_sig: Dict[tuple, List[CostFunction]] = {}
         for cf in objective.cost_functions.values():
             by_sig.setdefault(signature(cf), []).append(cf)
+        for message in identity_splits(by_sig):
+            warnings.warn(message, UserWarning, stacklevel=2)
         self.groups = [_Group(members) for members in by_sig.values()]
         for group in self.groups:
             self._index_group(group)
         self.dim = sum(g.dim * g.size for g in self.groups)
         self._aux_vars = [v for g in self.groups for slot in g.aux_slots for v in slot.members]
         self._aux_cache = None
+        self._order: Optional[Dict[torch.device, Optional[torch.Tensor]]] = None
 
     def _index_group(self, group: _Group) -> None:
         columns = []
@@ -307,8 +283,8 @@ class Evaluator:
             rows = error.shape[0] // group.size if error.ndim else "?"
             got = (rows,) + tuple(error.shape[1:])
             raise ValueError(
-                f"{group.describe()}: error has shape {got} per cost function, expected "
-                f"(B={batch}, dim={group.dim})"
+                f"{group.describe()}: error has shape {got}, expected (B={batch}, "
+                f"dim={group.dim}) per cost function"
             )
 
     def errors(self, state: State, aux: List[List[torch.Tensor]]) -> List[torch.Tensor]:
@@ -321,6 +297,40 @@ class Evaluator:
                 self._check_error(group, error, batch)
             out.append(error.reshape(group.size, batch, group.dim))
         return out
+
+    def concatenate(self, errors: List[torch.Tensor]) -> torch.Tensor:
+        """Per-group residuals ``(K, B, dim)`` as one ``(B, total dim)``, the cost functions in
+        the objective's order (``Objective.error()``)."""
+        batch = errors[0].shape[1]
+        flat = torch.cat([e.transpose(0, 1).reshape(batch, -1) for e in errors], dim=1)
+        order = self._columns(flat.device)
+        return flat if order is None else flat.index_select(1, order)
+
+    def _columns(self, device: torch.device) -> Optional[torch.Tensor]:
+        """For each residual column in objective order, its column in the group-major layout
+        of :meth:`concatenate` (``None`` when the two agree); computed once, moved once."""
+        cpu = torch.device("cpu")
+        if self._order is None:
+            self._order = {cpu: self._objective_order()}
+        columns = self._order[cpu]
+        if columns is None or device == cpu:
+            return columns
+        if device not in self._order:
+            self._order[device] = columns.to(device)
+        return self._order[device]
+
+    def _objective_order(self) -> Optional[torch.Tensor]:
+        where: Dict[int, Tuple[int, int]] = {}  # id(cf) -> (first column, dim)
+        start = 0
+        for group in self.groups:
+            for k, cf in enumerate(group.members):
+                where[id(cf)] = (start + k * group.dim, group.dim)
+            start += group.size * group.dim
+        firsts, dims = (torch.tensor(column) for column in zip(
+            *(where[id(cf)] for cf in self.objective.cost_functions.values())))
+        ends = torch.cumsum(dims, 0)  # cost function i fills columns [ends_i - dims_i, ends_i)
+        columns = torch.repeat_interleave(firsts - ends + dims, dims) + torch.arange(int(ends[-1]))
+        return None if bool((columns == torch.arange(len(columns))).all()) else columns
 
     def error_metric(self, state: State, aux: List[List[torch.Tensor]]) -> torch.Tensor:
         """``0.5 * sum ||w r||^2`` per batch element, ``(B,)``."""

@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .cost_function import CostFunction, ErrorFunction, check_residual
+from .cost_function import ErrorFunction, ErrorFunctionCostFunction
 from .cost_weight import CostWeight
 from .manifold import Manifold, Vector
 from .variable import Variable
@@ -39,7 +39,7 @@ from .variable import Variable
 SCHEMES = ("central", "forward")
 
 
-class NumericDiffCostFunction(CostFunction):
+class NumericDiffCostFunction(ErrorFunctionCostFunction):
     """A cost function whose Jacobians (and aux gradients) are finite differences.
 
     Args:
@@ -53,33 +53,23 @@ class NumericDiffCostFunction(CostFunction):
         scheme: ``"central"`` or ``"forward"``.
     """
 
-    def __init__(
-        self,
-        optim_vars: Sequence[Manifold],
-        err_fn: ErrorFunction,
-        dim: int,
-        aux_vars: Sequence[Variable] = (),
-        cost_weight: Optional[CostWeight] = None,
-        name: Optional[str] = None,
-        step: Optional[float] = None,
-        scheme: str = "central",
-    ):
-        super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
-        check_residual(self, err_fn, dim)
+    # the residual comes from host code: no graph to record or differentiate twice, no capture
+    has_autograd_graph = False
+    has_second_derivatives = False
+    capturable = False
+
+    def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
+                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeight] = None,
+                 name: Optional[str] = None, step: Optional[float] = None, scheme: str = "central"):
+        super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name)
+        what = f"NumericDiffCostFunction {self.name!r}"
         if scheme not in SCHEMES:
-            raise ValueError(f"NumericDiffCostFunction {self.name!r}: scheme must be one of {SCHEMES}, got {scheme!r}")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
-            raise ValueError(f"NumericDiffCostFunction {self.name!r}: step must be a positive float, got {step!r}")
-        self.err_fn = err_fn
-        self._dim = dim
+            raise ValueError(f"{what}: scheme must be one of {SCHEMES}, got {scheme!r}")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                                 or not step > 0):
+            raise ValueError(f"{what}: step must be a positive float, got {step!r}")
         self.step = step
         self.scheme = scheme
-
-    def dim(self) -> int:
-        return self._dim
-
-    def _signature(self) -> tuple:
-        return (self.err_fn, self._dim, self.step, self.scheme)
 
     def error(self) -> torch.Tensor:
         return _BlackBox.apply(self, False, *self._tensors())

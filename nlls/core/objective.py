@@ -7,11 +7,12 @@ about how it is minimized: solvers read it (``nlls.core.evaluation``), and it ne
 from __future__ import annotations
 
 import copy as _copy
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional
 
 import torch
 
 from .cost_function import CostFunction
+from .evaluation import Evaluator
 from .manifold import Manifold
 from .variable import Variable
 
@@ -31,6 +32,7 @@ class Objective:
         # bumped whenever the structure (cost functions, variables) changes; solvers cache on it
         self._structure_version = 0
         self._batch: Optional[int] = None  # the batch size found by the last check
+        self._evaluator: Optional[Evaluator] = None  # _cached_evaluator(); not copied
 
     # ---- building ---------------------------------------------------------------------------
     def add(self, cost_function: CostFunction) -> "Objective":
@@ -180,24 +182,35 @@ class Objective:
         return len(self.cost_functions)
 
     def error(self) -> torch.Tensor:
-        """The weighted residual of every cost function, concatenated: ``(B, dim())``."""
-        batch = self.batch_size
-        parts: List[torch.Tensor] = []
-        for cf in self.cost_functions.values():
-            err = cf.weighted_error()
-            if err.ndim != 2 or err.shape[1] != cf.dim() or err.shape[0] not in (1, batch):
-                raise ValueError(
-                    f"cost function {cf.name!r}: error has shape {tuple(err.shape)}, "
-                    f"expected (B={batch}, dim={cf.dim()})"
-                )
-            parts.append(err.expand(batch, cf.dim()))
-        if not parts:
-            return torch.zeros(batch, 0, dtype=self.dtype, device=self.device)
-        return torch.cat(parts, dim=1)
+        """The weighted residual of every cost function, concatenated: ``(B, dim())``.
+
+        The cost functions come in the order they were added. They are evaluated as stacked
+        calls, one per kind (see :class:`~nlls.core.evaluation.Evaluator`).
+
+        Raises:
+            ValueError: a cost function's error has the wrong shape (the message names it).
+        """
+        evaluator = self._cached_evaluator()
+        if evaluator is None:
+            return torch.zeros(self.batch_size, 0, dtype=self.dtype, device=self.device)
+        state, aux = evaluator.gather(), evaluator.aux()
+        return evaluator.concatenate(evaluator.errors(state, aux))
 
     def error_metric(self) -> torch.Tensor:
-        """``0.5 * sum ||w r||^2`` per batch element, ``(B,)``."""
-        return 0.5 * (self.error() ** 2).sum(dim=1)
+        """``0.5 * sum ||w r||^2`` per batch element, ``(B,)``, by stacked calls (as :meth:`error`)."""
+        evaluator = self._cached_evaluator()
+        if evaluator is None:
+            return torch.zeros(self.batch_size, dtype=self.dtype, device=self.device)
+        return evaluator.error_metric(evaluator.gather(), evaluator.aux())
+
+    def _cached_evaluator(self) -> Optional[Evaluator]:
+        """The vectorized evaluator of this objective's current structure, built once per
+        :attr:`structure_version`; ``None`` without cost functions."""
+        if not self.cost_functions:
+            return None
+        if self._evaluator is None or self._evaluator.structure_version != self._structure_version:
+            self._evaluator = Evaluator(self)
+        return self._evaluator
 
     # ---- moving and copying ---------------------------------------------------------------
     def to(self, *args, **kwargs) -> "Objective":
@@ -221,6 +234,11 @@ class Objective:
                 if isinstance(value, torch.nn.Module):
                     memo[id(value)] = value
         return _copy.deepcopy(self, memo)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_evaluator"] = None  # structure caches are rebuilt, not copied
+        return state
 
     def __repr__(self) -> str:
         return (

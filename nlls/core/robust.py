@@ -40,13 +40,15 @@ from typing import List, Optional, Tuple
 import torch
 
 from .cost_function import CostFunction
+from .stacking import signature
 
 
 class RobustLoss:
     """Base class of robust losses ``rho(s)`` of the squared weighted residual norm ``s``.
 
-    Losses are immutable values: two losses of one class and radius are interchangeable, and
-    :class:`RobustCostFunction` shares equal ones so that its instances are stacked into one call.
+    Losses are immutable values: two losses of one class and radius are equal (and hash alike),
+    so robust cost functions with equal losses are stacked into one call; :class:`RobustCostFunction`
+    also shares equal losses as one object.
 
     Args:
         radius: ``a > 0``, in residual units; residuals shorter than it are (nearly) least squares.
@@ -136,9 +138,14 @@ _SHARED_LOSSES: "weakref.WeakValueDictionary[tuple, RobustLoss]" = weakref.WeakV
 
 
 def _shared(loss: RobustLoss) -> RobustLoss:
-    """The first live loss equal to ``loss``: equal losses become one object, which the
-    vectorized evaluation groups on."""
+    """The first live loss equal to ``loss``: equal losses become one object."""
     return _SHARED_LOSSES.setdefault(loss._key(), loss)
+
+
+def _inner_flag(name: str) -> property:
+    """A capability flag of a wrapper: the wrapped cost function's."""
+    return property(lambda self: getattr(self.cost_function, name),
+                    doc=f"The wrapped cost function's ``{name}``.")
 
 
 class RobustCostFunction(CostFunction):
@@ -152,6 +159,10 @@ class RobustCostFunction(CostFunction):
         loss: a :class:`RobustLoss` such as ``HuberLoss(radius)`` or ``CauchyLoss(radius)``.
         name: unique name inside an objective; default ``<cost_function.name>_robust``.
     """
+
+    has_autograd_graph = _inner_flag("has_autograd_graph")
+    has_second_derivatives = _inner_flag("has_second_derivatives")
+    capturable = _inner_flag("capturable")
 
     def __init__(self, cost_function: CostFunction, loss: RobustLoss, name: Optional[str] = None):
         if not isinstance(cost_function, CostFunction):
@@ -173,8 +184,11 @@ class RobustCostFunction(CostFunction):
             cost_function.cost_weight._check(cost_function.dim(), cost_function.name)
         self.cost_function = cost_function
         self.loss = _shared(loss)
-        # the vectorized evaluation does not look into the inner weight: tell it its kind
-        self._weight_kind = type(cost_function.cost_weight)
+
+    def stack_key(self) -> tuple:
+        """The loss (by value) and the wrapped cost function's whole signature."""
+        return (self.loss, signature(self.cost_function),
+                self.attributes_key(exclude=("cost_function", "loss")))
 
     def dim(self) -> int:
         return self.cost_function.dim()

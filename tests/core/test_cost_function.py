@@ -75,51 +75,6 @@ def test_auto_mode_picks_forward_for_tall_and_reverse_for_wide():
     torch.testing.assert_close(j, torch.ones(2, 1, 3, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("weight_kind", ["scale", "diagonal"])
-def test_weights_scale_error_and_jacobians(weight_kind):
-    x, y, _ = quad_data(3, points=4)
-    ab = nlls.Vector(tensor=torch.randn(3, 2, dtype=torch.float64), name="ab")
-    X, Y = nlls.Variable(x, name="x"), nlls.Variable(y, name="y")
-    if weight_kind == "scale":
-        w = torch.rand(3, 1, dtype=torch.float64) + 0.5
-        weight = nlls.ScaleCostWeight(w)
-    else:
-        w = torch.rand(3, 4, dtype=torch.float64) + 0.5
-        weight = nlls.DiagonalCostWeight(w)
-    cf = QuadFit(ab, X, Y, cost_weight=weight)
-    plain = QuadFit(ab, X, Y)
-    torch.testing.assert_close(cf.weighted_error(), w * plain.error())
-    (jw,), ew = cf.weighted_jacobians_error()
-    (j,), e = plain.jacobians()
-    torch.testing.assert_close(jw, w[..., None] * j)
-    torch.testing.assert_close(ew, w * e)
-
-
-def test_weight_accepts_float_and_variable_and_rejects_bad_shapes():
-    w = nlls.ScaleCostWeight(2.0)
-    assert w.scale.shape == (1, 1)
-    shared = nlls.Variable(torch.ones(1, 1), name="w")
-    assert nlls.ScaleCostWeight(shared).scale is shared
-    assert nlls.DiagonalCostWeight(torch.ones(3)).diagonal.shape == (1, 3)
-    with pytest.raises(ValueError, match=r"scale must have shape \(B, 1\)"):
-        nlls.ScaleCostWeight(torch.ones(2, 3))
-    ab = nlls.Vector(2, name="ab")
-    cf = QuadFit(ab, nlls.Variable(torch.zeros(1, 5), name="x"), nlls.Variable(torch.zeros(1, 5), name="y"),
-                 cost_weight=nlls.DiagonalCostWeight(torch.ones(1, 3)), name="fit")
-    with pytest.raises(ValueError, match="'fit'.*3 entries.*dimension 5"):
-        nlls.Objective().add(cf)
-
-
-def test_learnable_weight_gets_gradient():
-    x, y, _ = quad_data(2, points=5)
-    w = torch.full((2, 1), 3.0, dtype=torch.float64, requires_grad=True)
-    ab = nlls.Vector(tensor=torch.zeros(2, 2, dtype=torch.float64), name="ab")
-    cf = QuadFit(ab, nlls.Variable(x, name="x"), nlls.Variable(y, name="y"), cost_weight=nlls.ScaleCostWeight(w))
-    loss = (cf.weighted_error() ** 2).sum()
-    loss.backward()
-    torch.testing.assert_close(w.grad, 2 * 3.0 * (cf.error() ** 2).sum(1, keepdim=True).detach())
-
-
 def test_constructor_errors_name_the_cost_function():
     ab = nlls.Vector(2, name="ab")
     data = nlls.Variable(torch.zeros(1, 3), name="d")
@@ -133,21 +88,35 @@ def test_constructor_errors_name_the_cost_function():
         nlls.AutoDiffCostFunction((ab,), "not a function", 3, name="bad")
 
 
-def test_matrix_weight_from_information():
-    torch.manual_seed(3)
-    m = torch.randn(3, 3, dtype=torch.float64)
-    information = m @ m.T + 3 * torch.eye(3, dtype=torch.float64)
-    weight = nlls.MatrixCostWeight.from_information(information)
-    r = torch.randn(5, 3, dtype=torch.float64)
-    w_r = weight.weight_error(r)
-    torch.testing.assert_close((w_r ** 2).sum(1), torch.einsum("bi,ij,bj->b", r, information, r))
-    jac = torch.randn(5, 3, 2, dtype=torch.float64)
-    (wj,), _ = weight.weight_jacobians([jac], r)
-    torch.testing.assert_close(wj.mT @ w_r[..., None], jac.mT @ (information @ r[..., None]))
-    with pytest.raises(ValueError, match="not positive definite"):
-        nlls.MatrixCostWeight.from_information(-information)
-    p = nlls.Vector(tensor=torch.zeros(1, 2), name="p")
-    cf = nlls.AutoDiffCostFunction((p,), lambda o, a: o[0].tensor, 2, name="short",
-                                   cost_weight=nlls.MatrixCostWeight(torch.eye(3)))
-    with pytest.raises(ValueError, match="'short'.*3x3.*dimension 2"):
-        nlls.Objective().add(cf)
+FLAGS = ("has_autograd_graph", "has_second_derivatives", "capturable")
+
+
+def test_capability_flags_are_declared_per_class_and_wrappers_report_the_inner_ones():
+    ab = nlls.Vector(tensor=torch.zeros(2, 2, dtype=torch.float64), name="ab")
+    x, y, _ = quad_data(2, points=3)
+    data = (nlls.Variable(x, name="x"), nlls.Variable(y, name="y"))
+
+    def fit(optim, aux):
+        return optim[0].tensor[:, :1] * aux[0].tensor ** 2 + optim[0].tensor[:, 1:] - aux[1].tensor
+
+    autodiff = nlls.AutoDiffCostFunction((ab,), fit, 3, aux_vars=data, name="auto")
+    numeric = nlls.NumericDiffCostFunction((ab,), fit, 3, aux_vars=data, name="numeric")
+    analytic = QuadFit(ab, *data, name="analytic")
+
+    class HostSide(QuadFit):  # a user class that declares it calls host code
+        capturable = False
+
+    host = HostSide(ab, *data, name="host")
+    expected = {
+        autodiff: (True, True, True), analytic: (True, True, True),
+        numeric: (False, False, False), host: (True, True, False),
+    }
+    for cf, flags in expected.items():
+        assert tuple(getattr(cf, flag) for flag in FLAGS) == flags, cf.name
+        robust = nlls.RobustCostFunction(cf, nlls.HuberLoss(1.0))
+        assert tuple(getattr(robust, flag) for flag in FLAGS) == flags, cf.name
+        twice = nlls.RobustCostFunction(robust, nlls.CauchyLoss(1.0), name=f"{cf.name}_twice")
+        assert tuple(getattr(twice, flag) for flag in FLAGS) == flags, cf.name
+    assert all(getattr(nlls.CostFunction, flag) is True for flag in FLAGS)
+    with pytest.raises(AttributeError):
+        nlls.RobustCostFunction(numeric, nlls.HuberLoss(1.0)).capturable = True

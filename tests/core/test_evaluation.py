@@ -1,4 +1,6 @@
 """Vectorized evaluation: same-signature cost functions run as one stacked call."""
+import warnings
+
 import pytest
 import torch
 
@@ -173,3 +175,129 @@ def test_stacked_aux_data_is_reused_until_it_changes():
     assert second is not first and second[0][0][6:8].eq(7.0).all()  # member 3 of the group, batch 2
     obj.aux_vars["t1"].tensor.mul_(0)  # an in-place change (not done by nlls) is seen too
     assert evaluator.aux()[0][0][2:4].eq(0).all()
+
+
+class _Offset(nlls.CostFunction):
+    """``p - foo`` with ``foo`` a tensor attribute (not a Variable)."""
+
+    def __init__(self, p, foo, name):
+        super().__init__((p,), name=name)
+        self.p, self.foo = p, foo
+
+    def dim(self):
+        return 2
+
+    def error(self):
+        return self.p.tensor - self.foo
+
+    def jacobians(self):
+        eye = torch.eye(2, dtype=self.p.dtype).expand(self.p.batch_size, 2, 2)
+        return [eye], self.error()
+
+
+def _offsets(foos, cls=_Offset):
+    obj = nlls.Objective()
+    for i, foo in enumerate(foos):
+        p = nlls.Vector(tensor=torch.full((3, 2), float(i), dtype=torch.float64), name=f"p{i}")
+        obj.add(cls(p, foo, f"c{i}"))
+    return obj
+
+
+def _build(obj):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluator = Evaluator(obj)
+    return evaluator, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def _one_by_one(obj):
+    return torch.cat([cf.weighted_error() for cf in obj.cost_functions.values()], dim=1)
+
+
+def test_tensor_attribute_that_splits_a_kind_is_reported_once_per_build():
+    foos = [torch.tensor([[float(i), -1.0]], dtype=torch.float64) for i in range(5)]
+    obj = _offsets(foos)
+    evaluator, messages = _build(obj)
+    assert [g.size for g in evaluator.groups] == [1] * 5  # correct, but five calls
+    assert len(messages) == 1
+    assert messages[0].startswith("cost function 'c0' and 4 more of type _Offset are evaluated one by one: ")
+    assert ("attribute 'foo' of _Offset is a tensor held outside a Variable; wrap it in nlls.Variable "
+            "(aux_vars) to stack it" in messages[0])
+    assert "override _Offset.stack_key()" in messages[0]
+    with pytest.warns(UserWarning, match="'c0' and 4 more of type _Offset are evaluated one by one"):
+        errors = obj.error()  # the objective's own evaluator reports it too
+    torch.testing.assert_close(errors, _one_by_one(obj))
+    assert len(_build(obj)[1]) == 1  # and again for the next build
+    two_tables = _offsets([foos[0], foos[1], foos[0], foos[1]])
+    evaluator, messages = _build(two_tables)
+    assert sorted(g.size for g in evaluator.groups) == [2, 2]
+    assert len(messages) == 1 and "are evaluated in 2 calls instead of one" in messages[0]
+
+
+def test_shared_tensor_attribute_stacks_without_warning():
+    shared = torch.tensor([[0.5, 2.0]], dtype=torch.float64)
+    obj = _offsets([shared] * 4)
+    evaluator, messages = _build(obj)
+    assert [g.size for g in evaluator.groups] == [4] and messages == []
+    single, messages = _build(_offsets([torch.zeros(1, 2, dtype=torch.float64)]))
+    assert len(single.groups) == 1 and messages == []  # nothing to split
+
+
+class _Table(_Offset):
+    """Declares its data: instances with the same table name hold the same table."""
+
+    def __init__(self, p, foo, name):
+        super().__init__(p, foo, name)
+        self.table_name = f"table{int(foo[0, 0])}"
+
+    def stack_key(self):
+        return (self.table_name, self.attributes_key(exclude=("foo",)))
+
+
+def test_overridden_stack_key_groups_as_declared():
+    tables = [torch.tensor([[float(k), 3.0]], dtype=torch.float64) for k in (0, 0, 1, 0, 1)]
+    obj = _offsets([t.clone() for t in tables], cls=_Table)  # equal data, distinct tensors
+    evaluator, messages = _build(obj)
+    assert messages == []
+    assert sorted(sorted(m.name for m in g.members) for g in evaluator.groups) == [
+        ["c0", "c1", "c3"], ["c2", "c4"]]
+    torch.testing.assert_close(obj.error(), _one_by_one(obj))
+
+
+def test_wrapped_and_weight_attributes_are_named_with_their_class():
+    class Tempered(nlls.ScaleCostWeight):
+        def __init__(self, scale, temperature):
+            super().__init__(scale)
+            self.temperature = temperature  # a tensor: weights are compared like cost functions
+
+    obj = nlls.Objective()
+    for i in range(3):
+        p = nlls.Vector(tensor=torch.ones(1, 2, dtype=torch.float64), name=f"p{i}")
+        inner = _Offset(p, torch.zeros(1, 2, dtype=torch.float64), f"c{i}")
+        obj.add(nlls.RobustCostFunction(inner, nlls.HuberLoss(1.0)))
+        q = nlls.Vector(tensor=torch.ones(1, 2, dtype=torch.float64), name=f"q{i}")
+        obj.add(nlls.Difference(q, nlls.Variable(torch.zeros(1, 2, dtype=torch.float64), name=f"t{i}"),
+                                cost_weight=Tempered(2.0, torch.tensor(float(i))), name=f"d{i}"))
+    evaluator, messages = _build(obj)
+    assert len(evaluator.groups) == 6 and len(messages) == 2
+    robust, = [m for m in messages if "'c0_robust' and 2 more of type RobustCostFunction" in m]
+    assert "attribute 'foo' of _Offset is a tensor" in robust
+    weighted, = [m for m in messages if "'d0' and 2 more of type Difference" in m]
+    assert "attribute 'temperature' of Tempered is a tensor" in weighted
+
+
+def test_library_cost_functions_stack_without_warnings():
+    generator = torch.Generator().manual_seed(4)
+    poses = [nlls.SE2.rand(2, generator, dtype=torch.float64, name=f"x{i}") for i in range(5)]
+    obj = nlls.Objective()
+    information = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    for i in range(4):
+        between = nlls.Between(poses[i], poses[i + 1], poses[i + 1].copy(new_name=f"m{i}"),
+                               cost_weight=nlls.MatrixCostWeight.from_information(information), name=f"e{i}")
+        obj.add(nlls.RobustCostFunction(between, nlls.CauchyLoss(0.5)) if i % 2 else between)
+    obj.add(nlls.Difference(poses[0], poses[0].copy(new_name="anchor"), cost_weight=nlls.ScaleCostWeight(10.0),
+                            name="prior"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluator = Evaluator(obj)
+    assert sorted(g.size for g in evaluator.groups) == [1, 2, 2]

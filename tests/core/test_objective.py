@@ -124,3 +124,81 @@ def test_structure_version_counts_additions_and_is_read_only():
     with pytest.raises(ValueError):
         obj.add(prior)  # refused: the structure and its version are unchanged
     assert obj.structure_version == before + 1
+
+
+def _mixed_objective():
+    """Kinds interleaved in insertion order: autodiff with and without weights, robust wrappers
+    (Huber, Cauchy), pose-graph factors with matrix weights; float64."""
+    generator = torch.Generator().manual_seed(5)
+    obj = nlls.Objective()
+    poses = [nlls.SE2.rand(4, generator, dtype=torch.float64, name=f"x{i}") for i in range(4)]
+    points = [nlls.Vector(tensor=torch.randn(4, 3, generator=generator, dtype=torch.float64), name=f"p{i}")
+              for i in range(4)]
+
+    def sine(optim, aux):
+        return torch.sin(optim[0].tensor * aux[0].tensor)
+
+    information = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.1], [0.0, 0.1, 4.0]], dtype=torch.float64)
+    for i in range(3):
+        t = nlls.Variable(torch.randn(4, 3, generator=generator, dtype=torch.float64), name=f"t{i}")
+        weight = nlls.DiagonalCostWeight(torch.rand(4, 3, generator=generator, dtype=torch.float64) + 0.5) \
+            if i % 2 else None
+        sine_cf = nlls.AutoDiffCostFunction((points[i],), sine, 3, aux_vars=(t,), cost_weight=weight,
+                                            name=f"sine{i}")
+        obj.add(nlls.RobustCostFunction(sine_cf, nlls.HuberLoss(0.3)) if i == 1 else sine_cf)
+        measured = poses[i].between(poses[i + 1]).retract(
+            0.5 * torch.randn(4, 3, generator=generator, dtype=torch.float64))
+        between = nlls.Between(poses[i], poses[i + 1], nlls.SE2(measured.tensor, name=f"m{i}"),
+                               cost_weight=nlls.MatrixCostWeight.from_information(information), name=f"e{i}")
+        obj.add(nlls.RobustCostFunction(between, nlls.CauchyLoss(0.2)) if i else between)
+        obj.add(nlls.Difference(points[i + 1], nlls.Variable(torch.zeros(1, 3, dtype=torch.float64),
+                                                             name=f"z{i}"),
+                                cost_weight=nlls.ScaleCostWeight(float(i + 1)), name=f"prior{i}"))
+    return obj
+
+
+def test_error_and_error_metric_equal_the_per_cost_function_values():
+    obj = _mixed_objective()
+    per_cost = [cf.weighted_error() for cf in obj.cost_functions.values()]
+    expected = torch.cat(per_cost, dim=1)  # the documented column order: cost functions as added
+    error = obj.error()
+    assert error.shape == (4, obj.dim()) and error.dtype == torch.float64
+    torch.testing.assert_close(error, expected, rtol=1e-13, atol=1e-13)
+    metric = sum(0.5 * (e ** 2).sum(dim=1) for e in per_cost)
+    torch.testing.assert_close(obj.error_metric(), metric, rtol=1e-13, atol=1e-13)
+    evaluator = obj._cached_evaluator()
+    assert len(evaluator.groups) == 5 and len(obj.cost_functions) == 9  # stacked calls
+    assert evaluator._columns(torch.device("cpu")) is not None  # kinds interleave: reordered
+
+
+def test_error_metric_is_one_stacked_call_per_kind_and_follows_the_structure():
+    calls = []
+
+    def line(optim, aux):
+        calls.append(optim[0].tensor.shape[0])
+        return optim[0].tensor[:, :1] * aux[0].tensor + optim[0].tensor[:, 1:] - aux[1].tensor
+
+    obj = nlls.Objective()
+    ab = nlls.Vector(tensor=torch.ones(2, 2, dtype=torch.float64), name="ab")
+    xs = torch.linspace(0, 1, 50, dtype=torch.float64)
+    for k in range(50):
+        obj.add(nlls.AutoDiffCostFunction(
+            (ab,), line, 1, name=f"pt{k}",
+            aux_vars=(nlls.Variable(xs[k].reshape(1, 1), name=f"x{k}"),
+                      nlls.Variable(torch.zeros(1, 1, dtype=torch.float64), name=f"y{k}"))))
+    expected = 0.5 * ((xs + 1) ** 2).sum().expand(2)
+    torch.testing.assert_close(obj.error_metric(), expected)
+    assert calls == [50 * 2]  # the 50 cost functions as one call on 100 rows
+    evaluator = obj._cached_evaluator()
+    obj.update({"ab": torch.zeros(2, 2, dtype=torch.float64)})
+    torch.testing.assert_close(obj.error_metric(), torch.zeros(2, dtype=torch.float64))
+    assert obj._cached_evaluator() is evaluator  # new values, same structure: reused
+    obj.add(nlls.AutoDiffCostFunction((ab,), lambda o, a: o[0].tensor - 1, 2, name="prior"))
+    assert obj._cached_evaluator() is not evaluator
+    torch.testing.assert_close(obj.error()[:, -2:], -torch.ones(2, 2, dtype=torch.float64))
+    assert obj.copy()._evaluator is None  # copies rebuild their own
+
+
+def test_empty_objective_has_no_error():
+    obj = nlls.Objective()
+    assert obj.error().shape == (1, 0) and obj.error_metric().shape == (1,)
