@@ -3,7 +3,7 @@
 
 A random pose graph of ``--poses`` poses and ``--factors`` Between factors (a chain plus random
 pairs), for SE2 and SE3. For each we time, in this process (warm-up, then the median of several
-repetitions):
+repetitions, analytic and autodiff in turns):
 
 * ``jacobians``:   one vectorized evaluation of all factors' weighted Jacobians and residuals
   (``Evaluator.jacobians``): where analytic and autodiff differ;
@@ -19,12 +19,9 @@ largest difference between the two Jacobians; a markdown table on stderr.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import sys
-import time
 from typing import Callable, Dict, List, Optional
 
+import harness
 import torch
 
 import nlls
@@ -44,25 +41,28 @@ def build(group, poses: int, factors: int, batch: int, autodiff: bool, device, d
     """An objective of ``factors`` Between factors among ``poses`` random poses."""
     generator = torch.Generator().manual_seed(seed)
     truth = group.rand(poses, generator, dtype=torch.float64)
+    dof = truth.dof()
     pairs = [(i, i + 1) for i in range(poses - 1)]
     while len(pairs) < factors:
         i, j = torch.randint(poses, (2,), generator=generator).tolist()
         if i != j:
             pairs.append((i, j))
-    noise = 0.1 * torch.randn(poses, batch, group.DOF, generator=generator, dtype=torch.float64)
-    variables = [
-        group(group.retract_tensor(truth.tensor[i:i + 1].expand(batch, *group.EVENT_SHAPE), noise[i])
-              .to(device=device, dtype=dtype), name=f"x{i}")
-        for i in range(poses)
-    ]
+    noise = 0.1 * torch.randn(poses, batch, dof, generator=generator, dtype=torch.float64)
+
+    def pose(i, batch_size=1):
+        tensor = truth.tensor[i:i + 1]
+        return group(tensor.expand(batch_size, *tensor.shape[1:]))
+
+    variables = [group(pose(i, batch).retract(noise[i]).tensor.to(device=device, dtype=dtype),
+                       name=f"x{i}") for i in range(poses)]
     objective = nlls.Objective()
     objective.add(nlls.Difference(variables[0], group(truth.tensor[:1].to(device=device, dtype=dtype),
                                                       name="origin"), name="prior"))
     for k, (i, j) in enumerate(pairs[:factors]):
-        relative = group.between_tensor(truth.tensor[i:i + 1], truth.tensor[j:j + 1])
-        measurement = group(relative.to(device=device, dtype=dtype), name=f"m{k}")
+        measurement = group(pose(i).between(pose(j)).tensor.to(device=device, dtype=dtype),
+                            name=f"m{k}")
         if autodiff:
-            cost = nlls.AutoDiffCostFunction((variables[i], variables[j]), between_error, group.DOF,
+            cost = nlls.AutoDiffCostFunction((variables[i], variables[j]), between_error, dof,
                                              aux_vars=(measurement,), name=f"between{k}")
         else:
             cost = nlls.Between(variables[i], variables[j], measurement, name=f"between{k}")
@@ -70,85 +70,61 @@ def build(group, poses: int, factors: int, batch: int, autodiff: bool, device, d
     return objective
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _runs(objective, args) -> Dict[str, Callable]:
+    """The three measured calls on one objective."""
+    evaluator = Evaluator(objective)
+    linearization = DenseLinearization(evaluator)
+    values, aux = evaluator.gather(), evaluator.aux()
+    start = [(v, v.tensor) for v in objective.optim_vars.values()]
+    optimizer = nlls.LevenbergMarquardt(objective, linear_solver=args.linear_solver,
+                                        max_iterations=args.iterations, abs_err_tolerance=0.0,
+                                        rel_err_tolerance=0.0, check_every=args.iterations)
+
+    def solve():
+        for variable, tensor in start:  # reset without re-validating (not what is timed)
+            variable.tensor = tensor
+        return optimizer.optimize().final_error
+
+    return {"jacobians": lambda: evaluator.jacobians(values, aux),
+            "linearize": lambda: linearization.linearize(values, aux), "solve": solve}
 
 
-def time_ms(run: Callable, device, warmup: int, repeats: int, max_seconds: float):
-    """Median wall time of ``run()`` in ms after ``warmup`` calls, and its last result."""
-    result = None
-    for _ in range(warmup):
-        result = run()
-    _sync(device)
-    times: List[float] = []
-    while len(times) < repeats and sum(times) < max_seconds:
-        _sync(device)
-        begin = time.perf_counter()
-        result = run()
-        _sync(device)
-        times.append(time.perf_counter() - begin)
-    return 1e3 * statistics.median(times), len(times), result
-
-
-def measure(group_name: str, args, device, dtype) -> List[Dict]:
-    group = GROUPS[group_name]
-    records = []
-    runs = {}
-    for method in ("analytic", "autodiff"):
-        objective = build(group, args.poses, args.factors, args.batch_size, method == "autodiff",
-                          device, dtype, args.seed)
-        evaluator = Evaluator(objective)
-        linearization = DenseLinearization(evaluator)
-        state, aux = evaluator.gather(), evaluator.aux()
-        start = [(v, v.tensor) for v in objective.optim_vars.values()]
-        optimizer = nlls.LevenbergMarquardt(objective, linear_solver=args.linear_solver,
-                                            max_iterations=args.iterations,
-                                            abs_err_tolerance=0.0, rel_err_tolerance=0.0,
-                                            check_every=args.iterations)
-
-        def solve(optimizer=optimizer, start=start):
-            for variable, tensor in start:  # reset without re-validating (not what is timed)
-                variable.tensor = tensor
-            return optimizer.optimize().final_error
-
-        runs[method] = {
-            "jacobians": lambda e=evaluator, s=state, a=aux: e.jacobians(s, a),
-            "linearize": lambda lin=linearization, s=state, a=aux: lin.linearize(s, a),
-            "solve": solve,
-        }
+def measure(group_name: str, args, device, sync, dtype, emit) -> None:
+    runs = {method: _runs(build(GROUPS[group_name], args.poses, args.factors, args.batch_size,
+                                method == "autodiff", device, dtype, args.seed), args)
+            for method in ("analytic", "autodiff")}
     for measurement in ("jacobians", "linearize", "solve"):
-        timed = {m: time_ms(runs[m][measurement], device, args.warmup, args.repeats, args.max_seconds)
-                 for m in ("analytic", "autodiff")}
+        timers = {m: harness.Timed(runs[m][measurement], sync) for m in runs}
+        for timer in timers.values():
+            harness.warm_up(timer, args.warmup)
+        times = harness.interleaved(timers, args.repeats, args.max_seconds)
+        analytic, autodiff = harness.median(times["analytic"]), harness.median(times["autodiff"])
         record = {
-            "bench": "geometry", "group": group_name, "measurement": measurement,
+            "group": group_name, "measurement": measurement,
             "factors": args.factors, "poses": args.poses, "batch_size": args.batch_size,
             "dtype": str(dtype).replace("torch.", ""), "device": str(device),
-            "analytic_ms": round(timed["analytic"][0], 3), "autodiff_ms": round(timed["autodiff"][0], 3),
-            "ratio": round(timed["autodiff"][0] / timed["analytic"][0], 2),
-            "repeats": min(timed["analytic"][1], timed["autodiff"][1]),
+            "analytic_ms": round(analytic, 3), "autodiff_ms": round(autodiff, 3),
+            "ratio": round(autodiff / analytic, 2), "repeats": len(times["autodiff"]),
         }
+        results = {m: timer.result for m, timer in timers.items()}
         if measurement == "jacobians":
             record["max_jacobian_diff"] = max(
-                float((a[0] - b[0]).abs().max()) for a, b in zip(timed["analytic"][2], timed["autodiff"][2]))
+                float((a[0] - b[0]).abs().max()) for a, b in zip(results["analytic"], results["autodiff"]))
         if measurement == "solve":
-            record["max_final_error_diff"] = float((timed["analytic"][2] - timed["autodiff"][2]).abs().max())
+            record["max_final_error_diff"] = float((results["analytic"] - results["autodiff"]).abs().max())
             record["iterations"] = args.iterations
             record["linear_solver"] = args.linear_solver
-        print(json.dumps(record), flush=True)
-        records.append(record)
-    return records
+        emit(record)
 
 
-def markdown_table(rows: List[Dict]) -> str:
-    lines = ["| group | measurement | factors | B | analytic ms | autodiff ms | autodiff / analytic |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['group']} | {r['measurement']} | {r['factors']} | {r['batch_size']} | "
-              f"{r['analytic_ms']:.2f} | {r['autodiff_ms']:.2f} | {r['ratio']:.2f} |" for r in rows]
-    return "\n".join(lines)
+def table(rows: List[Dict]) -> str:
+    return harness.markdown_table(
+        ["group", "measurement", "factors", "B", "analytic ms", "autodiff ms", "autodiff / analytic"],
+        [[r["group"], r["measurement"], r["factors"], r["batch_size"], f"{r['analytic_ms']:.2f}",
+          f"{r['autodiff_ms']:.2f}", f"{r['ratio']:.2f}"] for r in rows], "llrrrrr")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", default="SE2,SE3", help="comma-separated subset of SE2,SE3")
     parser.add_argument("--factors", type=int, default=2000)
@@ -159,27 +135,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--linear-solver", default="dense_cholesky",
                         help="linear solver of the solve measurement (a name nlls knows)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--max-seconds", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
+    harness.add_common_options(parser, threads=0, warmup=2, repeats=7, max_seconds=10.0)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    groups = [g for g in args.groups.split(",") if g]
-    if set(groups) - set(GROUPS):
-        parser.error(f"unknown groups {sorted(set(groups) - set(GROUPS))}; choose from {sorted(GROUPS)}")
+    groups = harness.split(args.groups)
+    harness.check_choices(parser, groups, GROUPS, "groups")
     if args.factors < args.poses - 1:
         parser.error("--factors must be at least --poses - 1 (the chain)")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    rows: List[Dict] = []
+    try:
+        device, sync = harness.setup_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    harness.set_threads(args.threads)
+    emit = harness.Emitter("geometry")
+    emit.environment(device)
     for name in groups:
-        rows += measure(name, args, device, getattr(torch, args.dtype))
-    print(markdown_table(rows), file=sys.stderr)
+        measure(name, args, device, sync, getattr(torch, args.dtype), emit)
+    harness.report(table(emit.rows))
+    return emit.rows
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ The problem: ``B`` exponential fits ``y = a exp(-b x) + c`` of ``num_points`` sa
 
 Methods:
 
-* ``handwritten_unroll``: a plain batched Gauss-Newton loop in torch (analytic Jacobian, ``bmm``,
-  Cholesky), differentiated by autograd through every iteration: the reference;
+* ``handwritten_unroll``: the plain batched Gauss-Newton loop of ``methods_handwritten.py``
+  (analytic Jacobian, ``bmm``, Cholesky), differentiated by autograd through every iteration:
+  the reference;
 * ``nlls_unroll``, ``nlls_truncated`` (the last ``--truncated-iterations`` iterations recorded),
   ``nlls_implicit_gn`` and ``nlls_implicit_exact``: ``nlls.OptimizationLayer`` around the same
-  problem written as an analytic ``nlls.CostFunction``;
+  problem written as an analytic ``nlls.CostFunction`` (``methods_nlls.py``);
 * ``theseus_unroll``, ``theseus_truncated``, ``theseus_implicit``: ``th.TheseusLayer`` (Theseus
-  0.2.3, when importable; else one ``skipped`` line) around the same analytic cost function.
+  0.2.3, when importable; else one ``skipped`` line) around the same analytic cost function
+  (``methods_theseus.py``).
   Theseus' implicit mode differentiates one Gauss-Newton step taken from the detached solution.
 
 Per method and iteration count one JSON line reports:
@@ -39,16 +41,18 @@ Per method and iteration count one JSON line reports:
     python bench/bench_layer.py                       # B=256, 10 and 50 iterations
     python bench/bench_layer.py --iterations 10,50,200 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import sys
-import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
+import harness
 import torch
+from methods_handwritten import gauss_newton
+from methods_nlls import build_nlls
+from methods_theseus import theseus_layer, theseus_missing
+from problems_curve import EXPONENTIAL
 
 import nlls
 
@@ -67,7 +71,6 @@ THESEUS_MODES = {
 METHODS = ("handwritten_unroll",) + tuple(NLLS_MODES) + tuple(THESEUS_MODES)
 
 
-# ---- the problem -------------------------------------------------------------------------------
 def make_data(batch: int, num_points: int, device, seed: int = 0):
     """``x, y (B, N)``, a start near the truth ``(B, 3)`` and the loss weights ``v (B, 3)``."""
     g = torch.Generator().manual_seed(seed)
@@ -75,7 +78,7 @@ def make_data(batch: int, num_points: int, device, seed: int = 0):
     truth = torch.stack([1.0 + torch.rand(batch, generator=g, dtype=DTYPE),
                          0.5 + torch.rand(batch, generator=g, dtype=DTYPE),
                          0.5 * torch.randn(batch, generator=g, dtype=DTYPE)], dim=1)
-    y = truth[:, :1] * torch.exp(-truth[:, 1:2] * x) + truth[:, 2:]
+    y = EXPONENTIAL.residual(truth, x, torch.zeros_like(x))
     y = y + 0.02 * torch.randn(batch, num_points, generator=g, dtype=DTYPE)
     start = truth + torch.tensor([0.1, 0.1, 0.05], dtype=DTYPE) * torch.randn(
         batch, 3, generator=g, dtype=DTYPE)
@@ -83,131 +86,37 @@ def make_data(batch: int, num_points: int, device, seed: int = 0):
     return tuple(t.to(device) for t in (x, y, start, v))
 
 
-def residual(p: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    a, b, c = p[:, :1], p[:, 1:2], p[:, 2:]
-    return a * torch.exp(-b * x) + c - y
-
-
-def jacobian(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    a, b = p[:, :1], p[:, 1:2]
-    e = torch.exp(-b * x)
-    return torch.stack([e, -a * x * e, torch.ones_like(e)], dim=-1)  # (B, N, 3)
-
-
-# ---- the reference: a hand-written unrolled Gauss-Newton loop ----------------------------------
-def handwritten_gauss_newton(x, y, start, iterations):
-    """``iterations`` batched Gauss-Newton steps; autograd records every one."""
-    p = start
-    for _ in range(iterations):
-        jac, r = jacobian(p, x), residual(p, x, y)
-        jt = jac.mT
-        factor = torch.linalg.cholesky(jt @ jac)
-        p = p - torch.cholesky_solve((jt @ r[..., None]), factor)[..., 0]
-    return p
-
-
-# ---- nlls --------------------------------------------------------------------------------------
-class ExponentialFit(nlls.CostFunction):
-    """r = a exp(-b x) + c - y with its analytic Jacobian."""
-
-    def __init__(self, p, x, y, name=None):
-        super().__init__(optim_vars=(p,), aux_vars=(x, y), name=name)
-        self.p, self.x, self.y = p, x, y
-
-    def dim(self):
-        return self.x.shape[1]
-
-    def error(self):
-        return residual(self.p.tensor, self.x.tensor, self.y.tensor)
-
-    def jacobians(self):
-        return [jacobian(self.p.tensor, self.x.tensor)], self.error()
-
-
-def make_layer(x, y, start, iterations) -> nlls.OptimizationLayer:
-    p = nlls.Vector(tensor=start.clone(), name="p")
-    objective = nlls.Objective()
-    objective.add(ExponentialFit(p, nlls.Variable(x.clone(), name="x"),
-                                 nlls.Variable(y.clone(), name="y"), name="fit"))
-    optimizer = nlls.GaussNewton(objective, max_iterations=iterations, abs_err_tolerance=0.0,
-                                 rel_err_tolerance=0.0, check_every=max(iterations, 1))
-    return nlls.OptimizationLayer(optimizer)
-
-
-# ---- Theseus (optional) ----------------------------------------------------------------------
-def _import_theseus():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import theseus
-    return theseus
-
-
-def make_theseus_layer(x, y, start, iterations):
-    th = _import_theseus()
-
-    class TheseusExponentialFit(th.CostFunction):
-        def __init__(self, p, xv, yv, cost_weight, name=None):
-            super().__init__(cost_weight, name=name)
-            self.p, self.xv, self.yv = p, xv, yv
-            self.register_optim_vars(["p"])
-            self.register_aux_vars(["xv", "yv"])
-
-        def error(self):
-            return residual(self.p.tensor, self.xv.tensor, self.yv.tensor)
-
-        def jacobians(self):
-            return [jacobian(self.p.tensor, self.xv.tensor)], self.error()
-
-        def dim(self):
-            return self.xv.tensor.shape[1]
-
-        def _copy_impl(self, new_name=None):
-            return TheseusExponentialFit(self.p.copy(), self.xv.copy(), self.yv.copy(),
-                                         self.weight.copy(), name=new_name)
-
-    p = th.Vector(tensor=start.clone(), name="p")
-    weight = th.ScaleCostWeight(torch.ones(1, 1, dtype=DTYPE, device=x.device))
-    objective = th.Objective(dtype=DTYPE)
-    objective.add(TheseusExponentialFit(p, th.Variable(x.clone(), name="x"),
-                                        th.Variable(y.clone(), name="y"), weight, name="fit"))
-    optimizer = th.GaussNewton(objective, max_iterations=iterations, abs_err_tolerance=0.0,
-                               rel_err_tolerance=0.0)
-    return th.TheseusLayer(optimizer).to(x.device)
-
-
-# ---- one forward + backward per method ----------------------------------------------------------
 def make_run(method: str, iterations: int, data, truncated_iterations: int):
     """A function running one forward and returning ``(solution, leaves)``; the caller does the
     backward, so graph measurements can sit between the two."""
     x, y, start, _ = data
+    truncated = min(truncated_iterations, iterations)
     if method == "handwritten_unroll":
-        def forward():
-            xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
-            return handwritten_gauss_newton(xg, yg, start, iterations), (xg, yg)
-        return forward
-    if method.startswith("theseus"):
-        theseus_layer = make_theseus_layer(x, y, start, iterations)
-        options = dict(THESEUS_MODES[method])
+        def solve(xg, yg):
+            return gauss_newton(EXPONENTIAL, start, xg, yg, iterations)
+    elif method.startswith("theseus"):
+        layer, options = theseus_layer(EXPONENTIAL, start, x, y, iterations,
+                                       optimizer="gauss_newton")
+        options = {**options, **THESEUS_MODES[method]}
         if method == "theseus_truncated":
-            options["backward_num_iterations"] = min(truncated_iterations, iterations)
+            options["backward_num_iterations"] = truncated
 
-        def forward():
-            xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
-            solution, _ = theseus_layer.forward({"x": xg, "y": yg, "p": start},
-                                                optimizer_kwargs=options)
-            return solution["p"], (xg, yg)
-        return forward
-    layer = make_layer(x, y, start, iterations)
-    kwargs = dict(NLLS_MODES[method])
-    if method == "nlls_truncated":
-        kwargs["backward_num_iterations"] = min(truncated_iterations, iterations)
+        def solve(xg, yg):
+            return layer.forward({"x": xg, "y": yg, "p": start}, optimizer_kwargs=options)[0]["p"]
+    else:
+        _, optimizer, _ = build_nlls(EXPONENTIAL, start, x.clone(), y.clone(), iterations=iterations,
+                                     optimizer="gauss_newton")
+        layer = nlls.OptimizationLayer(optimizer)
+        kwargs = dict(NLLS_MODES[method])
+        if method == "nlls_truncated":
+            kwargs["backward_num_iterations"] = truncated
+
+        def solve(xg, yg):
+            return layer({"x": xg, "y": yg, "p": start}, **kwargs)[0]["p"]
 
     def forward():
         xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
-        solution, _ = layer({"x": xg, "y": yg, "p": start}, **kwargs)
-        return solution["p"], (xg, yg)
+        return solve(xg, yg), (xg, yg)
     return forward
 
 
@@ -216,26 +125,14 @@ def forward_backward(forward, v):
     return p, torch.autograd.grad((v * p).sum(), leaves)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(runs: Dict[str, Callable], v, device, warmup: int, repeats: int) -> Dict[str, float]:
-    """Median forward + backward wall time of each run, in ms. The runs are interleaved, one
-    call of each per repetition, so a slow spell of a shared machine hits all of them alike."""
-    for forward in runs.values():
-        for _ in range(warmup):
-            forward_backward(forward, v)
-    times: Dict[str, List[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, forward in runs.items():
-            _sync(device)
-            begin = time.perf_counter()
-            forward_backward(forward, v)
-            _sync(device)
-            times[name].append(time.perf_counter() - begin)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+def time_ms(runs: Dict[str, Callable], v, sync, warmup: int, repeats: int) -> Dict[str, float]:
+    """Median forward + backward wall time of each run, in ms, interleaved."""
+    timers = {name: harness.Timed(lambda f=forward: forward_backward(f, v), sync)
+              for name, forward in runs.items()}
+    for timer in timers.values():
+        harness.warm_up(timer, warmup)
+    times = harness.interleaved(timers, repeats)
+    return {name: harness.median(t) for name, t in times.items()}
 
 
 def graph_measures(forward, v) -> Dict:
@@ -285,33 +182,19 @@ def peak_memory_mb(forward, v, device) -> float:
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def emit(record: Dict) -> None:
-    print(json.dumps({"bench": "layer", **record}), flush=True)
-
-
-def _theseus_missing():
-    try:
-        _import_theseus()
-    except Exception as exc:  # missing or broken: skipped either way
-        return f"theseus not importable ({type(exc).__name__}: {exc})"
-    return None
-
-
 def _rel(a, b):
     return float(torch.cat([t.flatten() for t in a]).sub(torch.cat([t.flatten() for t in b]))
                  .norm() / torch.cat([t.flatten() for t in b]).norm())
 
 
-def bench(args) -> List[Dict]:
-    device = torch.device(args.device)
-    data = make_data(args.batch_size, args.num_points, device, args.seed)
+def bench(args, emit) -> None:
+    data = make_data(args.batch_size, args.num_points, args.device, args.seed)
     v = data[3]
-    rows = []
     base = {"problem": "exponential", "optimizer": "gauss_newton", "batch_size": args.batch_size,
-            "num_points": args.num_points, "dtype": "float64", "device": str(device),
+            "num_points": args.num_points, "dtype": "float64", "device": str(args.device),
             "threads": torch.get_num_threads()}
-    missing = _theseus_missing()
-    for iterations in [int(k) for k in args.iterations.split(",")]:
+    missing = None if args.no_theseus else theseus_missing()
+    for iterations in harness.split(args.iterations, int):
         if missing:
             emit({**base, "iterations": iterations, "method": "theseus", "skipped": missing})
         methods = [m for m in METHODS
@@ -328,7 +211,7 @@ def bench(args) -> List[Dict]:
                       "skipped": f"theseus failed: {type(exc).__name__}: {exc}"})
                 methods.remove(method)
                 runs.pop(method, None)
-        median_ms = time_ms(runs, v, device, args.warmup, args.repeats)
+        median_ms = time_ms(runs, v, args.sync, args.warmup, args.repeats)
         reference = measures["handwritten_unroll"]
         for method in methods:
             ms, measure = median_ms[method], measures[method]
@@ -346,47 +229,46 @@ def bench(args) -> List[Dict]:
             if method.endswith("truncated"):
                 record["backward_num_iterations"] = min(args.truncated_iterations, iterations)
             if not args.no_peak:
-                record["peak_mb"] = round(peak_memory_mb(runs[method], v, device), 3)
+                record["peak_mb"] = round(peak_memory_mb(runs[method], v, args.device), 3)
             emit(record)
-            rows.append(record)
-    return rows
 
 
 def table(rows: List[Dict]) -> str:
-    memory = "peak_mb" in rows[0]
+    rows = [r for r in rows if "median_ms" in r]
+    memory = any("peak_mb" in r for r in rows)
     head = ["iterations", "method", "fwd+bwd ms", "x handwritten", "saved MB", "x handwritten",
             "graph nodes"] + (["peak MB"] if memory else []) + ["grad rel diff"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for r in rows:
-        cells = [r["iterations"], r["method"], f"{r['median_ms']:.1f}",
-                 f"{r['ratio_to_handwritten']:.2f}", f"{r['saved_mb']:.2f}",
-                 f"{r['saved_ratio_to_handwritten']:.3f}", r["graph_nodes"]]
+        row = [r["iterations"], r["method"], f"{r['median_ms']:.1f}",
+               f"{r['ratio_to_handwritten']:.2f}", f"{r['saved_mb']:.2f}",
+               f"{r['saved_ratio_to_handwritten']:.3f}", r["graph_nodes"]]
         if memory:
-            cells.append(f"{r['peak_mb']:.2f}")
-        cells.append(f"{r['grad_rel_diff']:.1e}")
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+            row.append(f"{r['peak_mb']:.2f}")
+        cells.append(row + [f"{r['grad_rel_diff']:.1e}"])
+    return harness.markdown_table(head, cells)
 
 
-def main(argv=None) -> List[Dict]:
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-points", type=int, default=50)
     parser.add_argument("--iterations", default="10,50", help="comma-separated iteration counts")
     parser.add_argument("--truncated-iterations", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--device", default="cpu")
+    harness.add_common_options(parser, threads=0, warmup=2, repeats=7)
     parser.add_argument("--no-peak", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-theseus", action="store_true", help="leave Theseus out")
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    rows = bench(args)
-    print(table(rows), file=sys.stderr)
-    return rows
+    try:
+        args.device, args.sync = harness.setup_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    harness.set_threads(args.threads)
+    emit = harness.Emitter("layer")
+    emit.environment(args.device)
+    bench(args, emit)
+    harness.report(table(emit.rows))
+    return emit.rows
 
 
 if __name__ == "__main__":

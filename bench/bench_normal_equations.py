@@ -16,7 +16,7 @@ Variants (all return ``A (B, D, D)`` and ``g (B, D)``):
 * ``transposed_entries``: ``entries`` on the contiguous ``J^T`` (reductions along memory);
 * ``transposed_broadcast``: ``(M[..., :D, None, :] * M[..., None, :, :]).sum(-1)`` with ``M`` as
   in ``transposed_stacked_bmm`` (``A`` and ``g`` from one reduction);
-* ``nlls``:           what nlls does (``nlls.solve.linearization._normal_blocks``: one of ``bmm``,
+* ``nlls``:           what nlls does (``nlls.solve.normal_equations.normal_blocks``: one of ``bmm``,
   ``transposed``, ``entries`` by its rule; the line's ``rule`` says which).
 
 Each variant is timed eagerly on a grid of shapes, and compiled (``torch.compile(dynamic=False)``
@@ -32,7 +32,7 @@ A markdown table goes to stderr.
 
 Compiled, the products alone do not predict whole compiled solves, where the compiler fuses the
 computation of ``J`` and the rest of the iteration around them: nlls's rule for compiled code
-comes from ``bench_optimistix.py`` solves (see ``_normal_rule`` in nlls/solve/linearization.py).
+comes from ``bench_optimistix.py`` solves (see ``normal_rule`` in nlls/solve/normal_equations.py).
 
     .venv/bin/python bench/bench_normal_equations.py                 # ~2-3 min on 2 cores
     .venv/bin/python bench/bench_normal_equations.py --quick         # ~10 s, eager, fewer shapes
@@ -42,15 +42,13 @@ comes from ``bench_optimistix.py`` solves (see ``_normal_rule`` in nlls/solve/li
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import harness
 import torch
 
-from nlls.solve.linearization import _normal_blocks, _normal_rule
+from nlls.solve.normal_equations import normal_blocks, normal_rule
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
 
@@ -124,7 +122,7 @@ def transposed_broadcast(J, r) -> Pair:
 
 
 def nlls(J, r) -> Pair:
-    return _normal_blocks(J, r)
+    return normal_blocks(J, r)
 
 
 VARIANTS: Dict[str, Callable[[torch.Tensor, torch.Tensor], Pair]] = {
@@ -151,11 +149,11 @@ COMPILED_SHAPES = (("quadratic", 100, 2, torch.float32), ("exponential", 100, 3,
 def picked_rule(J: torch.Tensor, compiled: bool) -> str:
     """The variant nlls's rule picks for ``J``, eagerly or while ``torch.compile`` traces."""
     if not compiled:
-        return _normal_rule(J)
+        return normal_rule(J)
     picked = []
 
     def probe(jac):
-        picked.append(_normal_rule(jac))
+        picked.append(normal_rule(jac))
         return jac.sum()
     torch.compile(probe, backend="eager", dynamic=False)(J)
     return picked[0]
@@ -168,11 +166,6 @@ def data(batch: int, dim: int, dof: int, dtype, seed: int, device="cpu") -> Pair
     return J.to(device=device, dtype=dtype), r.to(device=device, dtype=dtype)
 
 
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def max_rel_err(got, J: torch.Tensor, r: torch.Tensor) -> float:
     """Largest error of ``A`` and ``g`` against a float64 reference, relative to the largest entry."""
     A_ref, g_ref = bmm(J.double(), r.double())
@@ -183,40 +176,11 @@ def max_rel_err(got, J: torch.Tensor, r: torch.Tensor) -> float:
                float((g.double() - g_ref).abs().max() / g_ref.abs().max()))
 
 
-def interleaved(functions: Dict[str, Callable], args, inner: int) -> Dict[str, List[float]]:
-    """Per function, the time (us) of one call: ``inner`` calls per sample, one sample of each
-    function per repetition, until ``--repeats`` or ``--max-seconds``."""
-    times: Dict[str, List[float]] = {name: [] for name in functions}
-    spent = 0.0
-    while len(times["bmm"]) < args.repeats and spent < args.max_seconds:
-        for name, function in functions.items():
-            _sync(args.device)
-            begin = time.perf_counter()
-            for _ in range(inner):
-                function()
-            _sync(args.device)
-            elapsed = time.perf_counter() - begin
-            times[name].append(1e6 * elapsed / inner)
-            spent += elapsed
-    return times
-
-
-def _inner(function: Callable, device, target_us: float = 2000.0) -> int:
-    """Calls per sample so that a sample lasts about ``target_us``."""
-    for _ in range(3):
-        function()
-    _sync(device)
-    begin = time.perf_counter()
-    function()
-    _sync(device)
-    once = 1e6 * (time.perf_counter() - begin)
-    return max(1, min(1000, int(target_us / max(once, 1e-3))))
-
-
-def measure(kind: str, mode: str, batch: int, dim: int, dof: int, dtype, args,
-            label: Optional[str] = None) -> List[Dict]:
+def measure(kind: str, mode: str, batch: int, dim: int, dof: int, dtype, args, emit,
+            label: Optional[str] = None) -> None:
     """One shape: every variant of ``kind`` (``normal`` or ``gradient``), ``mode`` eager or
-    compiled, interleaved with ``bmm``."""
+    compiled, interleaved with ``bmm``; one sample is ``inner`` back-to-back calls lasting about
+    2 ms, in us per call."""
     J, r = data(batch, dim, dof, dtype, args.seed, args.device)
     variants = VARIANTS if kind == "normal" else GRADIENT_VARIANTS
     names = [n for n in variants if n == "bmm" or n in args.variants or kind == "gradient"]
@@ -225,53 +189,46 @@ def measure(kind: str, mode: str, batch: int, dim: int, dof: int, dtype, args,
         function = variants[name]
         if mode == "compiled":
             torch._dynamo.reset()
-            compiled = torch.compile(function, dynamic=False)
-            begin = time.perf_counter()
-            compiled(J, r)
-            _sync(args.device)
-            extra[name] = {"compile_s": round(time.perf_counter() - begin, 2)}
-            function = compiled
+            function = torch.compile(function, dynamic=False)
+            seconds, _ = harness.seconds(lambda f=function: f(J, r), args.sync)
+            extra[name] = {"compile_s": round(seconds, 2)}
         functions[name] = lambda f=function: f(J, r)
-    inner = _inner(functions["bmm"], args.device)
-    times = interleaved(functions, args, inner)
-    base = {"bench": "normal_equations", "measure": kind, "mode": mode, "batch_size": batch,
-            "dim": dim, "dof": dof, "dtype": str(dtype).replace("torch.", ""), "device": args.device,
+    inner = harness.inner_calls(functions["bmm"], args.sync)
+    timers = {name: harness.Timed(f, args.sync, inner) for name, f in functions.items()}
+    times = harness.interleaved(timers, args.repeats, args.max_seconds)
+    times = {name: [1e3 * t for t in ms] for name, ms in times.items()}  # us
+    base = {"measure": kind, "mode": mode, "batch_size": batch, "dim": dim, "dof": dof,
+            "dtype": str(dtype).replace("torch.", ""), "device": str(args.device),
             "threads": torch.get_num_threads()}
     if label:
         base["problem"] = label
-    records = []
     for name in names:
-        record = {**base, "variant": name, "median_us": round(statistics.median(times[name]), 2),
-                  "bmm_us": round(statistics.median(times["bmm"]), 2),
-                  "ratio_to_bmm": round(statistics.median(
-                      a / b for a, b in zip(times[name], times["bmm"])), 3),
+        record = {**base, "variant": name, "median_us": round(harness.median(times[name]), 2),
+                  "bmm_us": round(harness.median(times["bmm"]), 2),
+                  "ratio_to_bmm": round(harness.paired_median(times[name], times["bmm"]), 3),
                   "repeats": len(times[name]), "inner": inner,
                   "max_rel_err": float(f"{max_rel_err(functions[name](), J, r):.2e}"),
                   **extra.get(name, {})}
         if name == "nlls" and kind == "normal":
             record["rule"] = picked_rule(J, mode == "compiled")
-        print(json.dumps(record), flush=True)
-        records.append(record)
-    return records
+        emit(record)
 
 
-def markdown_table(rows: List[Dict]) -> str:
+def table(rows: List[Dict]) -> str:
     """One row per shape, one column per variant: the ratio to ``bmm`` (its time in us first)."""
     names = list(dict.fromkeys(r["variant"] for r in rows))
-    lines = ["| measure | mode | B | dim | D | dtype | bmm us | " + " | ".join(names[1:]) + " |",
-             "|---|---|---:|---:|---:|---|---:|" + "---:|" * (len(names) - 1)]
     shapes: Dict[Tuple, Dict[str, Dict]] = {}
     for r in rows:
         key = (r["measure"], r["mode"], r["batch_size"], r["dim"], r["dof"], r["dtype"])
         shapes.setdefault(key, {})[r["variant"]] = r
-    for key, by_name in shapes.items():
-        cells = [f"{by_name[n]['ratio_to_bmm']:.2f}" if n in by_name else "" for n in names[1:]]
-        lines.append("| " + " | ".join(str(k) for k in key) +
-                     f" | {by_name['bmm']['median_us']:.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [list(key) + [f"{by_name['bmm']['median_us']:.1f}"]
+             + [f"{by_name[n]['ratio_to_bmm']:.2f}" if n in by_name else "" for n in names[1:]]
+             for key, by_name in shapes.items()]
+    return harness.markdown_table(["measure", "mode", "B", "dim", "D", "dtype", "bmm us"] + names[1:],
+                                  cells, "llrrrlr" + "r" * (len(names) - 1))
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", default=None, help="default 1,256,4096 (--quick: 1,4096)")
     parser.add_argument("--dims", default=None, help="residual dimensions, default 3,20,100 (--quick: 100)")
@@ -284,12 +241,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--no-compile", action="store_true", help="eager lines only")
     parser.add_argument("--compile-only", action="store_true", help="compiled lines only")
     parser.add_argument("--no-gradient", action="store_true", help="no g-alone lines")
-    parser.add_argument("--repeats", type=int, default=None, help="default 41 (--quick: 11)")
-    parser.add_argument("--max-seconds", type=float, default=4.0,
-                        help="stop repeating one shape after this many seconds (all variants)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (calls synchronized)")
+    harness.add_common_options(parser, threads=1, warmup=False, repeats=None, max_seconds=4.0, help={
+        "repeats": "default 41 (--quick: 11)", "threads": "torch intra-op threads (default 1)",
+        "max_seconds": "stop repeating one shape after this many seconds (all variants)",
+        "device": "cpu or cuda (calls synchronized)"})
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer shapes, eager only")
     args = parser.parse_args(argv)
     defaults = (("batch_sizes", "1,256,4096", "1,4096"), ("dims", "3,20,100", "100"),
@@ -297,32 +252,33 @@ def main(argv: Optional[List[str]] = None) -> None:
     for key, full, quick in defaults:
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
-    args.variants = [v for v in args.variants.split(",") if v]
-    if set(args.variants) - set(VARIANTS):
-        parser.error(f"unknown variants {sorted(set(args.variants) - set(VARIANTS))}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(json.dumps({"bench": "normal_equations", "device": args.device,
-                          "skipped": "no CUDA device is available"}))
-        return
+    args.variants = harness.split(args.variants)
+    harness.check_choices(parser, args.variants, VARIANTS, "variants")
+    emit = harness.Emitter("normal_equations")
+    try:
+        args.device, args.sync = harness.setup_device(args.device)
+    except ValueError as exc:
+        emit({"device": args.device, "skipped": str(exc)})
+        return emit.rows
     torch.set_num_threads(max(args.threads, 1))
-    ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
-    dtypes = [getattr(torch, d) for d in args.dtypes.split(",") if d]
-    rows: List[Dict] = []
+    emit.environment(args.device)
+    dtypes = [getattr(torch, d) for d in harness.split(args.dtypes)]
     started = time.perf_counter()
     if not args.compile_only:
         for dtype in dtypes:
-            for batch in ints(args.batch_sizes):
-                for dim in ints(args.dims):
-                    for dof in ints(args.dofs):
-                        rows += measure("normal", "eager", batch, dim, dof, dtype, args)
+            for batch in harness.split(args.batch_sizes, int):
+                for dim in harness.split(args.dims, int):
+                    for dof in harness.split(args.dofs, int):
+                        measure("normal", "eager", batch, dim, dof, dtype, args, emit)
                         if not args.no_gradient:
-                            rows += measure("gradient", "eager", batch, dim, dof, dtype, args)
+                            measure("gradient", "eager", batch, dim, dof, dtype, args, emit)
     if not args.no_compile:
-        for batch in ints(args.compiled_batch_sizes):
+        for batch in harness.split(args.compiled_batch_sizes, int):
             for label, dim, dof, dtype in COMPILED_SHAPES:
-                rows += measure("normal", "compiled", batch, dim, dof, dtype, args, label)
-    print(markdown_table(rows), file=sys.stderr)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s", file=sys.stderr)
+                measure("normal", "compiled", batch, dim, dof, dtype, args, emit, label)
+    rows = [r for r in emit.rows if "variant" in r]
+    harness.report(table(rows) + f"\n\ntotal {time.perf_counter() - started:.0f} s")
+    return rows
 
 
 if __name__ == "__main__":
