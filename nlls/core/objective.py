@@ -32,7 +32,7 @@ class Objective:
         # bumped whenever the structure (cost functions, variables) changes; solvers cache on it
         self._structure_version = 0
         self._batch: Optional[int] = None  # the batch size found by the last check
-        self._evaluator: Optional[Evaluator] = None  # _cached_evaluator(); not copied
+        self._evaluator: Optional[Evaluator] = None  # evaluator(); not copied
 
     # ---- building ---------------------------------------------------------------------------
     def add(self, cost_function: CostFunction) -> "Objective":
@@ -190,7 +190,7 @@ class Objective:
         Raises:
             ValueError: a cost function's error has the wrong shape (the message names it).
         """
-        evaluator = self._cached_evaluator()
+        evaluator = self.evaluator()
         if evaluator is None:
             return torch.zeros(self.batch_size, 0, dtype=self.dtype, device=self.device)
         state, aux = evaluator.gather(), evaluator.aux()
@@ -198,14 +198,15 @@ class Objective:
 
     def error_metric(self) -> torch.Tensor:
         """``0.5 * sum ||w r||^2`` per batch element, ``(B,)``, by stacked calls (as :meth:`error`)."""
-        evaluator = self._cached_evaluator()
+        evaluator = self.evaluator()
         if evaluator is None:
             return torch.zeros(self.batch_size, dtype=self.dtype, device=self.device)
         return evaluator.error_metric(evaluator.gather(), evaluator.aux())
 
-    def _cached_evaluator(self) -> Optional[Evaluator]:
+    def evaluator(self) -> Optional[Evaluator]:
         """The vectorized evaluator of this objective's current structure, built once per
-        :attr:`structure_version`; ``None`` without cost functions."""
+        :attr:`structure_version` and shared by :meth:`error`, :meth:`error_metric` and the
+        optimizers; ``None`` without cost functions."""
         if not self.cost_functions:
             return None
         if self._evaluator is None or self._evaluator.structure_version != self._structure_version:

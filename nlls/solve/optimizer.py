@@ -113,7 +113,7 @@ class Optimizer:
         if self._evaluator is None or self._evaluator.structure_version != version:
             if not self.objective.optim_vars:
                 raise ValueError(f"{type(self).__name__}: the objective has no optim variables")
-            self._evaluator = Evaluator(self.objective)
+            self._evaluator = self.objective.evaluator()
             kind = LINEARIZATIONS[self.linear_solver.linearization]
             self._linearization = kind(self._evaluator)
             self._caches.pop("compiled", None)

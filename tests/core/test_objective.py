@@ -166,7 +166,7 @@ def test_error_and_error_metric_equal_the_per_cost_function_values():
     torch.testing.assert_close(error, expected, rtol=1e-13, atol=1e-13)
     metric = sum(0.5 * (e ** 2).sum(dim=1) for e in per_cost)
     torch.testing.assert_close(obj.error_metric(), metric, rtol=1e-13, atol=1e-13)
-    evaluator = obj._cached_evaluator()
+    evaluator = obj.evaluator()
     assert len(evaluator.groups) == 5 and len(obj.cost_functions) == 9  # stacked calls
     assert evaluator._columns(torch.device("cpu")) is not None  # kinds interleave: reordered
 
@@ -189,12 +189,12 @@ def test_error_metric_is_one_stacked_call_per_kind_and_follows_the_structure():
     expected = 0.5 * ((xs + 1) ** 2).sum().expand(2)
     torch.testing.assert_close(obj.error_metric(), expected)
     assert calls == [50 * 2]  # the 50 cost functions as one call on 100 rows
-    evaluator = obj._cached_evaluator()
+    evaluator = obj.evaluator()
     obj.update({"ab": torch.zeros(2, 2, dtype=torch.float64)})
     torch.testing.assert_close(obj.error_metric(), torch.zeros(2, dtype=torch.float64))
-    assert obj._cached_evaluator() is evaluator  # new values, same structure: reused
+    assert obj.evaluator() is evaluator  # new values, same structure: reused
     obj.add(nlls.AutoDiffCostFunction((ab,), lambda o, a: o[0].tensor - 1, 2, name="prior"))
-    assert obj._cached_evaluator() is not evaluator
+    assert obj.evaluator() is not evaluator
     torch.testing.assert_close(obj.error()[:, -2:], -torch.ones(2, 2, dtype=torch.float64))
     assert obj.copy()._evaluator is None  # copies rebuild their own
 
