@@ -11,9 +11,9 @@
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
+import harness
 import torch
 from problems_curve import ROTATION, hat
 
@@ -145,7 +145,7 @@ class CUDAGraphed:
 def handwritten_graph_run(problem, start, a, b, warmup: int):
     """``handwritten_cuda_graph``: the capturable hand-written loop captured once; returns the
     call and the capture's seconds (warm-up runs included)."""
-    begin = time.perf_counter()
-    graphed = CUDAGraphed(loop_of(problem, solve=triangular_cholesky_solve), (start, a, b), warmup)
-    torch.cuda.synchronize(graphed.device)
-    return (lambda: graphed(start, a, b)), time.perf_counter() - begin
+    capture, graphed = harness.seconds(
+        lambda: CUDAGraphed(loop_of(problem, solve=triangular_cholesky_solve), (start, a, b), warmup),
+        lambda: torch.cuda.synchronize(start.device))
+    return (lambda: graphed(start, a, b)), capture

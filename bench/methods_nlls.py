@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import inspect
-import time
 import warnings
 from typing import Callable, Dict, Optional
 
+import harness
 import torch
 from problems_curve import ROTATION
 from problems_pose_graph import MAX_ITERATIONS, REL_TOLERANCE, Runner
@@ -142,13 +142,9 @@ def warm_compiled(run: Callable, warmup: int) -> Dict:
     """
     torch._dynamo.reset()
     before = _counters()
-    times = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(1 + max(warmup, 2)):
-            begin = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - begin)
+        times = [ms / 1e3 for ms in harness.warm_up(harness.Timed(run), 1 + max(warmup, 2))]
     fallbacks = [str(w.message) for w in caught if "could not compile" in str(w.message)]
     after = _counters()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
@@ -167,15 +163,7 @@ def warm_compiled(run: Callable, warmup: int) -> Dict:
 def warm_captured(run: Callable, warmup: int, sync: Optional[Callable[[], None]]) -> Dict:
     """The warm-up calls of a ``cuda_graph=True`` solve: the first one captures the graph (after
     one eager run of the solve) and replays it. ``capture_s``: its time beyond a warm call."""
-    times = []
-    for _ in range(1 + max(warmup, 1)):
-        if sync is not None:
-            sync()
-        begin = time.perf_counter()
-        run()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - begin)
+    times = [ms / 1e3 for ms in harness.warm_up(harness.Timed(run, sync), 1 + max(warmup, 1))]
     return {"capture_s": round(times[0] - min(times[1:]), 3), "first_call_s": round(times[0], 3)}
 
 

@@ -18,7 +18,6 @@ import cProfile
 import io
 import pstats
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -36,9 +35,8 @@ class PhaseLog:
         self.seconds: Dict[str, float] = {}
 
     def __call__(self, label: str, function: Callable, *args):
-        begin = time.perf_counter()
-        out = function(*args)
-        self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - begin
+        seconds, out = harness.seconds(lambda: function(*args))
+        self.seconds[label] = self.seconds.get(label, 0.0) + seconds
         return out
 
 
