@@ -35,7 +35,8 @@ from .solve import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold", "MatrixCostWeight", "NumericDiffCostFunction",
+    "AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight", "Manifold", "MatrixCostWeight",
+    "NumericDiffCostFunction",
     "Objective", "Point2", "Point3", "ScaleCostWeight", "Variable", "Vector",
     "ConjugateGradient", "DenseCholesky", "DenseLU", "GaussNewton", "LevenbergMarquardt", "LinearSolver",
     "Optimizer", "OptimizerInfo", "SparseCholesky", "Status",

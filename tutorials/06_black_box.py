@@ -20,7 +20,6 @@ import torch
 
 import nlls
 
-
 # %% [markdown]
 # ## The black box
 # A small numpy integrator stands in for a simulator: classic Runge-Kutta (RK4) with a fixed

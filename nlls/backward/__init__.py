@@ -1,6 +1,13 @@
 """Backward modes of :class:`~nlls.OptimizationLayer`, one class each, registered by name."""
-from .base import (BACKWARD_MODES, HESSIANS, Backward, BackwardMode, backward_class, check_hessian,
-                   register_backward_mode)
+from .base import (
+    BACKWARD_MODES,
+    HESSIANS,
+    Backward,
+    BackwardMode,
+    backward_class,
+    check_hessian,
+    register_backward_mode,
+)
 from .implicit import Implicit
 from .truncated import Truncated
 from .unroll import Unroll

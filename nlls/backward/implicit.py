@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import List
+from typing import TYPE_CHECKING, List
 
 import torch
 
 from ..core.evaluation import State
 from ..core.variable import Variable
 from .base import Backward
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from ..solve.optimizer import Optimizer
 
 
 @contextlib.contextmanager
@@ -118,7 +121,7 @@ class ImplicitFunction(torch.autograd.Function):
                 f"factored for batch elements {torch.nonzero(~ok).flatten().tolist()}; their "
                 f"gradients are set to zero (is the solution a strict minimum? for "
                 f"hessian='exact' try linear_solver='dense_lu')",
-                RuntimeWarning,
+                RuntimeWarning, stacklevel=2,
             )
         _, pullback = torch.func.vjp(lambda *th: implicit.gradient(state, th), *thetas)
         theta_grads = pullback(-w)

@@ -192,7 +192,7 @@ class Evaluator:
         dofs_by_position = []
         first = group.members[0]
         seen = {}
-        for position, var in enumerate(first.optim_vars):
+        for var in first.optim_vars:
             seen.setdefault(id(var), len(seen))
             dofs_by_position.append(columns[seen[id(var)]])
         group.offsets = torch.cat(dofs_by_position, dim=1)

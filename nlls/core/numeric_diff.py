@@ -192,7 +192,7 @@ class _BlackBox(torch.autograd.Function):
         tensors = _expand_all([t.detach() for t in ctx.saved_tensors])
         optim, aux = tensors[:n], tensors[n:]
         out: List[Optional[torch.Tensor]] = [None, None] + [None] * n
-        for m, a in enumerate(aux):
+        for m in range(len(aux)):
             if not ctx.needs_input_grad[2 + n + m]:
                 out.append(None)
                 continue

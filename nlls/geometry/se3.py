@@ -30,8 +30,16 @@ from ..core.variable import as_tensor
 from .lie_group import LieGroup
 from .numerics import RotationAngle, eye, tolerance
 from .so3 import (
-    SO3, exp_matrix, hat, log_matrix, matrix_to_quaternion, orthonormalize, quaternion_to_matrix,
-    right_jacobian, right_jacobian_inverse, unit_quaternion,
+    SO3,
+    exp_matrix,
+    hat,
+    log_matrix,
+    matrix_to_quaternion,
+    orthonormalize,
+    quaternion_to_matrix,
+    right_jacobian,
+    right_jacobian_inverse,
+    unit_quaternion,
 )
 
 

@@ -22,8 +22,15 @@ import torch
 
 from ._text import PathLike, Records, Source
 from .pose_graph import (
-    PoseGraph, PoseGraphFormat, RecordLayout, information_fields, quaternion_rotations,
-    read_pose_graph, se2_poses, se3_data, upper_triangle_information,
+    PoseGraph,
+    PoseGraphFormat,
+    RecordLayout,
+    information_fields,
+    quaternion_rotations,
+    read_pose_graph,
+    se2_poses,
+    se3_data,
+    upper_triangle_information,
 )
 
 

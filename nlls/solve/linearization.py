@@ -16,8 +16,7 @@ import torch
 
 from ..core.evaluation import Evaluator, State
 from .normal_equations import gradient_blocks, normal_blocks
-from .systems import (DenseSystem, JacobianOperator, JacobianSystem, SparseMatrix, SparsePattern,
-                      SparseSystem)
+from .systems import DenseSystem, JacobianOperator, JacobianSystem, SparseMatrix, SparsePattern, SparseSystem
 
 
 class Linearization:

@@ -5,7 +5,7 @@ import torch
 import nlls
 from nlls.backward import BACKWARD_MODES, Backward, register_backward_mode
 from nlls.solve.state import Status
-from tests.problems import QuadFit, exp_data, exp_error, autodiff_objective, quad_data
+from tests.problems import QuadFit, autodiff_objective, exp_data, exp_error, quad_data
 
 F64 = torch.float64
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import nlls
-from nlls.core.robust import RobustLoss
 from nlls.core.evaluation import Evaluator
+from nlls.core.robust import RobustLoss
 
 LOSSES = [nlls.HuberLoss(0.7), nlls.CauchyLoss(0.7)]
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import nlls
+from nlls.core.evaluation import Evaluator
 from nlls.io import BALProblem, BALReprojection, read, read_bal
 from nlls.io.bal import rodrigues
-from nlls.core.evaluation import Evaluator
 
 from .reference import BAL, data_file, lm
 

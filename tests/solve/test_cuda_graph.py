@@ -12,8 +12,13 @@ import torch
 
 import nlls
 import nlls.solve.drivers.cuda_graph as cuda_graph
-from nlls.solve.drivers.cuda_graph import (CUDAGraphDriver, EagerRecorder, HostSyncError, captured_solves,
-                                           check_capturable)
+from nlls.solve.drivers.cuda_graph import (
+    CUDAGraphDriver,
+    EagerRecorder,
+    HostSyncError,
+    captured_solves,
+    check_capturable,
+)
 from tests.problems import QuadFit, autodiff_objective, exp_data, exp_error, quad_data
 
 F64 = torch.float64

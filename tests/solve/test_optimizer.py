@@ -6,8 +6,7 @@ import torch
 import nlls
 from nlls.solve.optimizer import Status
 from tests.conftest import devices
-from tests.problems import (QuadFit, autodiff_objective, exp_data, exp_error, quad_data,
-                            quad_error, rosenbrock_error)
+from tests.problems import QuadFit, autodiff_objective, exp_data, exp_error, quad_data, quad_error, rosenbrock_error
 
 TIGHT = dict(abs_err_tolerance=0.0, rel_err_tolerance=1e-15)
 OPTIMIZERS = [nlls.GaussNewton, nlls.LevenbergMarquardt]

@@ -130,7 +130,7 @@ class CompiledDriver(Driver):
                 f"{type(optimizer).__name__}.optimize(compile=True): torch.compile could not "
                 f"compile the iterations ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
                 f"running them eagerly",
-                RuntimeWarning,
+                RuntimeWarning, stacklevel=4,
             )
             cache[key] = _FAILED
             return None

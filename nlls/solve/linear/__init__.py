@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Dict, Type, Union
 
 from .base import SINGULAR_ADVICE, Factorization, LinearSolver
-from .dense import DenseCholesky, DenseLU
 from .cg import ConjugateGradient
+from .dense import DenseCholesky, DenseLU
 from .sparse import SparseCholesky
 
 LINEAR_SOLVERS: Dict[str, Type[LinearSolver]] = {
@@ -46,5 +46,6 @@ def make_linear_solver(spec: Union[str, LinearSolver]) -> LinearSolver:
     )
 
 
-__all__ = ["Factorization", "LinearSolver", "SINGULAR_ADVICE", "register_linear_solver", "DenseCholesky", "DenseLU", "SparseCholesky", "ConjugateGradient", "LINEAR_SOLVERS",
+__all__ = ["Factorization", "LinearSolver", "SINGULAR_ADVICE", "register_linear_solver", "DenseCholesky", "DenseLU",
+           "SparseCholesky", "ConjugateGradient", "LINEAR_SOLVERS",
            "make_linear_solver"]
