@@ -3,9 +3,8 @@
 Jacobians and small matrices are usually assembled with ``torch.stack`` of per-entry
 expressions (``torch.stack([x ** 2, ones], -1)``, the nine entries of a skew matrix). Inductor
 lowers every ``cat`` on the CPU to a copy kernel that writes each piece into a materialized
-buffer, which the consumers (the normal equations' reductions) read back: on the quadratic fit
-of ``bench/bench_optimistix.py`` at ``B = 4096`` that buffer traffic is three quarters of a
-compiled solve. Its GPU heuristics would fuse such a stack into its consumers, but they are off
+buffer, which the consumers (the normal equations' reductions) read back: on small-block fits
+that buffer traffic dominates a compiled solve. Its GPU heuristics would fuse such a stack into its consumers, but they are off
 on the CPU.
 
 This pass rewrites a ``cat`` whose pieces each have size 1 along the joined dimension (a stack)
@@ -13,9 +12,9 @@ of at most :data:`MAX_PIECES` pieces, on the CPU, into a chain of ``where(index 
 ...)`` over an index along that dimension. That is pointwise, so Inductor fuses it into its
 consumers and computes each entry where it is used. The values are selected, never combined:
 results are bitwise those of the ``cat``. Larger or uneven concatenations are left alone.
-Measured in ``bench/bench_optimistix.py`` (1 thread, ``B = 4096``): quadratic fit ~30 -> ~8 ms,
-exponential fit ~185 -> ~115 ms, rotation unchanged; forcing Inductor's own pointwise
-concatenation for every ``cat`` (``force_pointwise_cat``) made the rotation fit 25% slower.
+The effect is measured by ``bench/bench_optimistix.py`` (numbers in bench/README.md); forcing
+Inductor's own pointwise concatenation for every ``cat`` (``force_pointwise_cat``) instead was
+slower on the rotation fit.
 """
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ class _SmallCholeskyFactorization(Factorization):
     """Cholesky of many ``D x D`` matrices, ``D <= 3``, written out entry by entry.
 
     For thousands of tiny matrices the library kernels pay per-matrix overhead; the explicit
-    formulas are a handful of elementwise operations on ``(B,)`` columns (10x faster at
-    B = 4096 on CPU, and fusable by ``torch.compile``). Same failure semantics: a pivot that is
+    formulas are a handful of elementwise operations on ``(B,)`` columns (much faster for large
+    batches on the CPU, and fusable by ``torch.compile``). Same failure semantics: a pivot that is
     not positive (or not finite) marks the element as failed, and it gets a zero solution.
     """
 
@@ -79,8 +79,8 @@ class DenseCholesky(LinearSolver):
     positive definite is reported in ``ok`` and gets a zero step; no NaN is returned.
     Two triangular solves are used instead of ``cholesky_solve`` (capturable in CUDA graphs).
     Batches of at least ``small_batch`` matrices of size ``D <= 3`` use explicit formulas
-    instead (:class:`_SmallCholeskyFactorization`; on CPU 2.6-4x faster at B = 4096, 2-4x slower
-    at B <= 256), so results agree across batch sizes to rounding, not bit for bit. Under
+    instead (:class:`_SmallCholeskyFactorization`: faster than the library for large batches on
+    the CPU, slower for small ones; ``bench/bench_curve_fit.py`` measures both), so results agree across batch sizes to rounding, not bit for bit. Under
     ``torch.compile`` (``optimize(compile=True)``) ``D <= 3`` systems use them at every batch
     size: compiled, they fuse into the surrounding kernels.
 

@@ -8,13 +8,13 @@ Python loop runs over the batch.
 Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``repr``):
 
 * ``"cholmod"`` (CPU; scikit-sparse, optional): CHOLMOD's own choice of simplicial or
-  supernodal Cholesky (simplicial is ~3x faster on pose graphs); the fill-reducing ordering and
+  supernodal Cholesky (simplicial is the faster on pose graphs); the fill-reducing ordering and
   symbolic factorization are computed once per structure and batch size and reused.
 * ``"scipy"`` (CPU; always available): SciPy's SuperLU with a minimum-degree ordering of
   ``A + A^T``; no symbolic reuse.
 * ``"cudss"`` (CUDA): ``torch.sparse.spsolve`` (NVIDIA cuDSS), data stays on the GPU.
 
-On CPU ``"auto"`` prefers CHOLMOD (about 2x faster than SuperLU on pose graphs, see
+On CPU ``"auto"`` prefers CHOLMOD (faster than SuperLU on pose graphs, see
 ``bench/bench_pose_graph.py``), then SciPy; on CUDA it is cuDSS. (cholespy is not offered: it
 aborts the whole process on a matrix that is not positive definite, which Gauss-Newton meets on
 any problem with a gauge freedom.)
