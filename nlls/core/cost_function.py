@@ -16,16 +16,18 @@ along the batch dimension and calls them once (``nlls.core.evaluation``), so ``e
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .cost_weight import CostWeight, ScaleCostWeight
+from .cost_weight import CostWeight, ScaleCostWeight, WeightLike
 from .manifold import Manifold
 from .stacking import Stackable
 from .variable import Variable
 
 ErrorFunction = Callable[[Tuple[Manifold, ...], Tuple[Variable, ...]], torch.Tensor]
+#: a cost function's weight: a CostWeight, or data taken as a ScaleCostWeight
+CostWeightLike = Union[CostWeight, WeightLike]
 
 
 class CostFunction(Stackable):
@@ -69,7 +71,7 @@ class CostFunction(Stackable):
         self,
         optim_vars: Sequence[Manifold],
         aux_vars: Sequence[Variable] = (),
-        cost_weight: Optional[CostWeight] = None,
+        cost_weight: Optional[CostWeightLike] = None,
         name: Optional[str] = None,
     ):
         if name is None:
@@ -78,29 +80,31 @@ class CostFunction(Stackable):
         if not isinstance(name, str):
             raise TypeError(f"cost function name must be a str, got {type(name).__name__}")
         self._name = name
-        if isinstance(optim_vars, Variable):
-            optim_vars = (optim_vars,)
-        if isinstance(aux_vars, Variable):
-            aux_vars = (aux_vars,)
-        optim_vars, aux_vars = tuple(optim_vars), tuple(aux_vars)
-        if not optim_vars:
+        # a single variable is accepted in place of a sequence of one
+        optim: Tuple[object, ...] = (optim_vars,) if isinstance(optim_vars, Variable) else tuple(optim_vars)
+        aux: Tuple[object, ...] = (aux_vars,) if isinstance(aux_vars, Variable) else tuple(aux_vars)
+        if not optim:
             raise ValueError(f"cost function {name!r}: needs at least one optim variable")
-        for v in optim_vars:
+        checked_optim: List[Manifold] = []
+        for v in optim:
             if not isinstance(v, Manifold):
                 raise TypeError(
                     f"cost function {name!r}: optim variable {v!r} must be a Manifold "
                     f"(Vector, Point2, SE3, ...), got {type(v).__name__}"
                 )
-        for v in aux_vars:
-            if not isinstance(v, Variable):
+            checked_optim.append(v)
+        checked_aux: List[Variable] = []
+        for a in aux:
+            if not isinstance(a, Variable):
                 raise TypeError(
                     f"cost function {name!r}: aux variable must be a Variable, "
-                    f"got {type(v).__name__}"
+                    f"got {type(a).__name__}"
                 )
+            checked_aux.append(a)
         if cost_weight is not None and not isinstance(cost_weight, CostWeight):
             cost_weight = ScaleCostWeight(cost_weight)
-        self._optim_vars = optim_vars
-        self._aux_vars = aux_vars
+        self._optim_vars = tuple(checked_optim)
+        self._aux_vars = tuple(checked_aux)
         self.cost_weight = cost_weight
 
     # ---- what subclasses define --------------------------------------------------------
@@ -181,7 +185,7 @@ class ErrorFunctionCostFunction(CostFunction):
     """
 
     def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
-                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeight] = None,
+                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeightLike] = None,
                  name: Optional[str] = None):
         super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
         what = f"{type(self).__name__} {self.name!r}"
@@ -236,7 +240,7 @@ class AutoDiffCostFunction(ErrorFunctionCostFunction):
     _MODES = ("auto", "forward", "reverse")
 
     def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
-                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeight] = None,
+                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeightLike] = None,
                  name: Optional[str] = None, autograd_mode: str = "auto"):
         super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name)
         if autograd_mode not in self._MODES:
@@ -303,7 +307,8 @@ def _forward_jacobians(fn, zeros):
     def directional(*tangent):
         return torch.func.jvp(fn, zeros, tangent)
 
-    error, columns = torch.func.vmap(directional, out_dims=(None, 0))(*tangents)  # (D, B, dim)
+    # the stub of out_dims omits None inside a tuple, which torch accepts (a non-batched output)
+    error, columns = torch.func.vmap(directional, out_dims=(None, 0))(*tangents)  # type: ignore[arg-type]  # (D, B, dim)
     jac = columns.permute(1, 2, 0)  # (B, dim, D)
     return list(torch.split(jac, dofs, dim=2)), error
 
@@ -311,7 +316,7 @@ def _forward_jacobians(fn, zeros):
 def _reverse_jacobians(fn, zeros, dim):
     """Jacobians of a row-independent ``fn(*deltas) -> (B, dim)`` at ``deltas = zeros``, by
     reverse mode vmapped over the residual entries."""
-    error, vjp_fn = torch.func.vjp(fn, *zeros)
+    error, vjp_fn = torch.func.vjp(fn, *zeros)  # type: ignore[misc]  # stub adds has_aux's 3-tuple
     basis = torch.eye(dim, dtype=error.dtype, device=error.device)
     cotangents = basis[:, None, :].expand(dim, error.shape[0], dim)
     rows = torch.func.vmap(vjp_fn)(cotangents)  # tuple of (dim, B, dof_k)

@@ -68,6 +68,7 @@ class _Slot:
         (which would also be illegal inside a CUDA graph capture)."""
         index = self._index_on.get(device)
         if index is None:
+            assert self.index is not None, "index_on is for optim slots, whose index the evaluator sets"
             index = self._index_on[device] = self.index.to(device)
         return index
 
@@ -191,7 +192,7 @@ class Evaluator:
         # columns of every member's Jacobian in the step, in twin's optim-var order
         dofs_by_position = []
         first = group.members[0]
-        seen = {}
+        seen: Dict[int, int] = {}
         for var in first.optim_vars:
             seen.setdefault(id(var), len(seen))
             dofs_by_position.append(columns[seen[id(var)]])
@@ -269,6 +270,7 @@ class Evaluator:
     def _load(self, group: _Group, state: State, aux: List[torch.Tensor]) -> int:
         batch = state[0].shape[1] if state else aux[0].shape[0] // group.size
         for slot in group.optim_slots:
+            assert slot.block is not None, "the evaluator sets the block of every optim slot"
             values = state[slot.block]
             if not slot.whole_block:
                 values = values.index_select(0, slot.index_on(values.device))
@@ -382,8 +384,9 @@ class Evaluator:
 
 
 def _half_squared_norm(errors: List[torch.Tensor]) -> torch.Tensor:
-    total = None
+    total: Optional[torch.Tensor] = None
     for error in errors:
         part = (error * error).sum(dim=(0, 2))
         total = part if total is None else total + part
+    assert total is not None, "an evaluator is only built for an objective with cost functions"
     return 0.5 * total

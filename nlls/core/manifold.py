@@ -24,11 +24,13 @@ and ``compose`` (:class:`~nlls.geometry.LieGroup`).
 from __future__ import annotations
 
 import abc
-from typing import Optional, Tuple
+from typing import Optional, Tuple, TypeVar
 
 import torch
 
 from .variable import Variable, as_tensor
+
+M = TypeVar("M", bound="Manifold")
 
 
 class Manifold(Variable, metaclass=abc.ABCMeta):
@@ -75,7 +77,7 @@ class Manifold(Variable, metaclass=abc.ABCMeta):
         """Size of the tangent space."""
         return self.dof_of(self.event_shape)
 
-    def retract(self, delta: torch.Tensor) -> "Manifold":
+    def retract(self: M, delta: torch.Tensor) -> M:
         """Move along the tangent: ``self (+) delta``.
 
         Args:
@@ -95,7 +97,7 @@ class Manifold(Variable, metaclass=abc.ABCMeta):
         out._name = f"{self.name}_retracted"
         return out
 
-    def local(self, other: "Manifold") -> torch.Tensor:
+    def local(self: M, other: M) -> torch.Tensor:
         """Tangent vector from ``self`` to ``other``: ``other (-) self``, shape ``(B, dof)``."""
         if not isinstance(other, type(self)) or other.event_shape != self.event_shape:
             raise TypeError(

@@ -31,8 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .cost_function import ErrorFunction, ErrorFunctionCostFunction
-from .cost_weight import CostWeight
+from .cost_function import CostWeightLike, ErrorFunction, ErrorFunctionCostFunction
 from .manifold import Manifold, Vector
 from .variable import Variable
 
@@ -59,7 +58,7 @@ class NumericDiffCostFunction(ErrorFunctionCostFunction):
     capturable = False
 
     def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
-                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeight] = None,
+                 aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeightLike] = None,
                  name: Optional[str] = None, step: Optional[float] = None, scheme: str = "central"):
         super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name)
         what = f"NumericDiffCostFunction {self.name!r}"
@@ -163,9 +162,9 @@ class _BlackBox(torch.autograd.Function):
 
     @staticmethod
     def forward(cf: NumericDiffCostFunction, want_jacobians: bool, *tensors):
-        tensors = _expand_all([t.detach() for t in tensors])
+        expanded = _expand_all([t.detach() for t in tensors])
         n = len(cf.optim_vars)
-        optim, aux = tensors[:n], tensors[n:]
+        optim, aux = expanded[:n], expanded[n:]
         if not want_jacobians:
             return cf._call(optim, aux)
         central = cf.scheme == "central"
@@ -191,7 +190,7 @@ class _BlackBox(torch.autograd.Function):
             )
         tensors = _expand_all([t.detach() for t in ctx.saved_tensors])
         optim, aux = tensors[:n], tensors[n:]
-        out: List[Optional[torch.Tensor]] = [None, None] + [None] * n
+        out: List[Optional[torch.Tensor]] = [None] * (2 + n)
         for m in range(len(aux)):
             if not ctx.needs_input_grad[2 + n + m]:
                 out.append(None)

@@ -51,13 +51,14 @@ class Objective:
             if self.cost_functions[name] is cf:
                 raise ValueError(f"cost function {name!r} was already added to this objective")
             raise ValueError(f"cost function name {name!r} is used by another cost function")
-        new_optim, new_aux = {}, {}
+        new_optim: Dict[str, Manifold] = {}
+        new_aux: Dict[str, Variable] = {}
         for var in cf.optim_vars:
             self._check_name(var, cf, as_optim=True, pending=(new_optim, new_aux))
             new_optim[var.name] = var
-        for var in cf.aux_vars + cf.weight_vars:
-            self._check_name(var, cf, as_optim=False, pending=(new_optim, new_aux))
-            new_aux[var.name] = var
+        for aux_var in cf.aux_vars + cf.weight_vars:
+            self._check_name(aux_var, cf, as_optim=False, pending=(new_optim, new_aux))
+            new_aux[aux_var.name] = aux_var
         dtype = self._dtype
         if dtype is None:
             dtype = next(iter({**self.optim_vars, **new_optim}.values())).dtype

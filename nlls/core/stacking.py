@@ -23,7 +23,7 @@ A class whose instances hold other data overrides ``stack_key()`` to declare it,
 from __future__ import annotations
 
 import enum
-from typing import Dict, Hashable, Iterable, List, Sequence, Tuple
+from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -158,7 +158,7 @@ def _relaxed(key):
     return key
 
 
-def identity_splits(groups: Dict[tuple, Sequence]) -> List[str]:
+def identity_splits(groups: Mapping[tuple, Sequence]) -> List[str]:
     """Where attributes compared by identity split cost functions that would otherwise stack.
 
     Args:
@@ -178,7 +178,7 @@ def identity_splits(groups: Dict[tuple, Sequence]) -> List[str]:
             continue
         first = split[0][1][0]
         count = sum(len(members) for _, members in split)
-        differing = {}  # path -> marker, for the paths whose objects differ between groups
+        differing: Dict[str, ByIdentity] = {}  # path -> marker, for the paths whose objects differ between groups
         for position, marker in enumerate(split[0][0]):
             if any(markers[position].value is not marker.value for markers, _ in split[1:]):
                 differing.setdefault(marker.path, marker)

@@ -10,11 +10,13 @@ know how to take a step on their tangent space.
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Tuple
+from typing import Optional, Tuple, TypeVar
 
 import torch
 
 _ids = itertools.count()
+
+V = TypeVar("V", bound="Variable")
 
 
 def unique_name(prefix: str) -> str:
@@ -109,18 +111,18 @@ class Variable:
             )
         self.tensor = tensor
 
-    def copy(self, new_name: Optional[str] = None) -> "Variable":
+    def copy(self: V, new_name: Optional[str] = None) -> V:
         """A new variable holding a clone of the data."""
         out = self._with_tensor(self.tensor.clone())
         out._name = new_name if new_name is not None else f"{self.name}_copy"
         return out
 
-    def to(self, *args, **kwargs) -> "Variable":
+    def to(self: V, *args, **kwargs) -> V:
         """Move the data (``torch.Tensor.to`` arguments); returns ``self``."""
         self.tensor = self.tensor.to(*args, **kwargs)
         return self
 
-    def _with_tensor(self, tensor: torch.Tensor) -> "Variable":
+    def _with_tensor(self: V, tensor: torch.Tensor) -> V:
         """A shallow twin of this variable (same class, name, attributes) holding ``tensor``.
 
         No validation: used in hot paths and under ``torch.func`` transforms.

@@ -27,8 +27,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..core.cost_function import CostFunction
-from ..core.cost_weight import CostWeight
+from ..core.cost_function import CostFunction, CostWeightLike
 from ..core.manifold import Manifold, Vector, broadcast_batch
 from ..core.variable import Variable
 from .lie_group import LieGroup
@@ -85,7 +84,7 @@ class Difference(CostFunction):
         self,
         var: Manifold,
         target: Variable,
-        cost_weight: Optional[CostWeight] = None,
+        cost_weight: Optional[CostWeightLike] = None,
         name: Optional[str] = None,
     ):
         super().__init__(optim_vars=(var,), aux_vars=(target,), cost_weight=cost_weight, name=name)
@@ -108,8 +107,8 @@ class Difference(CostFunction):
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         target, var = self._inputs()
-        cls = type(self.var)
         if isinstance(self.var, LieGroup):
+            cls = type(self.var)
             error = cls.local_tensor(target, var)
             return [cls.jr_inv_tensor(error)], error
         error = var - target
@@ -136,7 +135,7 @@ class Between(CostFunction):
         var1: Manifold,
         var2: Manifold,
         measurement: Variable,
-        cost_weight: Optional[CostWeight] = None,
+        cost_weight: Optional[CostWeightLike] = None,
         name: Optional[str] = None,
     ):
         super().__init__(optim_vars=(var1, var2), aux_vars=(measurement,), cost_weight=cost_weight,

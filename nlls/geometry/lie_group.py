@@ -42,13 +42,15 @@ A new group subclasses :class:`LieGroup` and implements its abstract class metho
 from __future__ import annotations
 
 import abc
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 
 from ..core.manifold import Manifold, broadcast_batch
 from ..core.variable import Variable, as_tensor
-from .numerics import eye, tangent_jacobian, tolerance
+from .numerics import check_on_group, eye, tangent_jacobian
+
+G = TypeVar("G", bound="LieGroup")
 
 
 class LieGroup(Manifold):
@@ -139,7 +141,7 @@ class LieGroup(Manifold):
         inverse = cls.inverse_tensor(a)
         return tangent_jacobian(
             lambda d: cls.log_tensor(cls.compose_tensor(cls.compose_tensor(a, cls.exp_tensor(d)),
-                                                        inverse)), cls.DOF, a)
+                                                        inverse)), cls._group_dof(), a)
 
     @classmethod
     def jr_tensor(cls, tangent: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,7 @@ class LieGroup(Manifold):
         base = cls.inverse_tensor(cls.exp_tensor(tangent))
         return tangent_jacobian(
             lambda d: cls.log_tensor(cls.compose_tensor(base, cls.exp_tensor(tangent + d))),
-            cls.DOF, tangent)
+            cls._group_dof(), tangent)
 
     @classmethod
     def jr_inv_tensor(cls, tangent: torch.Tensor) -> torch.Tensor:
@@ -156,7 +158,7 @@ class LieGroup(Manifold):
         at ``d = 0``. Default: by forward mode."""
         base = cls.exp_tensor(tangent)
         return tangent_jacobian(
-            lambda d: cls.log_tensor(cls.compose_tensor(base, cls.exp_tensor(d))), cls.DOF, tangent)
+            lambda d: cls.log_tensor(cls.compose_tensor(base, cls.exp_tensor(d))), cls._group_dof(), tangent)
 
     @classmethod
     def normalize_tensor(cls, a: torch.Tensor) -> torch.Tensor:
@@ -168,7 +170,7 @@ class LieGroup(Manifold):
     def rand_tensor(cls, batch_size: int, generator: Optional[torch.Generator], dtype: torch.dtype,
                     device: Optional[Union[str, torch.device]]) -> torch.Tensor:
         """Random elements ``(batch_size, *EVENT_SHAPE)``. Default: ``exp`` of normal tangents."""
-        tangent = torch.randn(batch_size, cls.DOF, generator=generator, dtype=dtype, device=device)
+        tangent = torch.randn(batch_size, cls._group_dof(), generator=generator, dtype=dtype, device=device)
         return cls.exp_tensor(tangent)
 
     @classmethod
@@ -198,10 +200,16 @@ class LieGroup(Manifold):
     @classmethod
     def dof_of(cls, event_shape: Tuple[int, ...]) -> int:
         """``DOF``, whatever the shape."""
+        return cls._group_dof()
+
+    @classmethod
+    def _group_dof(cls) -> int:
+        assert cls.DOF is not None, "every concrete group sets DOF (__init_subclass__)"
         return cls.DOF
 
     @classmethod
     def check_tensor(cls, tensor: torch.Tensor, name: str) -> None:
+        assert cls.EVENT_SHAPE is not None, "every concrete group sets EVENT_SHAPE (__init_subclass__)"
         expected = tuple(cls.EVENT_SHAPE)
         if tensor.ndim != 1 + len(expected) or tuple(tensor.shape[1:]) != expected:
             hint = " (add a batch dimension: tensor[None])" if tuple(tensor.shape) == expected else ""
@@ -210,17 +218,7 @@ class LieGroup(Manifold):
                              f"{tuple(tensor.shape)}{hint}")
         if not tensor.is_floating_point():
             raise TypeError(f"{cls.__name__} {name!r}: expected a floating dtype, got {tensor.dtype}")
-        if tensor.shape[0] == 0:
-            return
-        with torch.no_grad():
-            deviation = cls.deviation(tensor.detach())
-        limit = tolerance(tensor.dtype)
-        bad = ~(deviation <= limit)  # also catches NaN
-        if bool(bad.any()):
-            index = int(bad.nonzero()[0, 0])
-            raise ValueError(f"{cls.__name__} {name!r}: batch element {index} is not a valid "
-                             f"{cls.__name__} ({cls.STORAGE}; deviation "
-                             f"{float(deviation[index]):.2e} > tolerance {limit:.0e} for {tensor.dtype})")
+        check_on_group(cls.deviation, tensor, cls.__name__, name, cls.STORAGE)
 
     @classmethod
     def retract_tensor(cls, tensor: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -245,7 +243,7 @@ class LieGroup(Manifold):
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_tensor(cls, tensor: torch.Tensor, name: Optional[str] = None) -> "LieGroup":
+    def from_tensor(cls: Type[G], tensor: torch.Tensor, name: Optional[str] = None) -> G:
         """A new element holding ``tensor`` ``(B, *EVENT_SHAPE)``, without validation (for data
         on the group by construction: hot paths, ``torch.func``)."""
         out = cls.__new__(cls)
@@ -253,24 +251,24 @@ class LieGroup(Manifold):
         return out
 
     @classmethod
-    def identity(cls, batch_size: int = 1, dtype: Optional[torch.dtype] = None,
+    def identity(cls: Type[G], batch_size: int = 1, dtype: Optional[torch.dtype] = None,
                  device: Optional[Union[str, torch.device]] = None,
-                 name: Optional[str] = None) -> "LieGroup":
+                 name: Optional[str] = None) -> G:
         """The identity element, repeated ``batch_size`` times."""
         tensor = cls.identity_tensor(batch_size, dtype or torch.get_default_dtype(), device)
         return cls.from_tensor(tensor, name)
 
     @classmethod
-    def rand(cls, batch_size: int = 1, generator: Optional[torch.Generator] = None,
+    def rand(cls: Type[G], batch_size: int = 1, generator: Optional[torch.Generator] = None,
              dtype: Optional[torch.dtype] = None, device: Optional[Union[str, torch.device]] = None,
-             name: Optional[str] = None) -> "LieGroup":
+             name: Optional[str] = None) -> G:
         """Random elements: uniform rotations; translations from a standard normal."""
         tensor = cls.rand_tensor(batch_size, generator, dtype or torch.get_default_dtype(), device)
         return cls.from_tensor(tensor, name)
 
     @classmethod
-    def exp_map(cls, tangent: torch.Tensor, jacobians: Optional[List[torch.Tensor]] = None,
-                name: Optional[str] = None) -> "LieGroup":
+    def exp_map(cls: Type[G], tangent: torch.Tensor, jacobians: Optional[List[torch.Tensor]] = None,
+                name: Optional[str] = None) -> G:
         """The exponential map: tangent ``(B, dof)`` (translation first) to a group element named
         ``name``; if ``jacobians`` is given, ``Jr(tangent)`` ``(B, dof, dof)`` is appended."""
         tangent = as_tensor(tangent, f"{cls.__name__}.exp_map")
@@ -289,28 +287,28 @@ class LieGroup(Manifold):
             jacobians.append(self.jr_inv_tensor(tangent))
         return tangent
 
-    def compose(self, other: "LieGroup", jacobians: Optional[List[torch.Tensor]] = None) -> "LieGroup":
+    def compose(self: G, other: G, jacobians: Optional[List[torch.Tensor]] = None) -> G:
         """``self ∘ other``; appends ``Ad(other^-1)`` and ``I``."""
         a, b = self._pair(other, "compose")
         out = self.compose_tensor(a, b)
         if jacobians is not None:
             jacobians.append(self.adjoint_tensor(self.inverse_tensor(b)))
-            jacobians.append(eye(self.DOF, out, out.shape[:1]))
+            jacobians.append(eye(self._group_dof(), out, out.shape[:1]))
         return self.from_tensor(out)
 
-    def inverse(self, jacobians: Optional[List[torch.Tensor]] = None) -> "LieGroup":
+    def inverse(self: G, jacobians: Optional[List[torch.Tensor]] = None) -> G:
         """``self^-1``; appends ``-Ad(self)``."""
         if jacobians is not None:
             jacobians.append(-self.adjoint_tensor(self.tensor))
         return self.from_tensor(self.inverse_tensor(self.tensor))
 
-    def between(self, other: "LieGroup", jacobians: Optional[List[torch.Tensor]] = None) -> "LieGroup":
+    def between(self: G, other: G, jacobians: Optional[List[torch.Tensor]] = None) -> G:
         """``self^-1 ∘ other`` (``other`` seen from ``self``); appends ``-Ad(other^-1 ∘ self)``, ``I``."""
         a, b = self._pair(other, "between")
         out = self.between_tensor(a, b)
         if jacobians is not None:
             jacobians.append(-self.adjoint_tensor(self.inverse_tensor(out)))
-            jacobians.append(eye(self.DOF, out, out.shape[:1]))
+            jacobians.append(eye(self._group_dof(), out, out.shape[:1]))
         return self.from_tensor(out)
 
     def adjoint(self) -> torch.Tensor:
@@ -321,17 +319,17 @@ class LieGroup(Manifold):
         """The homogeneous matrix: ``SO2 (B,2,2)``, ``SE2 (B,3,3)``, ``SO3 (B,3,3)``, ``SE3 (B,4,4)``."""
         return self.to_matrix_tensor(self.tensor)
 
-    def retract(self, delta: torch.Tensor, jacobians: Optional[List[torch.Tensor]] = None) -> "LieGroup":
+    def retract(self: G, delta: torch.Tensor, jacobians: Optional[List[torch.Tensor]] = None) -> G:
         """``self ∘ exp(delta)``, ``delta`` ``(B, dof)`` (a batch of 1 broadcasts); appends
         ``Ad(exp(-delta))`` and ``Jr(delta)``."""
         out = super().retract(delta)
         if jacobians is not None:
-            delta = delta.expand(out.shape[0], self.DOF)
+            delta = delta.expand(out.shape[0], self._group_dof())
             jacobians.append(self.adjoint_tensor(self.exp_tensor(-delta)))
             jacobians.append(self.jr_tensor(delta))
         return out
 
-    def local(self, other: "LieGroup", jacobians: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+    def local(self: G, other: G, jacobians: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
         """``log(self^-1 ∘ other)`` ``(B, dof)``; appends ``-Jr^-1(-e)`` and ``Jr^-1(e)``."""
         a, b = self._pair(other, "local")
         if jacobians is None:

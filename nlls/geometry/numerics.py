@@ -29,6 +29,23 @@ def tolerance(dtype: torch.dtype) -> float:
     return TOLERANCE.get(dtype, TOLERANCE_OTHER)
 
 
+def check_on_group(deviation: Callable[[torch.Tensor], torch.Tensor], tensor: torch.Tensor, group: str,
+                   name: str, storage: str) -> None:
+    """Raise ``ValueError`` naming the variable ``name`` of ``group`` (holding ``storage``) and the
+    first batch element of ``tensor`` whose ``deviation`` from the group ``(N,)`` exceeds the
+    tolerance of the dtype (NaN too)."""
+    if tensor.shape[0] == 0:
+        return
+    with torch.no_grad():
+        measured = deviation(tensor.detach())
+    limit = tolerance(tensor.dtype)
+    bad = ~(measured <= limit)  # also catches NaN
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{group} {name!r}: batch element {index} is not a valid {group} ({storage}; deviation "
+                         f"{float(measured[index]):.2e} > tolerance {limit:.0e} for {tensor.dtype})")
+
+
 def small_angle(theta2: torch.Tensor, float64: float = 1e-3, other: float = 0.25) -> torch.Tensor:
     """Where the squared angle takes the Taylor branch: below ``float64`` in double precision,
     ``other`` in single and half. The series keep four terms, exact to rounding there, and the
