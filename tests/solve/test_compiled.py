@@ -95,3 +95,37 @@ def test_each_problem_shape_gets_its_own_compiled_chunk(monkeypatch):
         codes.update(id(c) for c in calls)
     assert len(calls) == 3 and len(codes) == 3
     assert all(group.checked for group in opt.evaluator.groups)
+
+
+def test_a_fixed_count_solve_is_one_compiled_call(monkeypatch):
+    """check_every >= max_iterations: the start and every iteration are one compiled function,
+    called once per solve, with the eager loop's results, history and best solution."""
+    calls = []
+    real_compile = compiled_module.torch.compile
+
+    def counting_compile(fn, **kw):
+        compiled = real_compile(fn, **kw)
+        return lambda *args: calls.append(fn.__name__) or compiled(*args)
+
+    monkeypatch.setattr(compiled_module.torch, "compile", counting_compile)
+    x, y, _ = exp_data(4, points=20, seed=5)
+    init = torch.tensor([[1.0, 1.0, 0.0]], dtype=F64).repeat(4, 1)
+    results = []
+    for compile in (False, True):
+        obj, p = autodiff_objective(exp_error, 3, x, y, init)
+        opt = nlls.LevenbergMarquardt(obj, max_iterations=30, check_every=30)
+        info = opt.optimize(compile=compile, track_best_solution=True, track_err_history=True)
+        results.append((p.tensor.clone(), info))
+    assert calls == ["whole"]
+    (a, info_a), (b, info_b) = results
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert info_b.converged.all() and torch.equal(info_a.status, info_b.status)
+    assert torch.equal(info_a.iterations, info_b.iterations)
+    # the eager loop stops reading once every element stopped; the compiled solve ran all 30
+    # iterations with the stopped elements frozen, so their error repeats
+    columns = info_a.err_history.shape[1]
+    assert info_b.err_history.shape == (4, 31)
+    torch.testing.assert_close(info_b.err_history[:, :columns], info_a.err_history, rtol=1e-10, atol=1e-14)
+    assert (info_b.err_history[:, columns - 1:] == info_b.err_history[:, -1:]).all()
+    torch.testing.assert_close(info_a.best_solution["p"], info_b.best_solution["p"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(info_a.initial_error, info_b.initial_error)
