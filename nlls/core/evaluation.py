@@ -100,7 +100,7 @@ class _Group:
         self.slot_of_position = [slot_of[id(v)] for v in first.optim_vars]
         self.twin = _twin(first, mapping)
         self.checked = False
-        self.offsets: Optional[torch.Tensor] = None  # (K, sum dofs) tangent columns per member
+        self.offsets: torch.Tensor  # (K, sum dofs) tangent columns per member, set by the evaluator
 
     @property
     def size(self) -> int:

@@ -47,11 +47,11 @@ class Linearization:
         g = ref.new_zeros(batch, self.evaluator.dof)
         A = None if index_A is None else ref.new_zeros(batch, size_A)
         for k, (jac, r) in enumerate(parts):
-            if A is None:
-                jtr = gradient_blocks(jac, r)
-            else:
+            if A is not None and index_A is not None:
                 jtj, jtr = normal_blocks(jac, r)
                 A = A.index_add(1, index_A[k], jtj.transpose(0, 1).reshape(batch, -1))
+            else:
+                jtr = gradient_blocks(jac, r)
             g = g.index_add(1, self._flat_g[k], jtr.transpose(0, 1).reshape(batch, -1))
         return A, g
 
@@ -88,6 +88,7 @@ class DenseLinearization(Linearization):
             return DenseSystem(*normal_blocks(jac[0], r[0]))
         dof = self.evaluator.dof
         A, g = self.assemble(parts, self._flat_A, dof * dof)
+        assert A is not None, "assemble returns A when given its scatter index"
         return DenseSystem(A.reshape(-1, dof, dof), g)
 
 
@@ -106,6 +107,7 @@ class SparseLinearization(Linearization):
         parts = self.evaluator.jacobians(state, aux)
         _, _, _, scatter = self.pattern.on(parts[0][1].device)
         values, g = self.assemble(parts, scatter, self.pattern.nnz)
+        assert values is not None, "assemble returns A when given its scatter index"
         return SparseSystem(SparseMatrix(self.pattern, values), g)
 
 

@@ -113,9 +113,11 @@ class Optimizer:
         if self._evaluator is None or self._evaluator.structure_version != version:
             if not self.objective.optim_vars:
                 raise ValueError(f"{type(self).__name__}: the objective has no optim variables")
-            self._evaluator = self.objective.evaluator()
+            evaluator = self.objective.evaluator()
+            assert evaluator is not None, "an objective with optim variables has cost functions"
+            self._evaluator = evaluator
             kind = LINEARIZATIONS[self.linear_solver.linearization]
-            self._linearization = kind(self._evaluator)
+            self._linearization = kind(evaluator)
             self._caches.pop("compiled", None)
             self.linear_solver.setup(self._linearization)
         return self._evaluator
@@ -129,7 +131,12 @@ class Optimizer:
     def linearization(self) -> Linearization:
         """What turns residuals and Jacobians into the linear solver's system."""
         self.prepare()
-        return self._linearization
+        return self._built()[1]
+
+    def _built(self) -> Tuple[Evaluator, Linearization]:
+        """The evaluator and linearization :meth:`prepare` built (the protocol starts with ``init``)."""
+        assert self._evaluator is not None and self._linearization is not None, "prepare() builds them"
+        return self._evaluator, self._linearization
 
     def cache(self, name: str) -> dict:
         """A driver's cache on this optimizer (compiled code, captured graphs), kept while the
@@ -162,7 +169,7 @@ class Optimizer:
         """The start of a solve from block values and aux data (as
         :meth:`~nlls.core.evaluation.Evaluator.gather` and ``aux`` give them): device work only,
         no host read-back, so compiled and captured solves run it too."""
-        error = self._evaluator.error_metric(values, aux)
+        error = self._built()[0].error_metric(values, aux)
         finite = torch.isfinite(error)
         active = finite & (error > self.abs_err_tolerance)
         status = torch.where(finite, torch.where(active, Status.RUNNING, Status.CONVERGED),
@@ -178,8 +185,8 @@ class Optimizer:
 
     def step(self, state: SolveState) -> SolveState:
         """One iteration of every active element; returns the new state."""
-        evaluator = self._evaluator
-        system = self._linearization.linearize(state.values, state.aux)
+        evaluator, linearization = self._built()
+        system = linearization.linearize(state.values, state.aux)
         delta, solved = self.compute_step(system, state.step_state)
         step = delta * self.step_size if self.step_size != 1.0 else delta
         candidate = evaluator.retract(state.values, step)
@@ -204,6 +211,7 @@ class Optimizer:
             active=active & ~failed & (~done if state.freeze_converged else True),
         )
         if state.best_values is not None:
+            assert state.best_error is not None, "tracked together with best_values"
             better = error < state.best_error
             new.best_values = select(better, values, state.best_values)
             new.best_error = torch.where(better, error, state.best_error)
@@ -236,7 +244,7 @@ class Optimizer:
     def postprocess(self, state: SolveState, write_back: bool = True) -> OptimizerInfo:
         """The :class:`OptimizerInfo` of a run; with ``write_back`` the solution goes into the
         objective's variables."""
-        evaluator = self._evaluator
+        evaluator = self._built()[0]
         running = state.status == Status.RUNNING
         status = torch.where(running, Status.MAX_ITERATIONS, state.status).to(torch.int8)
         if write_back:

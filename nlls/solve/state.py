@@ -151,7 +151,7 @@ def map_tensors(fn, value):
         return None
     if isinstance(value, torch.Tensor):
         return fn(value)
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # an instance, not the class
         return dataclasses.replace(value, **{f.name: map_tensors(fn, getattr(value, f.name))
                                              for f in dataclasses.fields(value)})
     if isinstance(value, dict):

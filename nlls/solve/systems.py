@@ -16,17 +16,33 @@ damped form (:meth:`NormalEquations.damped`), which has the same type.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict, List, Protocol, Tuple, Union
 
 import torch
 
 
+class LinearOperator(Protocol):
+    """What every ``A`` offers (a dense tensor through :class:`DenseOperator`)."""
+
+    def diagonal(self) -> torch.Tensor: ...
+
+    def add_diagonal(self, diagonal: torch.Tensor) -> object: ...
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass
 class NormalEquations:
-    """``A delta = -g`` for a batch; ``A`` is a matrix or an operator with ``diagonal()``,
-    ``add_diagonal(d)`` and ``matvec(x)``."""
+    """``A delta = -g`` for a batch; ``A`` is a ``(B, D, D)`` tensor or a :class:`LinearOperator`
+    (``diagonal()``, ``add_diagonal(d)``, ``matvec(x)``)."""
 
-    A: object
+    A: Union[torch.Tensor, LinearOperator]
     g: torch.Tensor
+
+    def operator(self) -> LinearOperator:
+        """``A`` with the operator interface: a dense ``(B, D, D)`` tensor is wrapped in a
+        :class:`DenseOperator`."""
+        return DenseOperator(self.A) if isinstance(self.A, torch.Tensor) else self.A
 
     def damped(self, damping: torch.Tensor, diagonal_scaling: bool = False,
                min_diagonal: float = 1e-6):
@@ -36,15 +52,16 @@ class NormalEquations:
         Args:
             damping: ``(B,)`` per batch element.
         """
+        operator = self.operator()
         if diagonal_scaling:
-            diagonal = self.A.diagonal().clamp_min(min_diagonal)
+            diagonal = operator.diagonal().clamp_min(min_diagonal)
         else:
             diagonal = torch.ones_like(self.g)
-        return self.A.add_diagonal(damping[:, None] * diagonal)
+        return operator.add_diagonal(damping[:, None] * diagonal)
 
     def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
         """Decrease of the linear model ``-(g.delta + 0.5 delta^T A delta)``, ``(B,)``."""
-        a_delta = self.A.matvec(delta)
+        a_delta = self.operator().matvec(delta)
         return -((self.g * delta).sum(-1) + 0.5 * (delta * a_delta).sum(-1))
 
 
@@ -67,12 +84,6 @@ class DenseOperator:
 class DenseSystem(NormalEquations):
     """The normal equations of a batch: ``A (B, D, D)`` a tensor, ``g (B, D)``."""
 
-    def damped(self, damping, diagonal_scaling=False, min_diagonal=1e-6) -> torch.Tensor:
-        return NormalEquations(DenseOperator(self.A), self.g).damped(damping, diagonal_scaling, min_diagonal)
-
-    def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
-        return NormalEquations(DenseOperator(self.A), self.g).quadratic_decrease(delta)
-
 
 class SparsePattern:
     """The scalar sparsity pattern of ``A = J^T J`` (symmetric, both triangles, rows sorted).
@@ -93,7 +104,7 @@ class SparsePattern:
         self.crow = torch.searchsorted(self.rows, torch.arange(dof + 1))
         self.diagonal = torch.searchsorted(unique, diagonal)
         self.scatter = [torch.searchsorted(unique, f) for f in flats]
-        self._device_cache = {}
+        self._device_cache: Dict[str, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor]]] = {}
 
     def on(self, device: torch.device):
         """``(rows, cols, diagonal, scatter)`` on ``device`` (moved once, then cached)."""

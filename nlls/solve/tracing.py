@@ -9,6 +9,8 @@ import torch
 def is_compiling() -> bool:
     """``torch.compiler.is_compiling()`` (missing from older torch releases nlls supports)."""
     check = getattr(torch.compiler, "is_compiling", None)
-    if check is None:  # pragma: no cover - older torch
-        from torch._dynamo import is_compiling as check
-    return check()
+    if check is not None:
+        return check()
+    from torch._dynamo import is_compiling as dynamo_check  # pragma: no cover - older torch
+
+    return dynamo_check()  # pragma: no cover

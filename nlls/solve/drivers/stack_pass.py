@@ -28,7 +28,7 @@ MAX_PIECES = 16  # a 4x4 matrix entry by entry; a chain of selections per elemen
 try:  # the custom-pass interface of Inductor's FX graph cache (torch >= 2.6)
     from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 except ImportError:  # pragma: no cover - older torch: compiled solves run without the pass
-    CustomGraphPass = None
+    CustomGraphPass = None  # type: ignore[misc, assignment]  # the optional import's fallback
 
 
 def _stack_pieces(node: torch.fx.Node) -> Optional[tuple]:
@@ -40,14 +40,17 @@ def _stack_pieces(node: torch.fx.Node) -> Optional[tuple]:
     out = node.meta.get("val")
     if not isinstance(out, torch.Tensor) or out.device.type != "cpu" or out.dim() == 0:
         return None
-    if not 2 <= len(pieces) <= MAX_PIECES or not all(isinstance(p, torch.fx.Node) for p in pieces):
+    if not isinstance(pieces, (list, tuple)) or not isinstance(dim, int):  # aten.cat(Tensor[], int)
         return None
-    values = [p.meta.get("val") for p in pieces]
+    nodes = [p for p in pieces if isinstance(p, torch.fx.Node)]
+    if not 2 <= len(pieces) <= MAX_PIECES or len(nodes) != len(pieces):
+        return None
+    values = [p.meta.get("val") for p in nodes]
     dim = dim % out.dim()
     if any(not isinstance(v, torch.Tensor) or v.dtype != out.dtype or v.dim() != out.dim()
            or v.shape[dim] != 1 for v in values):
         return None
-    return pieces, values, dim, out
+    return nodes, values, dim, out
 
 
 def _add(graph: torch.fx.Graph, target, args: tuple, kwargs: dict, value: torch.Tensor) -> torch.fx.Node:
@@ -108,7 +111,7 @@ if CustomGraphPass is not None:
                 return None  # the user's pass cannot be cached: neither can the pair
             return (get_hash_for_files((__file__,)), then)
 else:  # pragma: no cover
-    StacksAsSelections = None
+    StacksAsSelections = None  # type: ignore[misc, assignment]  # without the interface, no pass
 
 
 def compile_options() -> dict:

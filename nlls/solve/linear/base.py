@@ -68,8 +68,12 @@ class LinearSolver:
 
     name = ""
     linearization = "dense"
-    capturable = False
     failure_advice = ""
+
+    @property
+    def capturable(self) -> bool:
+        """Read-only: a subclass sets a class attribute, or a property where it depends on options."""
+        return False
 
     def setup(self, linearization) -> None:
         """Called once per objective structure, before the first ``factor``, with the

@@ -1,7 +1,7 @@
 """Dense batched linear solvers for the normal equations: Cholesky and LU."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -47,27 +47,28 @@ class _SmallCholeskyFactorization(Factorization):
     def __init__(self, matrix: torch.Tensor):
         size = matrix.shape[-1]
         ok = torch.ones(matrix.shape[0], dtype=torch.bool, device=matrix.device)
-        lower = [[None] * size for _ in range(size)]
+        # row i holds the entries (i, 0..i); column j is filled at step j, so rows grow in order
+        lower: List[List[torch.Tensor]] = [[] for _ in range(size)]
         for j in range(size):
             pivot = matrix[:, j, j] - sum((lower[j][k] ** 2 for k in range(j)), torch.zeros_like(ok, dtype=matrix.dtype))
             good = pivot > 0
             ok = ok & good
-            lower[j][j] = torch.where(good, pivot, torch.ones_like(pivot)).sqrt()
+            lower[j].append(torch.where(good, pivot, torch.ones_like(pivot)).sqrt())
             for i in range(j + 1, size):
                 dot = sum((lower[i][k] * lower[j][k] for k in range(j)), torch.zeros_like(pivot))
-                lower[i][j] = (matrix[:, i, j] - dot) / lower[j][j]
+                lower[i].append((matrix[:, i, j] - dot) / lower[j][j])
         self.lower = lower
         self.ok = ok
 
     def solve(self, rhs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         L, size = self.lower, len(self.lower)
-        y = []
+        y: List[torch.Tensor] = []
         for i in range(size):  # L y = rhs
             y.append((rhs[:, i] - sum((L[i][k] * y[k] for k in range(i)), torch.zeros_like(rhs[:, i]))) / L[i][i])
-        x = [None] * size
+        entries: Dict[int, torch.Tensor] = {}
         for i in reversed(range(size)):  # L^T x = y
-            x[i] = (y[i] - sum((L[k][i] * x[k] for k in range(i + 1, size)), torch.zeros_like(y[i]))) / L[i][i]
-        x = torch.stack(x, dim=-1)
+            entries[i] = (y[i] - sum((L[k][i] * entries[k] for k in range(i + 1, size)), torch.zeros_like(y[i]))) / L[i][i]
+        x = torch.stack([entries[i] for i in range(size)], dim=-1)
         ok = self.ok & torch.isfinite(x).all(dim=-1)
         return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
 
@@ -80,9 +81,10 @@ class DenseCholesky(LinearSolver):
     Two triangular solves are used instead of ``cholesky_solve`` (capturable in CUDA graphs).
     Batches of at least ``small_batch`` matrices of size ``D <= 3`` use explicit formulas
     instead (:class:`_SmallCholeskyFactorization`: faster than the library for large batches on
-    the CPU, slower for small ones; ``bench/bench_curve_fit.py`` measures both), so results agree across batch sizes to rounding, not bit for bit. Under
-    ``torch.compile`` (``optimize(compile=True)``) ``D <= 3`` systems use them at every batch
-    size: compiled, they fuse into the surrounding kernels.
+    the CPU, slower for small ones; ``bench/bench_curve_fit.py`` measures both), so results
+    agree across batch sizes to rounding, not bit for bit. Under ``torch.compile``
+    (``optimize(compile=True)``) ``D <= 3`` systems use them at every batch size: compiled,
+    they fuse into the surrounding kernels.
 
     Args:
         small_batch: batch size from which ``D <= 3`` systems use the explicit formulas.

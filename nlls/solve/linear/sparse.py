@@ -25,7 +25,7 @@ zero solution and ``ok = False``.
 from __future__ import annotations
 
 import importlib.util
-from typing import Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -143,9 +143,10 @@ class SparseCholesky(LinearSolver):
         if backend not in BACKENDS:
             raise ValueError(f"SparseCholesky: backend must be one of {list(BACKENDS)}, got {backend!r}")
         self.backend = backend
-        self.backend_used = None
-        self._symbolic = {}
-        self._blocks = {}
+        self.backend_used: Optional[str] = None
+        # keyed by (id(pattern), batch): CHOLMOD's symbolic factorizations, block-diagonal layouts
+        self._symbolic: Dict[Tuple[int, int], Any] = {}
+        self._blocks: Dict[Tuple[int, int], _BlockDiagonal] = {}
 
     def __repr__(self) -> str:
         used = f", used={self.backend_used!r}" if self.backend_used else ""
