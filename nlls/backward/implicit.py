@@ -89,7 +89,8 @@ class ImplicitPieces:
         """Map cotangents on the solution tensors to the tangent: ``(d retract / d delta)^T v``."""
         ref = state[0]
         zeros = torch.zeros(self.batch, self.evaluator.dof, dtype=ref.dtype, device=ref.device)
-        _, pullback = torch.func.vjp(lambda d: self.evaluator.retract(state, d), zeros)
+        # vjp's stub also allows has_aux's 3-tuple
+        _, pullback = torch.func.vjp(lambda d: self.evaluator.retract(state, d), zeros)  # type: ignore[misc]
         return pullback(tuple(grads))[0]
 
 
@@ -123,7 +124,8 @@ class ImplicitFunction(torch.autograd.Function):
                 f"hessian='exact' try linear_solver='dense_lu')",
                 RuntimeWarning, stacklevel=2,
             )
-        _, pullback = torch.func.vjp(lambda *th: implicit.gradient(state, th), *thetas)
+        # vjp's stub also allows has_aux's 3-tuple
+        _, pullback = torch.func.vjp(lambda *th: implicit.gradient(state, th), *thetas)  # type: ignore[misc]
         theta_grads = pullback(-w)
         return (None, None) + (None,) * ctx.num_blocks + tuple(theta_grads)
 

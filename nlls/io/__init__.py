@@ -65,4 +65,4 @@ def read(path: PathLike) -> Union[PoseGraph, BALProblem]:
 def bundled_dataset() -> Path:
     """The path of ``w100.graph``, a 2-D TORO pose graph (100 poses, 300 edges) from GTSAM's
     examples (BSD licence, ``LICENSE-gtsam.txt`` beside it), installed with the package."""
-    return Path(str(resources.files(__package__).joinpath("data", "w100.graph")))
+    return Path(str(resources.files(__package__).joinpath("data").joinpath("w100.graph")))

@@ -67,8 +67,8 @@ class Source:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise FormatError(self.path, line,
+            bad_line = data[: exc.start].count(b"\n") + 1
+            raise FormatError(self.path, bad_line,
                               "not a text file (bytes that are not UTF-8)") from None
         self.lines: List[Tuple[int, List[str]]] = []  # (line number, words) of each record
         self.num_lines = 0

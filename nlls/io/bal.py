@@ -81,7 +81,7 @@ class BALReprojection(CostFunction):
         camera, point = broadcast_batch(self.camera.tensor, self.point.tensor, self.name)
         uv, camera = broadcast_batch(self.measurement.tensor, camera, self.name)
         uv, point = broadcast_batch(uv, point, self.name)
-        jacobians = [] if with_jacobians else None  # Jr(w), d(R X)/dR, d(R X)/dX = R
+        jacobians: Optional[List[torch.Tensor]] = [] if with_jacobians else None  # Jr(w), d(R X)/dR, d(R X)/dX = R
         rotated = SO3.exp_map(camera[:, :3], jacobians).rotate(point, jacobians)
         in_camera = rotated + camera[:, 3:6]
         p = -in_camera[:, :2] / in_camera[:, 2:]
@@ -235,4 +235,5 @@ def _parameters(source: Source, lines, expected: int) -> np.ndarray:
                 if not ok:
                     raise source.error(number, f"camera/point parameter {word!r} is not a finite "
                                        "number")
+    assert values is not None, "numpy parses words as float() does: a word it refused was refused above"
     return values
