@@ -59,13 +59,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
                                help={"threads": "torch intra-op threads (default 1)"})
     parser.add_argument("--batch-sizes", default="1,256,4096")
     args = parser.parse_args(argv)
-    try:
-        device, sync = harness.setup_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    harness.set_threads(args.threads)
-    emit = harness.Emitter("check_every")
-    emit.environment(device)
+    emit = harness.start(parser, args, "check_every")
+    device, sync = args.device, args.sync
     for name, problem in CURVE_PROBLEMS.items():
         for batch in harness.split(args.batch_sizes, int):
             base = {"problem": name, "batch_size": batch, "device": str(device),

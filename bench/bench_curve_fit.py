@@ -140,13 +140,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     harness.check_choices(parser, args.methods, METHODS, "methods")
     problems = harness.split(args.problems)
     harness.check_choices(parser, problems, CURVE_PROBLEMS, "problems")
-    try:
-        args.device, args.sync = harness.setup_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    harness.set_threads(args.threads)
-    emit = harness.Emitter("curve_fit")
-    emit.environment(args.device)
+    emit = harness.start(parser, args, "curve_fit")
     for name in problems:
         for batch in harness.split(args.batch_sizes, int):
             bench_problem(CURVE_PROBLEMS[name], batch, args, emit)

@@ -141,13 +141,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     harness.check_choices(parser, groups, GROUPS, "groups")
     if args.factors < args.poses - 1:
         parser.error("--factors must be at least --poses - 1 (the chain)")
-    try:
-        device, sync = harness.setup_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    harness.set_threads(args.threads)
-    emit = harness.Emitter("geometry")
-    emit.environment(device)
+    emit = harness.start(parser, args, "geometry")
+    device, sync = args.device, args.sync
     for name in groups:
         measure(name, args, device, sync, getattr(torch, args.dtype), emit)
     harness.report(table(emit.rows))

@@ -259,13 +259,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser.add_argument("--no-peak", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-theseus", action="store_true", help="leave Theseus out")
     args = parser.parse_args(argv)
-    try:
-        args.device, args.sync = harness.setup_device(args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
-    harness.set_threads(args.threads)
-    emit = harness.Emitter("layer")
-    emit.environment(args.device)
+    emit = harness.start(parser, args, "layer")
     bench(args, emit)
     harness.report(table(emit.rows))
     return emit.rows

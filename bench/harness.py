@@ -260,3 +260,17 @@ def check_choices(parser: argparse.ArgumentParser, given: Iterable[str], allowed
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         parser.error(f"unknown {what} {unknown}; choose from {sorted(allowed)}")
+
+
+def start(parser, args, bench: str):
+    """The common start of a bench script: the device from ``--device`` (``parser.error`` when
+    it cannot be had), the thread count, and an :class:`Emitter` that has printed the
+    environment line. Sets ``args.device`` and ``args.sync``; returns the emitter."""
+    try:
+        args.device, args.sync = setup_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    set_threads(args.threads)
+    emit = Emitter(bench)
+    emit.environment(args.device)
+    return emit

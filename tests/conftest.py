@@ -17,3 +17,16 @@ def devices():
     if torch.cuda.is_available():
         out.append("cuda")
     return out
+
+
+@pytest.fixture
+def registries():
+    """Whatever a test registers by name (linear solvers, backward modes) is gone afterwards."""
+    from nlls.backward import BACKWARD_MODES
+    from nlls.solve.linear import LINEAR_SOLVERS
+
+    saved = [(registry, dict(registry)) for registry in (LINEAR_SOLVERS, BACKWARD_MODES)]
+    yield
+    for registry, before in saved:
+        registry.clear()
+        registry.update(before)

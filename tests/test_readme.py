@@ -4,9 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from nlls.backward import BACKWARD_MODES
-from nlls.solve.linear import LINEAR_SOLVERS
-
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -16,14 +13,7 @@ def _blocks(path: Path):
 
 
 @pytest.mark.parametrize("path", [p for p in DOCUMENTS if _blocks(p)], ids=lambda p: p.name)
-def test_python_examples_run(path, capsys):
-    # examples may register parts by name: undone afterwards
-    before = {id(r): set(r) for r in (LINEAR_SOLVERS, BACKWARD_MODES)}
+def test_python_examples_run(path, registries):
     namespace = {"__name__": "__readme__"}
-    try:
-        for block in _blocks(path):  # in order, sharing names, as a reader would paste them
-            exec(compile(block, str(path), "exec"), namespace)
-    finally:
-        for registry in (LINEAR_SOLVERS, BACKWARD_MODES):
-            for key in set(registry) - before[id(registry)]:
-                del registry[key]
+    for block in _blocks(path):  # in order, sharing names, as a reader would paste them
+        exec(compile(block, str(path), "exec"), namespace)
