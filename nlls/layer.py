@@ -116,6 +116,7 @@ class OptimizationLayer(torch.nn.Module):
             backward_num_iterations = self.backward_num_iterations
         return cls(backward_num_iterations, check_hessian(self.hessian if hessian is None else hessian))
 
+    # the options after hessian are optimize()'s, restated so that a call reads the same on both
     def forward(
         self,
         inputs: Optional[Mapping[str, torch.Tensor]] = None,

@@ -16,7 +16,7 @@ along the batch dimension and calls them once (``nlls.core.evaluation``), so ``e
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import torch
 
@@ -85,26 +85,14 @@ class CostFunction(Stackable):
         aux: Tuple[object, ...] = (aux_vars,) if isinstance(aux_vars, Variable) else tuple(aux_vars)
         if not optim:
             raise ValueError(f"cost function {name!r}: needs at least one optim variable")
-        checked_optim: List[Manifold] = []
-        for v in optim:
-            if not isinstance(v, Manifold):
-                raise TypeError(
-                    f"cost function {name!r}: optim variable {v!r} must be a Manifold "
-                    f"(Vector, Point2, SE3, ...), got {type(v).__name__}"
-                )
-            checked_optim.append(v)
-        checked_aux: List[Variable] = []
-        for a in aux:
-            if not isinstance(a, Variable):
-                raise TypeError(
-                    f"cost function {name!r}: aux variable must be a Variable, "
-                    f"got {type(a).__name__}"
-                )
-            checked_aux.append(a)
+        # mypy refuses an abstract class for Type[T] (its issue 4717); Manifold is what is checked
+        self._optim_vars = _all_of(Manifold, optim, lambda v: (  # type: ignore[type-abstract]
+            f"cost function {name!r}: optim variable {v!r} must be a Manifold "
+            f"(Vector, Point2, SE3, ...), got {type(v).__name__}"))
+        self._aux_vars = _all_of(Variable, aux, lambda a: (
+            f"cost function {name!r}: aux variable must be a Variable, got {type(a).__name__}"))
         if cost_weight is not None and not isinstance(cost_weight, CostWeight):
             cost_weight = ScaleCostWeight(cost_weight)
-        self._optim_vars = tuple(checked_optim)
-        self._aux_vars = tuple(checked_aux)
         self.cost_weight = cost_weight
 
     # ---- what subclasses define --------------------------------------------------------
@@ -321,3 +309,16 @@ def _reverse_jacobians(fn, zeros, dim):
     cotangents = basis[:, None, :].expand(dim, error.shape[0], dim)
     rows = torch.func.vmap(vjp_fn)(cotangents)  # tuple of (dim, B, dof_k)
     return [r.transpose(0, 1) for r in rows], error
+
+
+_Checked = TypeVar("_Checked")
+
+
+def _all_of(cls: Type[_Checked], items: Tuple[object, ...], message: Callable[[object], str]) -> Tuple[_Checked, ...]:
+    """``items`` when every one is a ``cls``; else ``TypeError(message(the first that is not))``."""
+    checked: List[_Checked] = []
+    for item in items:
+        if not isinstance(item, cls):
+            raise TypeError(message(item))
+        checked.append(item)
+    return tuple(checked)

@@ -49,6 +49,8 @@ class LevenbergMarquardt(Optimizer):
         max_damping: past it an element stops (it cannot decrease further).
     """
 
+    # the base's keyword arguments are restated (not **kwargs): one signature for users, editors and
+    # the YAML configuration, which reads its defaults from it
     def __init__(
         self,
         objective: Objective,
