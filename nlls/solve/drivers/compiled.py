@@ -19,6 +19,7 @@ CPU, small ``torch.stack`` s are fused into their consumers (:mod:`.stack_pass`)
 """
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Callable, Tuple
 
@@ -42,9 +43,17 @@ def _fresh(function: Callable) -> Callable:
     return function
 
 
+def _structure(state: SolveState) -> SolveState:
+    """``state`` with empty tensors in its device part and no aux data: the shape of the
+    states a compiled function takes or returns, to rebuild them from flat tensors (holding no
+    memory of the call it came from)."""
+    return state.replace(aux=None, history=None if state.history is None else [],
+                         **map_tensors(lambda t: t.new_empty(0), _device_part(state)))
+
+
 def _chunk_function(optimizer, template: SolveState, size: int) -> Callable:
     """``size`` steps on the flattened device part of a state shaped like ``template``."""
-    template = template.replace(aux=None, **map_tensors(lambda t: t.new_empty(0), _device_part(template)))
+    template = _structure(template)
 
     def chunk(aux, *tensors):
         state = template.replace(aux=aux, verbose=False, history=None if template.history is None else [],
@@ -80,20 +89,31 @@ class CompiledDriver(Driver):
 
     def solve(self, optimizer, num_iterations: int, track_best_solution: bool = False,
               track_err_history: bool = False, verbose: bool = False) -> SolveState:
-        if optimizer.check_every < num_iterations or num_iterations == 0:
+        if optimizer.check_every < num_iterations or num_iterations == 0 or verbose:
+            # (verbose: the start is printed eagerly, then one chunk of num_iterations)
             return super().solve(optimizer, num_iterations, track_best_solution, track_err_history,
                                  verbose)
         # a fixed-count solve: its start and every iteration in one compiled call
-        state = optimizer.init(track_best_solution, track_err_history, verbose)
-        optimizer.evaluator.check_shapes(state.values, state.aux)
+        started = time.perf_counter()
+        evaluator = optimizer.prepare()
+        batch = evaluator.batch_size()
+        values, aux = evaluator.gather(batch), evaluator.aux(batch)
         flags = (track_best_solution, track_err_history)
-        key = ("whole", num_iterations, flags, _signature(state.values),
-               _signature(t for group in state.aux for t in group))
+        key = ("whole", num_iterations, flags, _signature(values),
+               _signature(t for group in aux for t in group))
+        cache = optimizer.cache(self.name)
+        template = cache.get(("structure",) + key)
+        if template is None:  # once per key: the shape checks, and the structure of the state
+            evaluator.check_shapes(values, aux)
+            with torch.no_grad():
+                template = _structure(optimizer.initial_state(values, aux, *flags))
+            cache[("structure",) + key] = template
         out = self._call(optimizer, key, lambda: _whole_function(optimizer, num_iterations, *flags),
-                         (state.values, state.aux))
+                         (values, aux))
         if out is None:
-            return EagerDriver().run(optimizer, state, num_iterations)
-        return self._unpack(state, out, num_iterations, restart=True)
+            return EagerDriver().run(optimizer, optimizer.init(*flags), num_iterations)
+        start = template.replace(aux=aux, started=started)
+        return self._unpack(start, out, num_iterations, restart=True)
 
     def run(self, optimizer, state: SolveState, num_iterations: int) -> SolveState:
         size = optimizer.check_every
