@@ -205,10 +205,13 @@ class Optimizer:
         status = torch.where(done, Status.CONVERGED, state.status)
         status = torch.where(failed, Status.FAILED, status).to(torch.int8)
         # without freeze_converged converged elements keep stepping (the truncated backward)
-        new = state.replace(
-            values=values, error=error, status=status, step_state=step_state,
-            iterations=state.iterations + active.long(), iteration=state.iteration + 1,
+        new = SolveState(  # all fields spelled out: dataclasses.replace costs more per step
+            values=values, aux=state.aux, error=error, status=status, step_state=step_state,
             active=active & ~failed & (~done if state.freeze_converged else True),
+            iterations=state.iterations + active.long(), initial_error=state.initial_error,
+            best_values=state.best_values, best_error=state.best_error, history=state.history,
+            freeze_converged=state.freeze_converged, iteration=state.iteration + 1,
+            started=state.started, verbose=state.verbose,
         )
         if state.best_values is not None:
             assert state.best_error is not None, "tracked together with best_values"

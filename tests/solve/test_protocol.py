@@ -80,3 +80,20 @@ def test_flatten_and_unflatten_are_inverse_on_a_state():
         assert torch.equal(a, b)
     doubled = map_tensors(lambda t: t.double() * 2 if t.is_floating_point() else t, part)
     torch.testing.assert_close(doubled["step_state"].damping, 2 * part["step_state"].damping)
+
+
+def test_step_carries_every_field_of_the_state():
+    """A field added to SolveState must be carried by step(): set them all, step once."""
+    import dataclasses
+
+    obj, _ = _exp(batch=2)
+    opt = nlls.LevenbergMarquardt(obj)
+    state = opt.init(track_best_solution=True, track_err_history=True)
+    state = state.replace(freeze_converged=False, started=123.0, iteration=4)
+    new = opt.step(state)
+    for field in dataclasses.fields(SolveState):
+        old_value, new_value = getattr(state, field.name), getattr(new, field.name)
+        assert (old_value is None) == (new_value is None), field.name
+        if not isinstance(old_value, (torch.Tensor, tuple, list)) and field.name != "step_state":
+            assert new_value == (5 if field.name == "iteration" else old_value), field.name
+    assert new.aux is state.aux and len(new.history) == len(state.history) + 1
