@@ -252,7 +252,7 @@ class AutoDiffCostFunction(ErrorFunctionCostFunction):
 
     def _error_at(self, *deltas: torch.Tensor) -> torch.Tensor:
         moved = tuple(
-            v._with_tensor(type(v).retract_tensor(v.tensor.expand(d.shape[0], *v.event_shape), d))
+            v.with_tensor(type(v).retract_tensor(v.tensor.expand(d.shape[0], *v.event_shape), d))
             for v, d in zip(self.optim_vars, deltas)
         )
         return self.err_fn(moved, self.aux_vars)

@@ -59,8 +59,9 @@ class CostWeight(Stackable):
     ) -> Tuple[List[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
-    def _check(self, dim: int, owner: str) -> None:
-        """Check the weight fits a residual of size ``dim``; ``owner`` names the cost function."""
+    def check_dim(self, dim: int, owner: str) -> None:
+        """Check the weight fits a residual of size ``dim`` (``Objective.add`` calls it); raise
+        ``ValueError`` naming ``owner``, the cost function, otherwise."""
 
     def _weight(self, like: torch.Tensor) -> torch.Tensor:
         return self._aux_vars[0].tensor.to(dtype=like.dtype, device=like.device)
@@ -117,7 +118,7 @@ class DiagonalCostWeight(_ElementwiseCostWeight):
             )
         super().__init__((self.diagonal,))
 
-    def _check(self, dim: int, owner: str) -> None:
+    def check_dim(self, dim: int, owner: str) -> None:
         width = self.diagonal.shape[1]
         if width not in (1, dim):
             raise ValueError(
@@ -175,7 +176,7 @@ class MatrixCostWeight(CostWeight):
         w = self._weight(error)
         return [w @ j for j in jacobians], (w @ error[..., None])[..., 0]
 
-    def _check(self, dim: int, owner: str) -> None:
+    def check_dim(self, dim: int, owner: str) -> None:
         if self.matrix.shape[1] != dim:
             raise ValueError(
                 f"cost function {owner!r}: MatrixCostWeight {self.matrix.name!r} is "

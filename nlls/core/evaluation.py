@@ -88,7 +88,7 @@ class _Group:
         for position, var in enumerate(first.stack_variables()):
             if id(var) in mapping:  # the same variable twice in one cost function
                 continue
-            placeholder = var._with_tensor(var.tensor)
+            placeholder = var.with_tensor(var.tensor)
             mapping[id(var)] = placeholder
             slot = _Slot(placeholder, [m.stack_variables()[position] for m in members])
             if position < len(first.optim_vars):

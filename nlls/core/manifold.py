@@ -93,7 +93,7 @@ class Manifold(Variable, metaclass=abc.ABCMeta):
                 f"(B, {self.dof()}), got {tuple(delta.shape)}"
             )
         tensor, delta = broadcast_batch(self.tensor, delta, self.name)
-        out = self._with_tensor(self.retract_tensor(tensor, delta))
+        out = self.with_tensor(self.retract_tensor(tensor, delta))
         out._name = f"{self.name}_retracted"
         return out
 
@@ -196,11 +196,11 @@ class Vector(Manifold):
 
     def __add__(self, other):
         other_t = other.tensor if isinstance(other, Variable) else other
-        return self._with_tensor(self.tensor + other_t)
+        return self.with_tensor(self.tensor + other_t)
 
     def __sub__(self, other):
         other_t = other.tensor if isinstance(other, Variable) else other
-        return self._with_tensor(self.tensor - other_t)
+        return self.with_tensor(self.tensor - other_t)
 
 
 class Point2(Vector):

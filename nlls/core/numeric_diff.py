@@ -84,8 +84,8 @@ class NumericDiffCostFunction(ErrorFunctionCostFunction):
     def _call(self, optim: Sequence[torch.Tensor], aux: Sequence[torch.Tensor]) -> torch.Tensor:
         """``err_fn`` on plain tensors of ``N`` rows, checked: ``(N, dim)``."""
         rows = optim[0].shape[0]
-        optim_vars = tuple(v._with_tensor(t) for v, t in zip(self.optim_vars, optim))
-        aux_vars = tuple(v._with_tensor(t) for v, t in zip(self.aux_vars, aux))
+        optim_vars = tuple(v.with_tensor(t) for v, t in zip(self.optim_vars, optim))
+        aux_vars = tuple(v.with_tensor(t) for v, t in zip(self.aux_vars, aux))
         with torch.no_grad():
             out = self.err_fn(optim_vars, aux_vars)
         ref = optim[0]

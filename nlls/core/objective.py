@@ -72,7 +72,7 @@ class Objective:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"cost function {name!r}: dim() must be a positive int, got {dim!r}")
         if cf.cost_weight is not None:
-            cf.cost_weight._check(cf.dim(), name)
+            cf.cost_weight.check_dim(cf.dim(), name)
         self._check_batch(list(new_optim.values()) + list(new_aux.values()), owner=cf, full=False)
         self.cost_functions[name] = cf
         self.optim_vars.update(new_optim)

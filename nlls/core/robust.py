@@ -181,7 +181,7 @@ class RobustCostFunction(CostFunction):
             name=name if name is not None else f"{cost_function.name}_robust",
         )
         if cost_function.cost_weight is not None:
-            cost_function.cost_weight._check(cost_function.dim(), cost_function.name)
+            cost_function.cost_weight.check_dim(cost_function.dim(), cost_function.name)
         self.cost_function = cost_function
         self.loss = _shared(loss)
 

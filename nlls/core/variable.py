@@ -113,7 +113,7 @@ class Variable:
 
     def copy(self: V, new_name: Optional[str] = None) -> V:
         """A new variable holding a clone of the data."""
-        out = self._with_tensor(self.tensor.clone())
+        out = self.with_tensor(self.tensor.clone())
         out._name = new_name if new_name is not None else f"{self.name}_copy"
         return out
 
@@ -122,10 +122,11 @@ class Variable:
         self.tensor = self.tensor.to(*args, **kwargs)
         return self
 
-    def _with_tensor(self: V, tensor: torch.Tensor) -> V:
+    def with_tensor(self: V, tensor: torch.Tensor) -> V:
         """A shallow twin of this variable (same class, name, attributes) holding ``tensor``.
 
-        No validation: used in hot paths and under ``torch.func`` transforms.
+        No validation (unlike :meth:`update`): for hot paths and ``torch.func`` transforms, e.g. a
+        cost function evaluating itself at other values.
         """
         out = self.__class__.__new__(self.__class__)
         out.__dict__.update(self.__dict__)

@@ -368,7 +368,7 @@ class LieGroup(Manifold):
             jacobians.extend((jac_g, jac_p))
         if variable is None:
             return out
-        result = variable._with_tensor(out)
+        result = variable.with_tensor(out)
         Variable.__init__(result, out)  # a fresh name
         return result
 
