@@ -10,15 +10,20 @@ A configuration has three sections, each optional::
     backward:             # how OptimizationLayer differentiates the solution
       mode: implicit
 
-Files are read with ``yaml.safe_load`` only: a tag that would build a Python object is refused.
-Every key is checked: an unknown key, a wrong type or a value out of range raises
-:class:`ConfigError` naming the key by its path (``optimizer.max_iterations``) and listing what is
-allowed. A :class:`Config` is written back with :meth:`Config.to_yaml` and reads back equal.
+Files are read with ``yaml.safe_load``'s rules (a tag that would build a Python object is
+refused), with two changes from YAML 1.1: a number with an exponent and no dot (``1e-3``) is a
+number, as in YAML 1.2, and a key repeated in one mapping is an error naming both lines.
+Every key is checked: an unknown key, a wrong type, a value out of range or not finite (``.nan``,
+``.inf``) raises :class:`ConfigError` naming the key by its path (``optimizer.max_iterations``)
+and listing what is allowed; a value quoted in a message is cut short. A :class:`Config` is
+written back with :meth:`Config.to_yaml` (whole or not at all) and reads back equal.
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -27,6 +32,8 @@ import yaml
 
 from .backward import BACKWARD_MODES, HESSIANS
 from .core.objective import Objective
+from .io.files import write_text_atomic
+from .solve.checks import short_repr
 from .solve.gauss_newton import GaussNewton
 from .solve.levenberg_marquardt import LevenbergMarquardt
 from .solve.linear import LINEAR_SOLVERS
@@ -108,11 +115,42 @@ class Config:
         """The configuration as YAML text; also written to ``path`` when given."""
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            write_text_atomic(path, text)
         return text
 
 
 # ---- reading -------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """``safe_load``'s loader (no Python objects), with YAML 1.2 exponent floats and repeated keys
+    refused."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"repeated key {short_repr(key)} (first on line {first})",
+                        key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 needs a dot in a float (and a sign in its exponent): `1e-3` would be the string '1e-3'
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Config:
     """Read and check a configuration.
 
@@ -136,11 +174,11 @@ def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Co
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read configuration ({exc.strerror or exc})") from None
         try:
-            source = yaml.safe_load(text)
+            source = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            problem = _bounded(getattr(exc, "problem", None) or str(exc).splitlines()[0])
             raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
         if source is None:
             return Config()
@@ -156,6 +194,9 @@ def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Co
                                   f"not {optimizer.name}")
     linear = _read_linear_solver(source.get("linear_solver"), where)
     backward = _read_section(BackwardConfig, source.get("backward"), "backward", where)
+    if optimizer.name == "levenberg_marquardt" and optimizer.max_damping <= optimizer.damping:
+        raise ConfigError(f"{where}: optimizer.max_damping ({optimizer.max_damping}) must be > "
+                          f"optimizer.damping ({optimizer.damping})")
     if backward.num_iterations is not None and backward.mode != "truncated":
         raise ConfigError(f"{where}: backward.num_iterations applies to mode truncated only")
     if backward.mode == "truncated" and backward.num_iterations is None:
@@ -166,11 +207,16 @@ def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Co
     return Config(optimizer=optimizer, linear_solver=linear, backward=backward)
 
 
+def _bounded(text: str, limit: int = 300) -> str:
+    """``text`` (a message that may quote a value) cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_keys(mapping: Mapping, allowed, path: str, where: str) -> None:
     for key in mapping:
-        if key not in allowed:
-            name = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"{where}: unknown key {name!r}; valid keys"
+        if not isinstance(key, str) or key not in allowed:
+            name = short_repr(f"{path}.{key}" if path and isinstance(key, str) else key)
+            raise ConfigError(f"{where}: unknown key {name}; valid keys"
                               f"{' of ' + path if path else ''}: {', '.join(allowed)}")
 
 
@@ -190,8 +236,9 @@ def _read_section(cls, raw, path: str, where: str):
 def _check_value(spec: dataclasses.Field, value, key: str, where: str):
     meta = spec.metadata
     if "choices" in meta:
-        if value not in meta["choices"]:
-            raise ConfigError(f"{where}: {key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+        if not isinstance(value, str) or value not in meta["choices"]:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(meta['choices'])}; "
+                              f"got {short_repr(value)}")
         return value
     kind = meta.get("kind")
     if kind is None:
@@ -200,18 +247,27 @@ def _check_value(spec: dataclasses.Field, value, key: str, where: str):
         return None
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be true or false, got {short_repr(value)}")
         return value
     ok = isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
         ok = ok or isinstance(value, float)
     if not ok:
         raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}, "
-                          f"got {value!r}")
+                          f"got {short_repr(value)}")
+    number = value
+    if kind is float:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: {key} must be a finite number, got {short_repr(value)}")
     minimum = meta.get("minimum")
-    if minimum is not None and (value < minimum or (meta.get("open") and value == minimum)):
-        raise ConfigError(f"{where}: {key} must be {'>' if meta.get('open') else '>='} {minimum}, got {value!r}")
-    return kind(value)
+    if minimum is not None and (number < minimum or (meta.get("open") and number == minimum)):
+        raise ConfigError(f"{where}: {key} must be {'>' if meta.get('open') else '>='} {minimum}, "
+                          f"got {short_repr(value)}")
+    return number
 
 
 def _read_linear_solver(raw, where: str) -> LinearSolverConfig:
@@ -222,8 +278,9 @@ def _read_linear_solver(raw, where: str) -> LinearSolverConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: linear_solver must be a mapping, got {type(raw).__name__}")
     name = raw.get("name", "dense_cholesky")
-    if name not in LINEAR_SOLVERS:
-        raise ConfigError(f"{where}: linear_solver.name must be one of {', '.join(LINEAR_SOLVERS)}; got {name!r}")
+    if not isinstance(name, str) or name not in LINEAR_SOLVERS:
+        raise ConfigError(f"{where}: linear_solver.name must be one of {', '.join(LINEAR_SOLVERS)}; "
+                          f"got {short_repr(name)}")
     options = {k: v for k, v in raw.items() if k != "name"}
     parameters = inspect.signature(LINEAR_SOLVERS[name]).parameters
     allowed = [p for p in parameters if p != "self"]
@@ -231,7 +288,7 @@ def _read_linear_solver(raw, where: str) -> LinearSolverConfig:
     try:
         LINEAR_SOLVERS[name](**options)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: linear_solver ({name}): {exc}") from None
+        raise ConfigError(f"{where}: linear_solver ({name}): {_bounded(str(exc))}") from None
     return LinearSolverConfig(name=name, options=dict(options))
 
 

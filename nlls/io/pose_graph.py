@@ -28,6 +28,7 @@ from ..geometry.se2 import SE2
 from ..geometry.se3 import SE3
 from ..geometry.so3 import matrix_to_quaternion, quaternion_to_matrix
 from ._text import PathLike, Records, Source, assemble, no_gc_pauses, upper_triangle_matrices
+from .files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,12 @@ class PoseGraph:
         numbers with 17 significant digits, so reading the file back gives the same graph.
 
         Args:
-            path: the file to write (replaced if it exists).
+            path: the file to write (replaced if it exists; written whole or not at all: a
+                failure midway leaves an existing file as it was).
             objective: typically ``self.objective()`` after ``optimize()``.
+
+        Raises:
+            OSError: naming ``path``, when it cannot be written.
         """
         info = self.edges.information.numpy()
         rows, cols = np.triu_indices(self.dimension * 3 - 3)
@@ -158,7 +163,7 @@ class PoseGraph:
                   for (i, j), row in zip(self.edges.pairs.tolist(), edges)]
         if self.fixed:
             lines.append("FIX " + " ".join(map(str, self.fixed)))
-        Path(path).write_text("\n".join(lines) + "\n")
+        write_text_atomic(path, "\n".join(lines) + "\n")
 
     def __repr__(self) -> str:
         source = f", path={str(self.path)!r}" if self.path is not None else ""

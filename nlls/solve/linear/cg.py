@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..checks import check_choice, check_number
 from .base import Factorization, LinearSolver
 
 PRECONDITIONERS = (None, "jacobi", "block_jacobi")
@@ -90,7 +91,7 @@ class ConjugateGradient(LinearSolver):
 
     Args:
         max_iterations: CG iterations per solve.
-        tolerance: relative residual at which an element stops.
+        tolerance: relative residual at which an element stops (finite, >= 0).
         preconditioner: ``"block_jacobi"`` (default), ``"jacobi"`` or ``None``.
     """
 
@@ -100,13 +101,12 @@ class ConjugateGradient(LinearSolver):
 
     def __init__(self, max_iterations: int = 100, tolerance: float = 1e-10,
                  preconditioner: Optional[str] = "block_jacobi"):
-        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
-            raise ValueError(f"ConjugateGradient: max_iterations must be a positive int, got {max_iterations!r}")
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-            raise ValueError(f"ConjugateGradient: tolerance must be a number >= 0, got {tolerance!r}")
-        if preconditioner not in PRECONDITIONERS:
-            raise ValueError(f"ConjugateGradient: preconditioner must be one of {list(PRECONDITIONERS)}, "
-                             f"got {preconditioner!r}")
+        try:
+            check_number(self, "max_iterations", max_iterations, integer=True, minimum=1)
+            check_number(self, "tolerance", tolerance, minimum=0)
+        except TypeError as exc:  # a wrong type is a bad value of the option, as before
+            raise ValueError(str(exc)) from None
+        check_choice(type(self).__name__, "preconditioner", preconditioner, PRECONDITIONERS)
         self.max_iterations = max_iterations
         self.tolerance = float(tolerance)
         self.preconditioner = preconditioner
