@@ -20,7 +20,11 @@ aborts the whole process on a matrix that is not positive definite, which Gauss-
 any problem with a gauge freedom.)
 Solves are differentiable (a custom autograd function whose backward solves with the same
 factorization), including second derivatives. An element whose matrix cannot be factored gets a
-zero solution and ``ok = False``.
+zero solution and ``ok = False``; cuDSS factors and solves in one call and reports no failure,
+so there each element's solution is checked (:func:`solution_ok`: finite, small residual).
+
+A backend this machine lacks is refused when the solver is made (:func:`available_backends`
+lists the others), so a configuration naming it fails when it is loaded.
 """
 from __future__ import annotations
 
@@ -30,10 +34,14 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from ..checks import check_choice
 from ..systems import SparseMatrix, SparsePattern
 from .base import SINGULAR_ADVICE, Factorization, LinearSolver
 
 BACKENDS = ("auto", "cholmod", "scipy", "cudss")
+_NEEDS = {"cholmod": "the CPU and scikit-sparse (pip install scikit-sparse)", "scipy": "the CPU",
+          "cudss": "a CUDA device and a PyTorch with torch.sparse.spsolve (cuDSS)"}
+_TENSORS = {"cholmod": "CPU", "scipy": "CPU", "cudss": "CUDA"}
 
 
 def _available(backend: str, device: torch.device) -> bool:
@@ -44,6 +52,30 @@ def _available(backend: str, device: torch.device) -> bool:
     if backend == "cudss":
         return device.type == "cuda" and hasattr(torch.sparse, "spsolve")
     return False
+
+
+def available_backends(device: Optional[torch.device] = None) -> Tuple[str, ...]:
+    """``"auto"`` and the backends that work on ``device`` (on some device of this machine when
+    ``None``)."""
+    if device is None:
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    else:
+        devices = [torch.device(device)]
+    return ("auto",) + tuple(b for b in BACKENDS[1:] if any(_available(b, d) for d in devices))
+
+
+def solution_ok(matrix: SparseMatrix, x: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: whether each element's ``x`` solves ``A x = rhs``: finite, with a residual
+    ``max |A x - rhs|`` within ``sqrt(eps)`` of ``max (|A| |x| + |rhs|)`` (a backward-stable
+    solve is far inside; a failed factorization's finite garbage is far outside)."""
+    x, rhs = x.detach(), rhs.detach()
+    rows, cols, _, _ = matrix.pattern.on(x.device)
+    products = matrix.values.detach().to(x.dtype) * x[:, cols]
+    residual = torch.zeros_like(x).index_add_(1, rows, products) - rhs
+    scale = torch.zeros_like(x).index_add_(1, rows, products.abs()) + rhs.abs()
+    tolerance = torch.finfo(x.dtype).eps ** 0.5
+    finite = torch.isfinite(x).all(dim=-1) & torch.isfinite(residual).all(dim=-1)
+    return finite & (residual.abs().amax(dim=-1) <= tolerance * scale.amax(dim=-1))
 
 
 class _BlockDiagonal:
@@ -115,12 +147,15 @@ class _SparseSolve(torch.autograd.Function):
 class _SparseFactorization(Factorization):
     def __init__(self, numeric: _Numeric, matrix: SparseMatrix):
         self.numeric = numeric
+        self.matrix = matrix
         self.values = matrix.values
         self.ok = numeric.ok
 
     def solve(self, rhs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = _SparseSolve.apply(self.numeric, self.values, rhs)
         ok = self.ok & torch.isfinite(x).all(dim=-1)
+        if self.numeric.handle[0] == "cudss":  # no factorization status: check each solution
+            ok = ok & solution_ok(self.matrix, x, rhs)
         return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
 
 
@@ -133,6 +168,9 @@ class SparseCholesky(LinearSolver):
 
     Args:
         backend: ``"auto"``, ``"cholmod"``, ``"scipy"`` or ``"cudss"``.
+
+    Raises:
+        ValueError: an unknown backend, or one this machine lacks (the message lists those it has).
     """
 
     name = "sparse_cholesky"
@@ -140,8 +178,11 @@ class SparseCholesky(LinearSolver):
     failure_advice = SINGULAR_ADVICE
 
     def __init__(self, backend: str = "auto"):
-        if backend not in BACKENDS:
-            raise ValueError(f"SparseCholesky: backend must be one of {list(BACKENDS)}, got {backend!r}")
+        check_choice("SparseCholesky", "backend", backend, BACKENDS)
+        here = available_backends()
+        if backend not in here:
+            raise ValueError(f"SparseCholesky: backend {backend!r} is not available here (it needs "
+                             f"{_NEEDS[backend]}); available here: {', '.join(here)}")
         self.backend = backend
         self.backend_used: Optional[str] = None
         # keyed by (id(pattern), batch): CHOLMOD's symbolic factorizations, block-diagonal layouts
@@ -159,11 +200,13 @@ class SparseCholesky(LinearSolver):
     def _choose(self, device: torch.device) -> str:
         if self.backend != "auto":
             if not _available(self.backend, device):
-                raise RuntimeError(
-                    f"SparseCholesky backend {self.backend!r} is not available on {device.type} "
-                    f"(install scikit-sparse for 'cholmod'); "
-                    f"backend='auto' picks an available one"
-                )
+                usable = ", ".join(available_backends(device))
+                if _TENSORS[self.backend].lower() != device.type:
+                    raise RuntimeError(
+                        f"SparseCholesky: backend {self.backend!r} solves {_TENSORS[self.backend]} "
+                        f"tensors, not {device.type}; on {device.type}: {usable}")
+                raise RuntimeError(f"SparseCholesky: backend {self.backend!r} needs "
+                                   f"{_NEEDS[self.backend]}; on {device.type}: {usable}")
             return self.backend
         order = ("cholmod", "scipy") if device.type == "cpu" else ("cudss",)
         for candidate in order:

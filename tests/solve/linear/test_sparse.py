@@ -163,3 +163,57 @@ def test_cuda_backends_match_cpu():
     x, ok = solver.factor(system.A).solve(system.g)
     assert x.device.type == "cuda" and ok.all()
     torch.testing.assert_close(x.cpu(), x_cpu)
+
+
+# ---- backends checked at construction; per-element check of a solution (the cuDSS path) ------
+def test_backend_not_available_here_is_refused_at_construction_with_the_right_advice():
+    from nlls.solve.linear.sparse import available_backends
+
+    here = available_backends()
+    assert here[0] == "auto" and "scipy" in here
+    if "cudss" not in here:
+        with pytest.raises(ValueError, match=r"backend 'cudss' is not available here") as error:
+            nlls.SparseCholesky("cudss")
+        assert "scikit-sparse" not in str(error.value) and "CUDA" in str(error.value)
+        assert "available here: auto, scipy" in str(error.value)
+        with pytest.raises(nlls.ConfigError, match=r"linear_solver \(sparse_cholesky\).*'cudss' is not available"):
+            nlls.load_config({"linear_solver": {"name": "sparse_cholesky", "backend": "cudss"}})
+    if "cholmod" not in here:
+        with pytest.raises(ValueError, match=r"backend 'cholmod' is not available here.*scikit-sparse"):
+            nlls.SparseCholesky("cholmod")
+        with pytest.raises(nlls.ConfigError, match=r"'cholmod' is not available"):
+            nlls.load_config({"linear_solver": {"name": "sparse_cholesky", "backend": "cholmod"}})
+
+
+def test_backend_of_another_device_is_refused_at_factor_without_wrong_advice(monkeypatch):
+    from nlls.solve.linear import sparse
+
+    monkeypatch.setattr(sparse, "available_backends", lambda device=None: sparse.BACKENDS)
+    solver = nlls.SparseCholesky("cudss")  # as on a machine with CUDA
+    obj, _ = chain(3, batch=1)
+    ev = Evaluator(obj)
+    system = SparseLinearization(ev).linearize(ev.gather(), ev.aux())
+    with pytest.raises(RuntimeError, match=r"'cudss' solves CUDA tensors, not cpu") as error:
+        solver.factor(system.A)
+    assert "scikit-sparse" not in str(error.value)
+
+
+def test_solution_check_marks_failed_elements():
+    from nlls.solve.linear.sparse import solution_ok
+
+    obj, _ = chain(6, batch=3)
+    ev = Evaluator(obj)
+    system = SparseLinearization(ev).linearize(ev.gather(), ev.aux())
+    dense = system.A.to_dense()
+    x = torch.linalg.solve(dense, system.g[..., None])[..., 0]
+    assert solution_ok(system.A, x, system.g).tolist() == [True, True, True]
+    bad = x.clone()
+    bad[0, 3] = float("nan")
+    bad[2] = bad[2] + 1.0  # finite but wrong, as a singular factorization may return
+    assert solution_ok(system.A, bad, system.g).tolist() == [False, True, False]
+    inf = x.clone()
+    inf[1, 0] = float("inf")
+    assert solution_ok(system.A, inf, system.g).tolist() == [True, False, True]
+    x32 = torch.linalg.solve(dense.float(), system.g.float()[..., None])[..., 0]
+    matrix32 = type(system.A)(system.A.pattern, system.A.values.float())
+    assert solution_ok(matrix32, x32, system.g.float()).all()
