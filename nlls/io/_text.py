@@ -55,6 +55,7 @@ class Source:
     Raises:
         MissingFileError: no such file.
         FormatError: a directory, or bytes that are not text.
+        OSError: the file cannot be read (its ``filename`` and message name it).
     """
 
     def __init__(self, path: PathLike):
@@ -63,7 +64,11 @@ class Source:
             raise MissingFileError(self.path, None, "no such file")
         if not self.path.is_file():
             raise FormatError(self.path, None, "not a regular file")
-        data = self.path.read_bytes()
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:  # a failing disk or network share: say which file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
