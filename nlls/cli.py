@@ -7,8 +7,11 @@
 (``VERTEX2``/``EDGE2``, ``VERTEX3``/``EDGE3``) or BAL file, detected from its records; with no
 ``FILE`` the 2-D pose graph bundled with the package (GTSAM's ``w100.graph``) is solved. The
 solver is Levenberg-Marquardt with the sparse Cholesky solver unless ``--config`` says otherwise.
-User errors (unreadable or malformed files, bad configurations) print one line naming the file
-and line or the key, and exit with status 2.
+User errors (unreadable or malformed files, bad configurations, a device or linear-solver
+backend this machine lacks) print one line naming the file and line or the key, and exit with
+status 2. ``--output`` and ``--plot`` are written whole or not at all (a temporary file beside
+the destination, renamed on success), and only when the solve succeeded: after a failed solve
+(a batch element failed, or the final cost is not finite) an existing file is left as it was.
 """
 from __future__ import annotations
 
@@ -19,6 +22,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+
+from .io.files import atomic_path
+from .solve.checks import short_repr
+from .solve.linear.sparse import available_backends
+
+MAX_MESSAGE = 500  # characters of an error line
 
 DEFAULT_CONFIG = {
     "optimizer": {
@@ -44,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nlls",
         description="Differentiable nonlinear least squares: solve problems from files.",
-        epilog="Exit status: 0 solved and converged, 1 solved without converging, 2 bad input.",
+        epilog=("Exit status: 0 solved and converged, 1 solved without converging (after a failed solve "
+                "nothing is written), 2 bad input."),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     solve = commands.add_parser(
@@ -70,11 +80,26 @@ def _parser() -> argparse.ArgumentParser:
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: unknown device {short_repr(name)}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {short_repr(name)}: nlls solve runs on cpu or cuda")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UserError(f"--device {name}: the CPU has no index (use cpu)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def _check_backend(solver, device: torch.device) -> None:
+    """Refuse a sparse backend that does not run on ``device`` before anything is solved."""
+    backend = getattr(solver, "backend", None) if getattr(solver, "name", "") == "sparse_cholesky" else None
+    if backend is not None and backend not in available_backends(device):
+        raise UserError(f"linear_solver.backend {backend!r} does not run with --device {device.type}; "
+                        f"on {device.type}: {', '.join(available_backends(device))}")
 
 
 def _translations(problem_objective) -> torch.Tensor:
@@ -103,8 +128,13 @@ def _plot(path: str, before: torch.Tensor, after: torch.Tensor, title: str) -> N
         ax.set_title(f"{label}")
         ax.set_aspect("equal", adjustable="datalim")
     fig.suptitle(title)
+    image_format = Path(path).suffix[1:].lower() or "png"
     try:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        if image_format not in fig.canvas.get_supported_filetypes():
+            raise UserError(f"--plot {short_repr(path)}: unknown image format {image_format!r}; one of "
+                            f"{', '.join(sorted(fig.canvas.get_supported_filetypes()))}")
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, format=image_format, dpi=110, bbox_inches="tight")
     except OSError as exc:
         raise UserError(f"--plot: cannot write {path}: {exc.strerror or exc}") from None
     finally:
@@ -134,11 +164,14 @@ def solve(args) -> int:
     build_time = time.perf_counter() - started
     before = _translations(objective)
     optimizer = nlls.build_optimizer(objective, config)
+    _check_backend(optimizer.linear_solver, device)
     if not args.quiet:
         print(f"{path}: {len(objective.optim_vars)} variables, {len(objective.cost_functions)} "
               f"cost functions, {optimizer.prepare().dof} unknowns (read in {1e3 * build_time:.0f} ms)")
     info = optimizer.optimize(verbose=not args.quiet)
     converged = bool(info.converged.all())
+    finite = bool(torch.isfinite(info.final_error).all())
+    failed = not finite or bool((info.status == nlls.Status.FAILED).any())
     print("summary:")
     print(f"  problem          {path}")
     print(f"  initial cost     {info.initial_error[0].item():.10g}")
@@ -149,6 +182,11 @@ def solve(args) -> int:
     print(f"  optimizer        {type(optimizer).__name__}")
     print(f"  linear solver    {optimizer.linear_solver!r}")
     print(f"  device, dtype    {device}, {args.dtype}")
+    targets = [name for name in (args.output, args.plot) if name]
+    if failed and targets:
+        why = "the final cost is not finite" if not finite else "a batch element failed"
+        print(f"nlls: the solve failed ({why}): nothing written to {', '.join(targets)}", file=sys.stderr)
+        return 1
     if writer is not None:
         try:
             writer(args.output, objective)
@@ -180,5 +218,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split())
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = " ".join(str(exc).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."

@@ -96,3 +96,142 @@ def test_nlls_console_script_is_installed():
         pytest.skip("package not installed with its console script")
     result = subprocess.run([str(script), "solve", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--plot" in result.stdout
+
+
+# ---- issue 17: devices and backends refused in one line; outputs never lost or faked ---------
+@pytest.mark.parametrize("device", ["meta", "mps", "xpu", "cuda:99", "cpu:1", "ipu"])
+def test_unusable_devices_are_one_line_with_status_2(device, capsys):
+    if device == "cuda:99" and __import__("torch").cuda.device_count() > 99:  # pragma: no cover
+        pytest.skip("a machine with 100 GPUs")
+    assert main(["solve", "--device", device, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nlls: error: --device") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("backend", ["cudss", "cholmod"])
+def test_a_backend_missing_here_is_refused_before_solving(tmp_path, capsys, backend):
+    import torch
+
+    from nlls.solve.linear.sparse import available_backends
+    if backend in available_backends(torch.device("cpu")):
+        pytest.skip(f"{backend} runs on this machine's CPU")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"linear_solver:\n  name: sparse_cholesky\n  backend: {backend}\n")
+    assert main(["solve", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"'{backend}'" in err and "Traceback" not in err
+    assert ("scikit-sparse" in err) == (backend == "cholmod")
+
+
+def test_a_backend_of_another_device_is_refused_before_solving(tmp_path, capsys, monkeypatch):
+    from nlls.solve.linear import sparse
+
+    monkeypatch.setattr(sparse, "available_backends",
+                        lambda device=None: ("auto", "scipy") if device is not None else sparse.BACKENDS)
+    config = tmp_path / "c.yaml"
+    config.write_text("linear_solver:\n  name: sparse_cholesky\n  backend: cudss\n")
+    assert main(["solve", "--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "linear_solver.backend 'cudss'" in err and "--device cpu" in err
+
+
+def _diverging_graph(tmp_path):
+    path = tmp_path / "huge.g2o"  # the cost of the initial guess overflows to inf
+    path.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1e200 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n")
+    return path
+
+
+def test_a_failed_solve_writes_nothing(tmp_path, capsys):
+    output, plot = tmp_path / "out.g2o", tmp_path / "plot.png"
+    output.write_text("old content\n")
+    plot.write_bytes(b"old plot")
+    status = main(["solve", str(_diverging_graph(tmp_path)), "--output", str(output), "--plot", str(plot), "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert output.read_text() == "old content\n" and plot.read_bytes() == b"old plot"
+    assert "written to" not in captured.out
+    assert captured.err.count("\n") == 1 and "nothing written" in captured.err
+    assert str(output) in captured.err and str(plot) in captured.err
+    new_output = tmp_path / "new.g2o"
+    assert main(["solve", str(_diverging_graph(tmp_path)), "--output", str(new_output), "--quiet"]) == 1
+    assert not new_output.exists()
+
+
+def test_output_on_a_full_disk_keeps_the_old_file(tmp_path):
+    output = tmp_path / "out.g2o"
+    output.write_text("old content\n")
+    script = (
+        "import resource, signal, sys\n"
+        "import nlls.cli, matplotlib.pyplot\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        f"sys.exit(nlls.cli.main(['solve', '--output', {str(output)!r}, '--quiet']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and str(output) in result.stderr
+    assert output.read_text() == "old content\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.g2o"]
+
+
+def test_plot_failing_midway_keeps_the_old_file(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    plot = tmp_path / "plot.png"
+    plot.write_bytes(b"old plot")
+
+    def failing_savefig(self, fname, *args, **kwargs):
+        with open(fname, "wb") as handle:
+            handle.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", failing_savefig)
+    assert main(["solve", "--plot", str(plot), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(plot) in err and "No space left" in err
+    assert plot.read_bytes() == b"old plot" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_plot_format_follows_the_extension(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "plot.svg"
+    assert main(["solve", "--plot", str(plot), "--quiet", "--max-iterations", "2"]) in (0, 1)
+    assert plot.read_text().lstrip().startswith("<?xml")
+    bad = tmp_path / "plot.nosuchformat"
+    assert main(["solve", "--plot", str(bad), "--quiet", "--max-iterations", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--plot" in err and not bad.exists()
+
+
+def test_an_unreadable_problem_file_is_named(tmp_path, capsys, monkeypatch):
+    import builtins
+    import io
+
+    path = tmp_path / "graph.g2o"
+    path.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n")
+    real_open = builtins.open
+
+    class Broken(io.BufferedReader):
+        def read(self, *args):
+            raise OSError(5, "Input/output error")
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if str(file) == str(path):
+            return Broken(io.FileIO(file, "r"))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    status = main(["solve", str(path), "--quiet"])
+    monkeypatch.undo()
+    assert status == 2
+    assert capsys.readouterr().err == f"nlls: error: {path}: Input/output error\n"
+
+
+def test_error_lines_are_bounded(tmp_path, capsys):
+    long_name = "x" * 5000
+    assert main(["solve", "--device", long_name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 700
