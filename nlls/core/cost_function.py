@@ -188,7 +188,23 @@ class ErrorFunctionCostFunction(CostFunction):
         return self._dim
 
     def error(self) -> torch.Tensor:
-        return self.err_fn(self.optim_vars, self.aux_vars)
+        return self._checked(self.err_fn(self.optim_vars, self.aux_vars))
+
+    def _checked(self, out) -> torch.Tensor:
+        """``err_fn``'s output when it is a floating-point tensor; else a ``TypeError`` naming
+        this cost function (rather than a torch error from deep inside a transform)."""
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            return out
+        if isinstance(out, torch.Tensor):
+            kind = f"a tensor of dtype {out.dtype}, which has no derivative"
+        else:
+            numpy = type(out).__module__ == "numpy"
+            kind = f"a numpy {type(out).__name__}" if numpy else f"an object of type {type(out).__name__}"
+        raise TypeError(
+            f"{type(self).__name__} {self.name!r}: err_fn returned {kind}; expected a (B, "
+            f"{self._dim}) floating-point torch tensor computed by torch operations on the "
+            f"variables' tensors (for a black box, numpy or scipy, use NumericDiffCostFunction)"
+        )
 
     def stack_key(self) -> tuple:
         """The error function (by identity) and the other attributes (see :class:`CostFunction`)."""
@@ -255,7 +271,17 @@ class AutoDiffCostFunction(ErrorFunctionCostFunction):
             v.with_tensor(type(v).retract_tensor(v.tensor.expand(d.shape[0], *v.event_shape), d))
             for v, d in zip(self.optim_vars, deltas)
         )
-        return self.err_fn(moved, self.aux_vars)
+        try:
+            out = self.err_fn(moved, self.aux_vars)
+        except RuntimeError as exc:  # a tensor's data read outside torch, under torch.func
+            if "have storage" not in str(exc) and ".item()" not in str(exc):
+                raise
+            raise TypeError(
+                f"AutoDiffCostFunction {self.name!r}: err_fn reads tensor data outside torch "
+                f"(.numpy(), .item(), .tolist()), which torch.func cannot differentiate; use "
+                f"NumericDiffCostFunction for a black box"
+            ) from exc
+        return self._checked(out)
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         batch = max(v.batch_size for v in self.optim_vars + self.aux_vars)

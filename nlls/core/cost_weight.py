@@ -22,7 +22,11 @@ def _as_weight_variable(value: WeightLike, what: str, name: Optional[str]) -> Va
     if isinstance(value, Variable):
         return value
     if isinstance(value, (int, float)):
-        return Variable(torch.tensor([[float(value)]], dtype=torch.get_default_dtype()), name=name)
+        # a number takes the objective's dtype and device in Objective.add; float64 until then,
+        # so that it is exact there in either precision
+        variable = Variable(torch.tensor([[float(value)]], dtype=torch.float64), name=name)
+        variable.follows_objective = True
+        return variable
     tensor = as_tensor(value, what)
     if tensor.ndim == 0:
         tensor = tensor.reshape(1, 1)

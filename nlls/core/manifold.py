@@ -45,6 +45,7 @@ class Manifold(Variable, metaclass=abc.ABCMeta):
 
     def __init__(self, tensor: torch.Tensor, name: Optional[str] = None):
         super().__init__(tensor, name=name)
+        check_optim_dtype(self.tensor, f"{type(self).__name__} {self.name!r}")
         self.check_tensor(self.tensor, self.name)
 
     # ---- the extension contract: what subclasses define ------------------------------------
@@ -109,8 +110,34 @@ class Manifold(Variable, metaclass=abc.ABCMeta):
 
     def update(self, tensor: torch.Tensor) -> None:
         tensor = as_tensor(tensor, f"{type(self).__name__} {self.name!r}")
+        check_optim_dtype(tensor, f"{type(self).__name__} {self.name!r}")
         self.check_tensor(tensor, self.name)
         super().update(tensor)
+
+    def to(self: M, *args, **kwargs) -> M:
+        """Move the data (``torch.Tensor.to`` arguments); returns ``self``.
+
+        Raises:
+            TypeError: a dtype other than float32 or float64 (nothing changes).
+        """
+        tensor = self.tensor.to(*args, **kwargs)
+        check_optim_dtype(tensor, f"{type(self).__name__} {self.name!r}")
+        self.tensor = tensor
+        return self
+
+
+#: the dtypes an optim variable may have: the linear algebra of a solve (Cholesky, LU, QR)
+#: runs in these two only
+OPTIM_DTYPES = (torch.float32, torch.float64)
+
+
+def check_optim_dtype(tensor: torch.Tensor, what: str) -> None:
+    """Raise ``TypeError`` starting with ``what`` unless ``tensor`` is float32 or float64."""
+    if tensor.dtype not in OPTIM_DTYPES:
+        raise TypeError(
+            f"{what}: dtype {tensor.dtype} is not supported, optim variables must be float32 or "
+            f"float64 (convert with .to(torch.float32) or .to(torch.float64))"
+        )
 
 
 def broadcast_batch(a: torch.Tensor, b: torch.Tensor, name: str) -> Tuple[torch.Tensor, torch.Tensor]:

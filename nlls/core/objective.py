@@ -7,7 +7,7 @@ about how it is minimized: solvers read it (``nlls.core.evaluation``), and it ne
 from __future__ import annotations
 
 import copy as _copy
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import torch
 
@@ -15,6 +15,21 @@ from .cost_function import CostFunction
 from .evaluation import Evaluator
 from .manifold import Manifold
 from .variable import Variable
+
+
+def check_data(tensor: torch.Tensor, dtype: torch.dtype, device: torch.device, what: str) -> None:
+    """Raise ``ValueError`` starting with ``what`` when ``tensor`` is on another device than
+    ``device``, or is floating-point (or complex) of another dtype than ``dtype``."""
+    if tensor.device != device:
+        raise ValueError(
+            f"{what} is on {tensor.device}, the objective's variables are on {device}; move it "
+            f"with .to({str(device)!r})"
+        )
+    if (tensor.is_floating_point() or tensor.is_complex()) and tensor.dtype != dtype:
+        raise ValueError(
+            f"{what} has dtype {tensor.dtype}, the objective's is {dtype}; convert it with "
+            f".to({dtype})"
+        )
 
 
 class Objective:
@@ -38,10 +53,18 @@ class Objective:
     def add(self, cost_function: CostFunction) -> "Objective":
         """Register a cost function and its variables.
 
+        Every variable, the weight's included, must be on the objective's device, and its data
+        must have the objective's dtype when it is floating-point (integer and boolean data, such
+        as indices, are left as they are). A weight given as a Python number takes the
+        objective's dtype and device here; a weight given as a tensor or Variable is not
+        converted.
+
         Raises:
             TypeError: ``cost_function`` is not a CostFunction.
             ValueError: a name already used by another cost function or variable, a variable used
-                both as optim and aux variable, or a batch size that does not broadcast.
+                both as optim and aux variable, a batch size that does not broadcast, or a
+                variable or weight of another floating dtype or on another device (the message
+                names it).
         """
         if not isinstance(cost_function, CostFunction):
             raise TypeError(f"Objective.add expects a CostFunction, got {type(cost_function).__name__}")
@@ -68,6 +91,15 @@ class Objective:
                     f"cost function {name!r}: optim variable {var.name!r} has dtype {var.dtype}, "
                     f"the objective's is {dtype}"
                 )
+        device = self.device if self.optim_vars else next(iter(new_optim.values())).device
+        weights = {id(v): f"{type(cf.cost_weight).__name__} {v.name!r}" for v in cf.weight_vars}
+        every: List[Variable] = [*new_optim.values(), *new_aux.values()]
+        for data in every:
+            if data.follows_objective and data.tensor.is_floating_point():
+                data.tensor = data.tensor.to(dtype=dtype, device=device)  # a weight given as a number
+            kind = "optim" if data.name in new_optim else "aux"
+            what = weights.get(id(data), f"{kind} variable {data.name!r}")
+            check_data(data.tensor, dtype, device, f"cost function {name!r}: {what}")
         dim = cf.dim()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"cost function {name!r}: dim() must be a positive int, got {dim!r}")
@@ -130,7 +162,8 @@ class Objective:
 
         Raises:
             KeyError: an unknown variable name (the message lists the known ones).
-            ValueError: a wrong shape or batch sizes that do not broadcast.
+            ValueError: a wrong shape, batch sizes that do not broadcast, floating-point data of
+                another dtype than the objective's, or data on another device.
         """
         known = {**self.optim_vars, **self.aux_vars}
         for name in tensors:
@@ -140,9 +173,11 @@ class Objective:
                     f"{sorted(known)}"
                 )
         old = {name: known[name].tensor for name in tensors}
+        dtype, device = self.dtype, self.device
         try:
             for name, tensor in tensors.items():
                 known[name].update(tensor)
+                check_data(known[name].tensor, dtype, device, f"Objective.update: variable {name!r}")
             self._check_batch()
         except Exception:
             for name, tensor in old.items():

@@ -52,6 +52,10 @@ class Variable:
         name: unique name inside an objective; a fresh one is made when omitted.
     """
 
+    #: ``True`` for data made from a Python number (a cost weight of ``2.0``): it has no dtype
+    #: or device of its own, and ``Objective.add`` gives it the objective's
+    follows_objective: bool = False
+
     def __init__(self, tensor: torch.Tensor, name: Optional[str] = None):
         tensor = as_tensor(tensor, f"{type(self).__name__} {name!r}")
         if tensor.ndim < 1:

@@ -89,7 +89,7 @@ def test_weight_follows_the_residual_dtype_and_broadcasts_batch_one():
 
 def test_diagonal_of_one_entry_scales_every_entry_and_float_is_accepted():
     p = nlls.Vector(tensor=torch.ones(2, 3, dtype=torch.float64), name="p")
-    for weight in (nlls.DiagonalCostWeight(2.0, name="w"), nlls.DiagonalCostWeight(torch.full((1, 1), 2.0))):
+    for weight in (nlls.DiagonalCostWeight(2.0, name="w"), nlls.DiagonalCostWeight(torch.full((1, 1), 2.0, dtype=torch.float64))):
         cf = nlls.AutoDiffCostFunction((p,), lambda o, a: o[0].tensor, 3, cost_weight=weight)
         nlls.Objective().add(cf)  # one entry fits any dimension
         torch.testing.assert_close(cf.weighted_error(), torch.full((2, 3), 2.0, dtype=torch.float64))
@@ -127,9 +127,9 @@ def test_weights_of_one_kind_stack_and_other_kinds_do_not():
     costs = [
         _prior(points[0], nlls.ScaleCostWeight(2.0), "s0"),
         _prior(points[1], nlls.ScaleCostWeight(3.0), "s1"),  # other data, same kind: stacked
-        _prior(points[2], nlls.DiagonalCostWeight(torch.ones(2)), "d0"),
-        _prior(points[3], nlls.DiagonalCostWeight(torch.ones(1, 1)), "d1"),  # (1, 1): another layout
-        _prior(points[4], nlls.MatrixCostWeight(torch.eye(2)), "m0"),
+        _prior(points[2], nlls.DiagonalCostWeight(torch.ones(2, dtype=torch.float64)), "d0"),
+        _prior(points[3], nlls.DiagonalCostWeight(torch.ones(1, 1, dtype=torch.float64)), "d1"),  # (1, 1): another layout
+        _prior(points[4], nlls.MatrixCostWeight(torch.eye(2, dtype=torch.float64)), "m0"),
         _prior(points[5], None, "plain"),
     ]
     assert signature(costs[0]) == signature(costs[1])
