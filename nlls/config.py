@@ -180,6 +180,8 @@ def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Co
             line = f" line {mark.line + 1}" if mark is not None else ""
             problem = _bounded(getattr(exc, "problem", None) or str(exc).splitlines()[0])
             raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+        except ValueError as exc:  # a scalar Python cannot hold, e.g. an int beyond its digit limit
+            raise ConfigError(f"{path}: invalid YAML: {_bounded(str(exc))}") from None
         if source is None:
             return Config()
     if not isinstance(source, Mapping):
@@ -195,15 +197,15 @@ def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Co
     linear = _read_linear_solver(source.get("linear_solver"), where)
     backward = _read_section(BackwardConfig, source.get("backward"), "backward", where)
     if optimizer.name == "levenberg_marquardt" and optimizer.max_damping <= optimizer.damping:
-        raise ConfigError(f"{where}: optimizer.max_damping ({optimizer.max_damping}) must be > "
-                          f"optimizer.damping ({optimizer.damping})")
+        raise ConfigError(f"{where}: optimizer.max_damping ({optimizer.max_damping!r}) must be > "
+                          f"optimizer.damping ({optimizer.damping!r})")
     if backward.num_iterations is not None and backward.mode != "truncated":
         raise ConfigError(f"{where}: backward.num_iterations applies to mode truncated only")
     if backward.mode == "truncated" and backward.num_iterations is None:
         raise ConfigError(f"{where}: backward.mode truncated needs backward.num_iterations")
     if backward.num_iterations is not None and backward.num_iterations > optimizer.max_iterations:
-        raise ConfigError(f"{where}: backward.num_iterations ({backward.num_iterations}) exceeds "
-                          f"optimizer.max_iterations ({optimizer.max_iterations})")
+        raise ConfigError(f"{where}: backward.num_iterations ({short_repr(backward.num_iterations)}) exceeds "
+                          f"optimizer.max_iterations ({short_repr(optimizer.max_iterations)})")
     return Config(optimizer=optimizer, linear_solver=linear, backward=backward)
 
 

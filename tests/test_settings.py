@@ -181,3 +181,23 @@ def test_merge_keys_may_be_overridden(tmp_path):
     path.write_text("optimizer:\n  <<: {max_iterations: 3, damping: 0.5}\n  damping: 0.25\n")
     cfg = nlls.load_config(path)
     assert cfg.optimizer.max_iterations == 3 and cfg.optimizer.damping == 0.25
+
+
+def test_huge_integers_are_config_errors_with_short_messages(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer:\n  max_iterations: " + "9" * 5000 + "\n")
+    with pytest.raises(nlls.ConfigError, match="c.yaml: invalid YAML") as error:
+        nlls.load_config(path)
+    assert len(str(error.value)) < 600
+    with pytest.raises(nlls.ConfigError, match="exceeds optimizer.max_iterations") as error:
+        nlls.load_config({"backward": {"mode": "truncated", "num_iterations": 10 ** 5000}})
+    assert len(str(error.value)) < 600
+    with pytest.raises(nlls.ConfigError, match="optimizer.damping must be a finite number"):
+        nlls.load_config({"optimizer": {"damping": 10 ** 400}})
+    with pytest.raises(ValueError, match="damping must be a finite number"):
+        nlls.LevenbergMarquardt(_objective(), damping=10 ** 400)
+
+
+def test_max_damping_must_exceed_damping_in_the_config():
+    with pytest.raises(nlls.ConfigError, match=r"optimizer.max_damping \(0.5\) must be > optimizer.damping \(1.0\)"):
+        nlls.load_config({"optimizer": {"damping": 1.0, "max_damping": 0.5}})

@@ -17,7 +17,10 @@ _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
 def short_repr(value, limit: int = 200) -> str:
     """``repr(value)``, at most ``limit`` characters (nested containers and long strings are
     elided with ``...``; the whole repr is never built)."""
-    text = _REPR.repr(value)
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an int too long for str() (Python's digit limit)
+        text = f"<{type(value).__name__} of {value.bit_length()} bits>" if isinstance(value, int) else "<?>"
     if len(text) > limit:
         text = text[: max(limit - 3, 0)] + "..."
     return text
@@ -37,7 +40,7 @@ def check_number(owner, key: str, value, integer: bool = False, minimum=None,
             f"{name}: {key} must be {'an int' if integer else 'a number'}, got {short_repr(value)}"
         )
     if not integer and not isinstance(value, float) and abs(value) > sys.float_info.max:
-        value = math.copysign(math.inf, value)  # an int beyond the float range
+        value = math.inf if value > 0 else -math.inf  # an int beyond the float range
     if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not allow_inf)):
         raise ValueError(f"{name}: {key} must be a finite number, got {value!r}")
     if minimum is not None and (value < minimum or (open_minimum and value == minimum)):
