@@ -27,7 +27,9 @@ import nlls
 # stacked batch (all perturbed copies at once), and the integrator advances every row and
 # every observation time together, as array code. A fixed step count makes the result a smooth
 # function of the inputs, which finite differences need (an adaptive integrator's step choices
-# would add noise to them).
+# would add noise to them). Data reaches it as `aux_vars`, stacked with the copies; an `err_fn`
+# that closes over batched data instead still works (`stacked="auto"` then calls it once per
+# copy, at the batch size of the data), only more slowly.
 
 # %%
 def simulate(y0: np.ndarray, k: np.ndarray, times: np.ndarray, steps: int = 400) -> np.ndarray:

@@ -279,7 +279,10 @@ class Evaluator:
             slot.placeholder.tensor = tensor
         return batch
 
-    def _check_error(self, group: _Group, error: torch.Tensor, batch: int) -> None:
+    def _check_error(self, group: _Group, error: torch.Tensor, batch: int, dtype: torch.dtype) -> None:
+        if not isinstance(error, torch.Tensor) or error.dtype != dtype:
+            kind = f"dtype {error.dtype}" if isinstance(error, torch.Tensor) else type(error).__name__
+            raise TypeError(f"{group.describe()}: error is {kind}, expected a {dtype} tensor (B={batch}, dim={group.dim})")
         expected = (group.size * batch, group.dim)
         if tuple(error.shape) != expected:
             rows = error.shape[0] // group.size if error.ndim else "?"
@@ -296,7 +299,7 @@ class Evaluator:
             batch = self._load(group, state, group_aux)
             error = group.twin.weighted_error()
             if not group.checked:
-                self._check_error(group, error, batch)
+                self._check_error(group, error, batch, self.objective.dtype)
             out.append(error.reshape(group.size, batch, group.dim))
         return out
 
@@ -350,7 +353,7 @@ class Evaluator:
             batch = self._load(group, state, group_aux)
             jacobians, error = group.twin.weighted_jacobians_error()
             if not group.checked:
-                self._check_error(group, error, batch)
+                self._check_error(group, error, batch, self.objective.dtype)
                 self._check_jacobians(group, jacobians, batch)
                 group.checked = True
             jac = jacobians[0] if len(jacobians) == 1 else torch.cat(jacobians, dim=-1)

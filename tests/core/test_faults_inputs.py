@@ -322,3 +322,28 @@ def test_weight_of_another_dtype_is_refused_and_numbers_take_the_objective_dtype
     objective = nlls.Objective().add(prior(weight, "number"))
     assert weight.scale.dtype == F64 and weight.scale.tensor.item() == 0.1
     assert objective.error().dtype == F64
+
+
+class _Returns(nlls.CostFunction):
+    def __init__(self, v, value):
+        super().__init__((v,), name="hand")
+        self.v, self.value = v, value
+
+    def dim(self):
+        return 2
+
+    def error(self):
+        return self.value(self.v.tensor)
+
+    def jacobians(self):
+        return [torch.eye(2, dtype=self.v.dtype).expand(self.v.batch_size, 2, 2)], self.error()
+
+
+@pytest.mark.parametrize("value, what", [(lambda t: None, "NoneType"), (lambda t: t.float(), "dtype torch.float32")])
+def test_hand_written_error_of_the_wrong_kind_is_named_at_the_first_evaluation(value, what):
+    v = nlls.Vector(tensor=torch.zeros(2, 2, dtype=F64), name="v")
+    objective = nlls.Objective().add(_Returns(v, value))
+    with pytest.raises(TypeError, match=f"'hand': error is {what}, expected a torch.float64 tensor"):
+        objective.error()
+    with pytest.raises(TypeError, match="'hand'"):
+        nlls.GaussNewton(objective).optimize()
