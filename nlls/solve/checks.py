@@ -57,5 +57,5 @@ def check_bool(owner, key: str, value) -> None:
 def check_choice(owner: str, key: str, value, choices) -> None:
     """Raise ``ValueError`` naming ``owner``'s ``key`` unless ``value`` is one of ``choices``
     (compared by equality, so an unhashable value is refused like any other)."""
-    if not any(value is choice or (type(value) is type(choice) and value == choice) for choice in choices):
+    if not any(value is choice or (isinstance(value, type(choice)) and value == choice) for choice in choices):
         raise ValueError(f"{owner}: {key} must be one of {list(choices)}, got {short_repr(value)}")
