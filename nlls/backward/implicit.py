@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import torch
 
 from ..core.evaluation import State
 from ..core.variable import Variable
+from ..solve.guard import borrowed, donor_of
+from ..solve.state import Status
 from .base import Backward
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -47,8 +49,13 @@ class ImplicitPieces:
     """The pieces of the implicit backward for one solve: g, H and the tangent map, as
     functions of the solution blocks and the aux tensors that require grad."""
 
-    def __init__(self, optimizer: Optimizer, theta_vars: List[Variable], hessian: str, batch: int):
+    def __init__(self, optimizer: Optimizer, theta_vars: List[Variable], hessian: str, batch: int,
+                 healthy: Optional[torch.Tensor] = None):
         self.optimizer = optimizer
+        # failed elements (healthy False) take no gradient, and compute with a healthy element's
+        # inputs so that their NaN meets no zero cotangent (nlls.solve.guard)
+        self.guard: Optional[Tuple[torch.Tensor, torch.Tensor]] = (
+            None if healthy is None or bool(healthy.all()) else (healthy, donor_of(healthy)))
         self.evaluator = optimizer.evaluator
         self.linearization = optimizer.linearization
         self.hessian = hessian
@@ -59,15 +66,19 @@ class ImplicitPieces:
         self.aux_vars = list(theta_vars) + others
         self.fixed = tuple(v.tensor.detach() for v in others)
 
-    def aux(self, thetas):
+    def inputs(self, state: State, thetas):
+        """The solution blocks and the stacked aux data, failed elements guarded."""
         with swapped(self.aux_vars, tuple(thetas) + self.fixed):
-            return self.evaluator.aux(self.batch)
+            aux = self.evaluator.aux(self.batch)
+        if self.guard is None:
+            return state, aux
+        return borrowed(*self.guard, state, aux)
 
     def gradient(self, state: State, thetas) -> torch.Tensor:
-        return self.linearization.gradient(state, self.aux(thetas))
+        return self.linearization.gradient(*self.inputs(state, thetas))
 
     def matrix(self, state: State, thetas) -> torch.Tensor:
-        aux = self.aux(thetas)
+        state, aux = self.inputs(state, thetas)
         if self.hessian == "gauss_newton":
             return self.linearization.linearize(state, aux).A
         dof = self.evaluator.dof
@@ -113,19 +124,26 @@ class ImplicitFunction(torch.autograd.Function):
         if not create_graph:
             state = tuple(s.detach() for s in state)
             thetas = tuple(t.detach() for t in thetas)
-        v = implicit.tangent_cotangent(state, grads)
+        healthy = None if implicit.guard is None else implicit.guard[0]
+        guarded = state if implicit.guard is None else borrowed(*implicit.guard, state, [])[0]
+        v = implicit.tangent_cotangent(guarded, grads)
+        if healthy is not None:  # a failed element's solution is its start: no gradient
+            v = torch.where(healthy[:, None], v, torch.zeros_like(v))
         H = implicit.matrix(state, thetas)
         w, ok = implicit.optimizer.linear_solver.factor(H).solve(v)
-        if not bool(ok.all()):
+        unsolved = ~ok if healthy is None else ~ok & healthy
+        if bool(unsolved.any()):
             warnings.warn(
                 f"OptimizationLayer implicit backward: the {implicit.hessian} Hessian could not be "
-                f"factored for batch elements {torch.nonzero(~ok).flatten().tolist()}; their "
+                f"factored for batch elements {torch.nonzero(unsolved).flatten().tolist()}; their "
                 f"gradients are set to zero (is the solution a strict minimum? for "
                 f"hessian='exact' try linear_solver='dense_lu')",
                 RuntimeWarning, stacklevel=2,
             )
         # vjp's stub also allows has_aux's 3-tuple
         _, pullback = torch.func.vjp(lambda *th: implicit.gradient(state, th), *thetas)  # type: ignore[misc]
+        if healthy is not None:
+            w = torch.where(healthy[:, None], w, torch.zeros_like(w))
         theta_grads = pullback(-w)
         return (None, None) + (None,) * ctx.num_blocks + tuple(theta_grads)
 
@@ -133,7 +151,10 @@ class ImplicitFunction(torch.autograd.Function):
 class Implicit(Backward):
     """Differentiates the optimality condition at the solution (see the module's description).
     The gradient assumes the forward solve converged: an element that did not converge gets
-    the gradient of the point it stopped at, as if it were optimal (check ``info.converged``)."""
+    the gradient of the point it stopped at, as if it were optimal, and a ``RuntimeWarning`` says
+    how many elements that is. The solution does not depend on the initial values (it is the
+    minimizer), so no gradient flows to them: ``torch.autograd.grad`` then needs
+    ``allow_unused=True`` for an initial value."""
 
     name = "implicit"
 
@@ -159,7 +180,19 @@ class Implicit(Backward):
         theta_vars = [v for v in optimizer.objective.aux_vars.values() if v.tensor.requires_grad]
         if not theta_vars or not torch.is_grad_enabled():
             return state, state.values
-        pieces = ImplicitPieces(optimizer, theta_vars, self.hessian, state.error.shape[0])
+        # (with both tolerances 0 the user asked for a fixed count: no element can "converge")
+        fixed_count = optimizer.rel_err_tolerance == 0 and optimizer.abs_err_tolerance == 0
+        running = 0 if fixed_count else int((state.status == Status.RUNNING).sum())
+        if running:
+            warnings.warn(
+                f"OptimizationLayer implicit backward: {running} of {state.status.numel()} batch "
+                f"elements did not converge in max_iterations={optimizer.max_iterations}; their "
+                f"gradients are those of the point they stopped at, as if it were a solution "
+                f"(raise max_iterations, or check info.converged)",
+                RuntimeWarning, stacklevel=5,  # the caller of the layer (through nn.Module.__call__)
+            )
+        pieces = ImplicitPieces(optimizer, theta_vars, self.hessian, state.error.shape[0],
+                                healthy=state.status != Status.FAILED)
         blocks = tuple(v.detach() for v in state.values)
         thetas = tuple(v.tensor for v in theta_vars)
         return state, ImplicitFunction.apply(pieces, len(blocks), *blocks, *thetas)

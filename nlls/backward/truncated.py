@@ -38,7 +38,7 @@ class Truncated(Backward):
         evaluator = optimizer.evaluator
         values = tuple(v.detach() for v in state.values)
         aux = evaluator.aux(state.error.shape[0])
-        state = state.replace(values=values, aux=aux, error=evaluator.error_metric(values, aux),
+        state = state.replace(values=values, aux=aux, error=optimizer.error_at(values, aux),
                               freeze_converged=False, active=state.status != Status.FAILED)
         state = driver.run(optimizer, state, self.num_iterations)
         return state, state.values

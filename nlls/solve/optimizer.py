@@ -33,9 +33,12 @@ from ..core.objective import Objective
 from .checks import check_bool, check_number
 from .drivers.base import Driver
 from .drivers.select import select_driver
+from .guard import finite_start, finite_trial, guarded_inputs, recording, records
 from .linear import LinearSolver, make_linear_solver
 from .linearization import LINEARIZATIONS, Linearization
-from .state import OptimizerInfo, SolveState, Status, Values, select
+from .report import solve_message
+from .state import Failure, OptimizerInfo, SolveState, Status, Values, flatten, select, unflatten
+from .tracing import is_compiling
 
 
 class Optimizer:
@@ -169,31 +172,63 @@ class Optimizer:
         """The start of a solve from block values and aux data (as
         :meth:`~nlls.core.evaluation.Evaluator.gather` and ``aux`` give them): device work only,
         no host read-back, so compiled and captured solves run it too."""
-        error = self._built()[0].error_metric(values, aux)
+        error = self.error_at(values, aux)
         finite = torch.isfinite(error)
         active = finite & (error > self.abs_err_tolerance)
         status = torch.where(finite, torch.where(active, Status.RUNNING, Status.CONVERGED),
                              Status.FAILED).to(torch.int8)
+        failure = torch.where(finite, Failure.NONE, Failure.NONFINITE_START).to(torch.int8)
         return SolveState(
             values=values, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
-            step_state=self.init_step_state(error), initial_error=error,
+            step_state=self.init_step_state(error), initial_error=error, failure=failure,
             best_values=values if track_best_solution else None,
             best_error=error if track_best_solution else None,
             history=[error] if track_err_history else None,
         )
 
+    def error_at(self, values: Values, aux) -> torch.Tensor:
+        """The objective value ``(B,)`` at block ``values``; while autograd records, a non-finite
+        element's value is data, not a graph (see :mod:`nlls.solve.guard`)."""
+        evaluator = self._built()[0]
+        error = evaluator.error_metric(values, aux)
+        if records(values, aux) and (is_compiling() or not bool(torch.isfinite(error).all())):
+            error = finite_start(evaluator, values, aux, error)
+        return error
+
     def step(self, state: SolveState) -> SolveState:
-        """One iteration of every active element; returns the new state."""
+        """One iteration of every active element; returns the new state.
+
+        While autograd records it, elements that are not active compute with a healthy element's
+        inputs and a trial step whose error is not finite is evaluated again at the current
+        values (:mod:`nlls.solve.guard`): the results are the same, and no failed element puts
+        NaN into the gradient the batch shares."""
         evaluator, linearization = self._built()
-        system = linearization.linearize(state.values, state.aux)
-        delta, solved = self.compute_step(system, state.step_state)
+        guard = recording(state)
+        values, aux, error_in, step_state_in = (
+            guarded_inputs(state) if guard else (state.values, state.aux, state.error, state.step_state))
+        system = linearization.linearize(values, aux)
+        delta, solved = self.compute_step(system, step_state_in)
         step = delta * self.step_size if self.step_size != 1.0 else delta
-        candidate = evaluator.retract(state.values, step)
-        new_error = evaluator.error_metric(candidate, state.aux)
-        accept, failed, stalled, step_state = self.accept(
-            system, state.step_state, delta, solved, state.error, new_error)
+        candidate = evaluator.retract(values, step)
+        new_error = evaluator.error_metric(candidate, aux)
+        if guard and (is_compiling() or not bool(torch.isfinite(new_error).all())):
+            with torch.no_grad():  # the decisions, from the trial as it is
+                accept, failed, stalled, raw_state = self.accept(
+                    system, step_state_in, delta, solved, error_in, new_error)
+            candidate, safe_error, finite = finite_trial(evaluator, candidate, values, aux, new_error)
+            step_state = self.accept(system, step_state_in, delta, solved, error_in, safe_error)[3]
+            step_state = unflatten(step_state, iter(  # a non-finite trial's rule state: no graph
+                torch.where(finite.reshape(-1, *[1] * (s.ndim - 1)), s, r) if s.ndim else s
+                for s, r in zip(flatten(step_state), flatten(raw_state))))
+            new_error = torch.where(finite, safe_error, new_error.detach())
+        else:
+            accept, failed, stalled, step_state = self.accept(
+                system, step_state_in, delta, solved, error_in, new_error)
         active = state.active
+        if not state.freeze_converged:  # truncated: converged elements' steps are taken, so that
+            # the recorded iterations carry their dependence on the data (a damped Gauss-Newton step)
+            accept = accept | ((state.status == Status.CONVERGED) & solved & torch.isfinite(new_error))
         accept = accept & active
         failed = failed & active & ~accept
         stalled = stalled & active & ~accept & ~failed
@@ -204,11 +239,13 @@ class Optimizer:
         done = converged | stalled
         status = torch.where(done, Status.CONVERGED, state.status)
         status = torch.where(failed, Status.FAILED, status).to(torch.int8)
+        reason = torch.where(solved, Failure.NONFINITE_STEP, Failure.LINEAR_SOLVE).to(torch.int8)
+        failure = None if state.failure is None else torch.where(failed, reason, state.failure)
         # without freeze_converged converged elements keep stepping (the truncated backward)
         new = SolveState(  # all fields spelled out: dataclasses.replace costs more per step
             values=values, aux=state.aux, error=error, status=status, step_state=step_state,
             active=active & ~failed & (~done if state.freeze_converged else True),
-            iterations=state.iterations + active.long(), initial_error=state.initial_error,
+            iterations=state.iterations + active.long(), initial_error=state.initial_error, failure=failure,
             best_values=state.best_values, best_error=state.best_error, history=state.history,
             freeze_converged=state.freeze_converged, iteration=state.iteration + 1,
             started=state.started, verbose=state.verbose,
@@ -255,8 +292,8 @@ class Optimizer:
         info = OptimizerInfo(
             converged=status == Status.CONVERGED, iterations=state.iterations,
             initial_error=state.initial_error, final_error=state.error, status=status,
-            linear_solver=repr(self.linear_solver), message=self._message(status),
-            elapsed=time.perf_counter() - state.started,
+            linear_solver=repr(self.linear_solver), message=solve_message(self, state, status),
+            failure=state.failure, elapsed=time.perf_counter() - state.started,
         )
         if state.best_values is not None:
             info.best_solution = evaluator.as_dict(state.best_values)
@@ -266,19 +303,6 @@ class Optimizer:
         if state.verbose:
             print(info.message)
         return info
-
-    def _message(self, status: torch.Tensor) -> str:
-        counts = torch.bincount(status.long().flatten(), minlength=len(Status)).tolist()
-        parts = [f"{counts[Status.CONVERGED]}/{status.numel()} converged"]
-        if counts[Status.MAX_ITERATIONS]:
-            parts.append(
-                f"{counts[Status.MAX_ITERATIONS]} reached max_iterations={self.max_iterations} "
-                f"(increase max_iterations or loosen the tolerances)"
-            )
-        if counts[Status.FAILED]:
-            advice = self.linear_solver.failure_advice
-            parts.append(f"{counts[Status.FAILED]} failed: {advice or 'linear solve failed'}")
-        return "; ".join(parts)
 
     # ---- the user's entry point ---------------------------------------------------------------
     def optimize(

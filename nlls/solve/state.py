@@ -34,6 +34,15 @@ class Status(enum.IntEnum):
     FAILED = 3
 
 
+class Failure(enum.IntEnum):
+    """Why a batch element failed (``OptimizerInfo.failure``; ``NONE`` for the others)."""
+
+    NONE = 0
+    NONFINITE_START = 1  # the initial cost is NaN or inf (data or initial values)
+    NONFINITE_STEP = 2  # a step made the error NaN or inf (divergence, or out of a residual's domain)
+    LINEAR_SOLVE = 3  # the linear system could not be solved (singular, or not positive definite)
+
+
 @dataclass
 class OptimizerInfo:
     """What ``optimize()`` reports, per batch element.
@@ -43,6 +52,7 @@ class OptimizerInfo:
         iterations: ``(B,)`` iterations the element ran before it stopped.
         initial_error, final_error: ``(B,)`` objective values ``0.5 * sum ||w r||^2``.
         status: ``(B,)`` :class:`Status` codes.
+        failure: ``(B,)`` :class:`Failure` codes: why an element failed (``NONE`` otherwise).
         best_solution: name -> ``(B, ...)`` tensor of the lowest-error iterate, when tracked.
         best_error: ``(B,)`` error of ``best_solution``, when tracked.
         err_history: ``(B, iterations run + 1)`` error after each iteration, when tracked.
@@ -57,6 +67,7 @@ class OptimizerInfo:
     status: torch.Tensor
     linear_solver: str
     message: str
+    failure: Optional[torch.Tensor] = None
     best_solution: Optional[Dict[str, torch.Tensor]] = None
     best_error: Optional[torch.Tensor] = None
     err_history: Optional[torch.Tensor] = None
@@ -77,6 +88,7 @@ class SolveState:
         error: ``(B,)`` objective value at ``values``.
         active: ``(B,)`` bool, the element still iterates.
         status: ``(B,)`` int8 :class:`Status` codes.
+        failure: ``(B,)`` int8 :class:`Failure` codes.
         iterations: ``(B,)`` iterations each element has run.
         step_state: the step rule's own state (e.g. Levenberg-Marquardt's damping), a
             dataclass of ``(B,)`` tensors or ``None``.
@@ -97,6 +109,7 @@ class SolveState:
     iterations: torch.Tensor
     step_state: Any
     initial_error: torch.Tensor
+    failure: Optional[torch.Tensor] = None
     best_values: Optional[Values] = None
     best_error: Optional[torch.Tensor] = None
     history: Optional[List[torch.Tensor]] = None
@@ -125,7 +138,7 @@ class SolveState:
 
 #: the fields of :class:`SolveState` that device code reads and writes
 DEVICE_FIELDS = ("values", "error", "active", "status", "iterations", "step_state", "initial_error",
-                 "best_values", "best_error", "history")
+                 "failure", "best_values", "best_error", "history")
 
 
 def flatten(value) -> List[torch.Tensor]:

@@ -1,0 +1,74 @@
+"""The message of a finished solve: how many elements converged, and why the others did not.
+
+A failed element is described by what happened to it (:class:`~nlls.solve.state.Failure`), with the
+advice that fits: a non-finite initial cost names the cost function that produced it; a step that
+made the error non-finite, or a linear solve that failed once the parameters had run off to huge
+values, is a divergence; only a singular system gets the linear solver's advice.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from .state import Failure, SolveState, Status
+
+HUGE = 1e20  # parameters beyond this magnitude have run off: a divergence, not a singular model
+
+
+def solve_message(optimizer, state: SolveState, status: torch.Tensor) -> str:
+    """One line: converged / ran out of iterations / failed, and why, for ``state``."""
+    counts = torch.bincount(status.long().flatten(), minlength=len(Status)).tolist()
+    parts = [f"{counts[Status.CONVERGED]}/{status.numel()} converged"]
+    if counts[Status.MAX_ITERATIONS]:
+        parts.append(
+            f"{counts[Status.MAX_ITERATIONS]} reached max_iterations={optimizer.max_iterations} "
+            f"(increase max_iterations or loosen the tolerances)"
+        )
+    if counts[Status.FAILED]:
+        parts.extend(_failures(optimizer, state, status))
+    return "; ".join(parts)
+
+
+def _failures(optimizer, state: SolveState, status: torch.Tensor) -> List[str]:
+    failed = status == Status.FAILED
+    failure = state.failure if state.failure is not None else torch.full_like(status, Failure.LINEAR_SOLVE)
+    huge = torch.zeros_like(failed)
+    for block in state.values:  # (N, B, ...): the largest magnitude per element
+        magnitude = block.detach().abs().reshape(block.shape[0], block.shape[1], -1).amax(dim=(0, 2))
+        huge = huge | ~(magnitude <= HUGE)
+    start = failed & (failure == Failure.NONFINITE_START)
+    diverged = failed & ((failure == Failure.NONFINITE_STEP) | ((failure == Failure.LINEAR_SOLVE) & huge))
+    singular = failed & ~start & ~diverged
+    parts = []
+    if bool(start.any()):
+        parts.append(f"{int(start.sum())} failed at the start: the initial cost is not finite"
+                     f"{_culprit(optimizer, state, start)} (check the data and the initial values)")
+    if bool(diverged.any()):
+        advice = ("a better start, a smaller step_size, or LevenbergMarquardt, whose steps are "
+                  "checked before they are taken") if type(optimizer).__name__ == "GaussNewton" else \
+            "a better start or a smaller step_size"
+        parts.append(f"{int(diverged.sum())} diverged: a step made the error or the parameters "
+                     f"non-finite or huge (try {advice})")
+    if bool(singular.any()):
+        advice = optimizer.linear_solver.failure_advice or "the linear solve failed"
+        parts.append(f"{int(singular.sum())} failed: {advice}")
+    return parts
+
+
+def _culprit(optimizer, state: SolveState, elements: torch.Tensor) -> str:
+    """`` (cost function 'name' gives NaN or inf for element(s) [...])`` for the first cost
+    function whose error is not finite in one of ``elements``, when it can be found."""
+    index = torch.nonzero(elements).flatten().tolist()
+    try:
+        with torch.no_grad():
+            errors = optimizer.evaluator.errors(state.values, state.aux)
+    except Exception:  # noqa: BLE001 - the message must not fail on what it describes
+        return f" for element(s) {index[:10]}"
+    for group, error in zip(optimizer.evaluator.groups, errors):  # error (K, B, dim)
+        bad = ~torch.isfinite(error[:, elements]).all(dim=-1)  # (K, failed elements)
+        if bool(bad.any()):
+            member = int(torch.nonzero(bad.any(dim=1)).flatten()[0])
+            return (f" (cost function {group.members[member].name!r} gives NaN or inf for "
+                    f"element(s) {index[:10]})")
+    return f" for element(s) {index[:10]}"
