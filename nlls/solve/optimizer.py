@@ -206,7 +206,8 @@ class Optimizer:
         evaluator, linearization = self._built()
         guard = recording(state)
         values, aux, error_in, step_state_in = (
-            guarded_inputs(state) if guard else (state.values, state.aux, state.error, state.step_state))
+            guarded_inputs(state) if guard and (is_compiling() or not bool(state.active.all()))
+            else (state.values, state.aux, state.error, state.step_state))
         system = linearization.linearize(values, aux)
         delta, solved = self.compute_step(system, step_state_in)
         step = delta * self.step_size if self.step_size != 1.0 else delta
