@@ -177,7 +177,7 @@ class Optimizer:
         active = finite & (error > self.abs_err_tolerance)
         status = torch.where(finite, torch.where(active, Status.RUNNING, Status.CONVERGED),
                              Status.FAILED).to(torch.int8)
-        failure = torch.where(finite, Failure.NONE, Failure.NONFINITE_START).to(torch.int8)
+        failure = (~finite).to(torch.int8) * Failure.NONFINITE_START  # NONE elsewhere (0)
         return SolveState(
             values=values, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
@@ -240,13 +240,12 @@ class Optimizer:
         done = converged | stalled
         status = torch.where(done, Status.CONVERGED, state.status)
         status = torch.where(failed, Status.FAILED, status).to(torch.int8)
-        reason = torch.where(solved, Failure.NONFINITE_STEP, Failure.LINEAR_SOLVE).to(torch.int8)
-        failure = None if state.failure is None else torch.where(failed, reason, state.failure)
         # without freeze_converged converged elements keep stepping (the truncated backward)
         new = SolveState(  # all fields spelled out: dataclasses.replace costs more per step
             values=values, aux=state.aux, error=error, status=status, step_state=step_state,
             active=active & ~failed & (~done if state.freeze_converged else True),
-            iterations=state.iterations + active.long(), initial_error=state.initial_error, failure=failure,
+            iterations=state.iterations + active.long(), initial_error=state.initial_error,
+            failure=state.failure,  # a step's failure is classified in postprocess (no work per step)
             best_values=state.best_values, best_error=state.best_error, history=state.history,
             freeze_converged=state.freeze_converged, iteration=state.iteration + 1,
             started=state.started, verbose=state.verbose,
@@ -288,6 +287,7 @@ class Optimizer:
         evaluator = self._built()[0]
         running = state.status == Status.RUNNING
         status = torch.where(running, Status.MAX_ITERATIONS, state.status).to(torch.int8)
+        state = self._classify_failures(state, status)
         if write_back:
             evaluator.scatter(state.values)
         info = OptimizerInfo(
@@ -304,6 +304,21 @@ class Optimizer:
         if state.verbose:
             print(info.message)
         return info
+
+    def _classify_failures(self, state: SolveState, status: torch.Tensor) -> SolveState:
+        """``state`` with the reason of every failure that happened in a step: a failed element
+        keeps the values from before its failing step, so that step's linear solve is repeated
+        there (host work, only when some element failed in a step)."""
+        if state.failure is None:
+            return state
+        unknown = (status == Status.FAILED) & (state.failure == Failure.NONE)
+        if not bool(unknown.any()):
+            return state
+        with torch.no_grad():
+            system = self._built()[1].linearize(state.values, state.aux)
+            _, solved = self.compute_step(system, state.step_state)
+        reason = torch.where(solved, Failure.NONFINITE_STEP, Failure.LINEAR_SOLVE).to(torch.int8)
+        return state.replace(failure=torch.where(unknown, reason, state.failure))
 
     # ---- the user's entry point ---------------------------------------------------------------
     def optimize(
