@@ -1,33 +1,45 @@
 """``nlls solve``: solve a pose graph or bundle-adjustment file from the shell.
 
     nlls solve [FILE] [--config CONFIG.yaml] [--output OUT] [--plot OUT.png]
-               [--device cpu|cuda] [--dtype float64|float32] [--max-iterations N] [--quiet]
+               [--device cpu|cuda] [--dtype float64|float32] [--max-iterations N] [--quiet] [--json]
 
 ``FILE`` is a g2o (``VERTEX_SE2``/``EDGE_SE2``, ``VERTEX_SE3:QUAT``/``EDGE_SE3:QUAT``), TORO
 (``VERTEX2``/``EDGE2``, ``VERTEX3``/``EDGE3``) or BAL file, detected from its records; with no
 ``FILE`` the 2-D pose graph bundled with the package (GTSAM's ``w100.graph``) is solved. The
 solver is Levenberg-Marquardt with the sparse Cholesky solver unless ``--config`` says otherwise.
-User errors (unreadable or malformed files, bad configurations, a device or linear-solver
-backend this machine lacks) print one line naming the file and line or the key, and exit with
-status 2. ``--output`` and ``--plot`` are written whole or not at all (a temporary file beside
-the destination, renamed on success), and only when the solve succeeded: after a failed solve
-(a batch element failed, or the final cost is not finite) an existing file is left as it was.
+
+Progress goes to stderr, driven by the optimizer's callback (``optimize(callback=...)``): a
+tqdm bar when tqdm is installed (``pip install "nlls[cli]"``) and stderr is a terminal, else
+plain lines, every iteration for the first ten, then at most one every half second. The summary
+goes to stdout; ``--json`` prints one JSON object there instead, ``--quiet`` neither progress
+nor summary. User errors (unreadable or malformed files, bad configurations, a device or
+linear-solver backend this machine lacks, ``--plot`` without matplotlib) are found before
+anything is solved where they can be, print one line naming the file and line or the key, and
+exit with status 2. ``--output`` and ``--plot`` are written whole or not at all (a temporary
+file beside the destination, renamed on success), and only when the solve succeeded: after a
+failed solve (a batch element failed, or the final cost is not finite) an existing file is left
+as it was.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 import torch
 
 from .io.files import atomic_path
 from .solve.checks import short_repr
 from .solve.linear.sparse import available_backends
+from .solve.state import IterationInfo, Status
 
 MAX_MESSAGE = 500  # characters of an error line
+EVERY_ITERATION = 10  # plain progress: a line for each of the first iterations...
+LINE_INTERVAL = 0.5  # ...then at most one per this many seconds
 
 DEFAULT_CONFIG = {
     "optimizer": {
@@ -62,19 +74,107 @@ def _parser() -> argparse.ArgumentParser:
         help="solve a pose graph (g2o, TORO) or bundle-adjustment (BAL) file",
         description=(
             "Solve a pose graph (g2o VERTEX_SE2/EDGE_SE2, VERTEX_SE3:QUAT/EDGE_SE3:QUAT; TORO "
-            "VERTEX2/EDGE2, VERTEX3/EDGE3) or a bundle-adjustment problem (BAL). Shows progress "
-            "per iteration and a summary; the cost is 0.5 * sum e^T Omega e, as GTSAM and g2o report."
+            "VERTEX2/EDGE2, VERTEX3/EDGE3) or a bundle-adjustment problem (BAL). Shows progress on "
+            "stderr (a progress bar when tqdm is installed and stderr is a terminal, else a line per "
+            "iteration for the first ten, then at most one every 0.5 s) and a summary on stdout; the "
+            "cost is 0.5 * sum e^T Omega e, as GTSAM and g2o report."
         ),
+        epilog=("Exit status: 0 solved and converged, 1 solved without converging (after a failed solve "
+                "nothing is written), 2 bad input (checked before solving where possible)."),
     )
     solve.add_argument("file", nargs="?", help="problem file; default: the bundled 2-D pose graph w100.graph")
     solve.add_argument("--config", help="YAML solver configuration (see configs/); default: LM + sparse Cholesky")
     solve.add_argument("--output", help="write the optimized pose graph here, in g2o format")
-    solve.add_argument("--plot", help="save a before/after plot to this PNG (needs matplotlib)")
+    solve.add_argument("--plot", help="save a before/after plot here, format from the extension (needs "
+                                      "matplotlib: pip install \"nlls[plot]\"; checked before solving)")
     solve.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     solve.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="default: float64")
     solve.add_argument("--max-iterations", type=int, help="override optimizer.max_iterations")
-    solve.add_argument("--quiet", action="store_true", help="print the summary only")
+    solve.add_argument("--quiet", action="store_true",
+                       help="print no progress and no summary (errors still go to stderr; same exit status)")
+    solve.add_argument("--json", action="store_true",
+                       help="print one JSON object on stdout and nothing else there: problem, format, sizes, "
+                            "initial_cost, final_cost (null if not finite), iterations, converged, "
+                            "status_counts, elapsed_s, optimizer, linear_solver, device, dtype, output, plot "
+                            "(null unless written); no progress")
     return parser
+
+
+class Progress:
+    """The progress of a solve on ``stream``, as an ``optimize(callback=...)`` callback: a tqdm
+    bar when ``bar`` (tqdm installed, a terminal), else plain lines (each of the first
+    ``EVERY_ITERATION`` iterations, then at most one per ``LINE_INTERVAL`` seconds). It never
+    stops the solve. :meth:`finish` shows the final state from the solve's report."""
+
+    def __init__(self, stream: TextIO, total: int, bar: Optional[bool] = None,
+                 clock: Optional[Callable[[], float]] = None):
+        self.stream, self.clock = stream, clock or time.perf_counter
+        self.printed_at = -math.inf
+        self.last: Optional[tuple] = None  # (iteration, error, active) of the last line printed
+        self.bar: Any = None
+        if bar is None:
+            bar = _isatty(stream)
+        if bar:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, file=stream, unit="it", desc="nlls", dynamic_ncols=True, leave=True)
+
+    def __call__(self, info: IterationInfo) -> None:
+        if self.bar is not None:
+            self.bar.update(info.iteration - self.bar.n)
+            self.bar.set_postfix_str(f"error {_mean(info.error):.6g}, active {_active(info.active)}", refresh=False)
+            return
+        now = self.clock()
+        if info.iteration <= EVERY_ITERATION or now - self.printed_at >= LINE_INTERVAL:
+            damping = None if info.damping is None else float(info.damping.double().mean())
+            step = float(info.step_norm.double().max()) if info.step_norm.numel() else 0.0
+            self._line(info.iteration, _mean(info.error), _active(info.active), damping, step, info.elapsed)
+            self.printed_at = now
+
+    def finish(self, iterations: int, error: float, active: str, elapsed: float) -> None:
+        """Show the end of the solve (the error the summary reports) and close the bar."""
+        if self.bar is not None:
+            self.bar.update(iterations - self.bar.n)
+            self.bar.set_postfix_str(f"error {error:.6g}, active {active}", refresh=False)
+            self.close()
+            return
+        if self.last != (iterations, f"{error:.10g}", active):
+            self._line(iterations, error, active, None, None, elapsed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _line(self, iteration, error, active, damping, step, elapsed) -> None:
+        self.last = (iteration, f"{error:.10g}", active)
+        print(_progress_line(iteration, error, active, damping, step, elapsed), file=self.stream, flush=True)
+
+
+def _progress_line(iteration: int, error: float, active: str, damping: Optional[float], step: Optional[float],
+                   elapsed: float) -> str:
+    return (f"iteration {iteration:3d}  error {error:.10g}  active {active}"
+            + (f"  damping {damping:.2e}" if damping is not None else "")
+            + (f"  step {step:.2e}" if step is not None else "") + f"  {elapsed:.2f} s")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _mean(error: torch.Tensor) -> float:
+    """The error shown: the mean over the batch (the value itself for one element)."""
+    return float(error.detach().double().mean())
+
+
+def _active(active: torch.Tensor) -> str:
+    return f"{int(active.sum())}/{active.numel()}"
 
 
 def _device(name: str) -> torch.device:
@@ -102,6 +202,23 @@ def _check_backend(solver, device: torch.device) -> None:
                         f"on {device.type}: {', '.join(available_backends(device))}")
 
 
+def _check_plot(path: str) -> None:
+    """Refuse ``--plot`` before anything is solved when matplotlib is missing or the extension
+    names no image format it writes."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError('--plot needs matplotlib, which is not installed: pip install "nlls[plot]"') from None
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    image_format = Path(path).suffix[1:].lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if image_format not in formats:
+        raise UserError(f"--plot {short_repr(path)}: unknown image format {image_format!r}; one of "
+                        f"{', '.join(sorted(formats))}")
+
+
 def _translations(problem_objective) -> torch.Tensor:
     """``(N, 2|3)`` positions of the pose variables (first batch element)."""
     points = []
@@ -114,11 +231,7 @@ def _translations(problem_objective) -> torch.Tensor:
 
 
 def _plot(path: str, before: torch.Tensor, after: torch.Tensor, title: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("--plot needs matplotlib: pip install 'nlls[plot]'") from None
-    matplotlib.use("Agg")
+    _check_plot(path)
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
@@ -130,15 +243,43 @@ def _plot(path: str, before: torch.Tensor, after: torch.Tensor, title: str) -> N
     fig.suptitle(title)
     image_format = Path(path).suffix[1:].lower() or "png"
     try:
-        if image_format not in fig.canvas.get_supported_filetypes():
-            raise UserError(f"--plot {short_repr(path)}: unknown image format {image_format!r}; one of "
-                            f"{', '.join(sorted(fig.canvas.get_supported_filetypes()))}")
         with atomic_path(path) as temporary:
             fig.savefig(temporary, format=image_format, dpi=110, bbox_inches="tight")
     except OSError as exc:
         raise UserError(f"--plot: cannot write {path}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
+
+
+def _sizes(problem) -> Dict[str, Any]:
+    """The format and sizes of a problem read from a file, for ``--json``."""
+    from nlls import io
+
+    if isinstance(problem, io.BALProblem):
+        return {"format": "bal", "cameras": int(problem.cameras.shape[0]), "points": int(problem.points.shape[0]),
+                "observations": int(problem.observations.shape[0])}
+    return {"format": _pose_graph_format(problem.path), "dimension": problem.dimension,
+            "poses": len(problem.vertex_ids), "edges": len(problem.edges)}
+
+
+def _pose_graph_format(path: Optional[Path]) -> Optional[str]:
+    from nlls.io import g2o
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:  # type: ignore[arg-type]
+            for line in handle:
+                words = line.split()
+                if words and not words[0].startswith("#"):
+                    return "g2o" if words[0] in g2o.TAGS else "toro"
+    except (OSError, TypeError):
+        pass
+    return None
+
+
+def _number(value: torch.Tensor) -> Optional[float]:
+    """A JSON number, or ``None`` (null) for NaN and inf: JSON has none."""
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def solve(args) -> int:
@@ -148,6 +289,8 @@ def solve(args) -> int:
     device = _device(args.device)
     dtype = getattr(torch, args.dtype)
     path = Path(args.file) if args.file else io.bundled_dataset()
+    if args.plot:
+        _check_plot(args.plot)
     config = nlls.load_config(args.config) if args.config else nlls.load_config(DEFAULT_CONFIG)
     if args.max_iterations is not None:
         if args.max_iterations < 0:
@@ -165,38 +308,67 @@ def solve(args) -> int:
     before = _translations(objective)
     optimizer = nlls.build_optimizer(objective, config)
     _check_backend(optimizer.linear_solver, device)
-    if not args.quiet:
+    unknowns = optimizer.prepare().dof
+    text = not (args.quiet or args.json)  # the summary (stdout) and progress (stderr)
+    if text:
         print(f"{path}: {len(objective.optim_vars)} variables, {len(objective.cost_functions)} "
-              f"cost functions, {optimizer.prepare().dof} unknowns (read in {1e3 * build_time:.0f} ms)")
-    info = optimizer.optimize(verbose=not args.quiet)
+              f"cost functions, {unknowns} unknowns (read in {1e3 * build_time:.0f} ms)")
+    progress = Progress(sys.stderr, optimizer.max_iterations) if text else None
+    try:
+        info = optimizer.optimize(callback=progress) if progress is not None else optimizer.optimize()
+    except BaseException:
+        if progress is not None:
+            progress.close()  # no bar left open
+        raise
+    if progress is not None:
+        progress.finish(int(info.iterations.max()), _mean(info.final_error),
+                        _active(info.status == Status.RUNNING), info.elapsed)
     converged = bool(info.converged.all())
     finite = bool(torch.isfinite(info.final_error).all())
     failed = not finite or bool((info.status == nlls.Status.FAILED).any())
-    print("summary:")
-    print(f"  problem          {path}")
-    print(f"  initial cost     {info.initial_error[0].item():.10g}")
-    print(f"  final cost       {info.final_error[0].item():.10g}")
-    print(f"  iterations       {int(info.iterations.max())}")
-    print(f"  time             {1e3 * info.elapsed:.1f} ms")
-    print(f"  converged        {'yes' if converged else 'no'} ({info.message})")
-    print(f"  optimizer        {type(optimizer).__name__}")
-    print(f"  linear solver    {optimizer.linear_solver!r}")
-    print(f"  device, dtype    {device}, {args.dtype}")
+    report: Dict[str, Any] = {
+        "problem": str(path), **_sizes(problem), "variables": len(objective.optim_vars),
+        "cost_functions": len(objective.cost_functions), "unknowns": unknowns,
+        "initial_cost": _number(info.initial_error[0]), "final_cost": _number(info.final_error[0]),
+        "iterations": int(info.iterations.max()), "converged": converged,
+        "status_counts": {status.name.lower(): int((info.status == status).sum())
+                          for status in Status if status != Status.RUNNING},
+        "message": info.message, "elapsed_s": info.elapsed, "optimizer": type(optimizer).__name__,
+        "linear_solver": repr(optimizer.linear_solver), "device": str(device), "dtype": args.dtype,
+        "output": None, "plot": None,
+    }
+    say = print if text else (lambda *_: None)
+    say("summary:")
+    say(f"  problem          {path}")
+    say(f"  initial cost     {info.initial_error[0].item():.10g}")
+    say(f"  final cost       {info.final_error[0].item():.10g}")
+    say(f"  iterations       {report['iterations']}")
+    say(f"  time             {1e3 * info.elapsed:.1f} ms")
+    say(f"  converged        {'yes' if converged else 'no'} ({info.message})")
+    say(f"  optimizer        {report['optimizer']}")
+    say(f"  linear solver    {report['linear_solver']}")
+    say(f"  device, dtype    {device}, {args.dtype}")
     targets = [name for name in (args.output, args.plot) if name]
     if failed and targets:
         why = "the final cost is not finite" if not finite else "a batch element failed"
         print(f"nlls: the solve failed ({why}): nothing written to {', '.join(targets)}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(report))
         return 1
     if writer is not None:
         try:
             writer(args.output, objective)
         except OSError as exc:
             raise UserError(f"--output: cannot write {args.output}: {exc.strerror or exc}") from None
-        print(f"  written to       {args.output}")
+        report["output"] = args.output
+        say(f"  written to       {args.output}")
     if args.plot:
         _plot(args.plot, before, _translations(objective), f"{path.name}: cost {info.initial_error[0].item():.4g}"
               f" -> {info.final_error[0].item():.4g}")
-        print(f"  plot             {args.plot}")
+        report["plot"] = args.plot
+        say(f"  plot             {args.plot}")
+    if args.json:
+        print(json.dumps(report))
     return 0 if converged else 1
 
 

@@ -32,7 +32,7 @@ A new backward mode is one class (:class:`nlls.backward.Backward`) and one line 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -71,6 +71,7 @@ class OptimizationLayer(torch.nn.Module):
       at the solution. A graph records no autograd graph, so ``"unroll"`` and ``"truncated"``
       cannot differentiate through it (an error says so when a gradient is wanted).
     * ``driver``: an execution strategy (:mod:`nlls.solve.drivers`) instead of the two flags.
+    * ``callback``: as in ``optimize()``; called during the forward solve.
 
     It returns ``solution``, name -> ``(B, ...)`` tensor of every optim variable,
     differentiable, and ``info``, the optimizer's :class:`~nlls.solve.state.OptimizerInfo`.
@@ -129,13 +130,14 @@ class OptimizationLayer(torch.nn.Module):
         compile: bool = False,
         cuda_graph: bool = False,
         driver: Optional[Driver] = None,
+        callback: Optional[Callable] = None,
     ) -> Tuple[Dict[str, torch.Tensor], OptimizerInfo]:
         """Solve with ``inputs``; returns ``(solution, info)`` (arguments: see the class)."""
         mode = self.backward_for(backward_mode, backward_num_iterations, hessian)
         runner = select_driver("OptimizationLayer", compile, cuda_graph, driver)
         mode.check(self.optimizer, inputs, runner)
-        tracking = dict(track_best_solution=track_best_solution,
-                        track_err_history=track_err_history, verbose=verbose)
+        tracking = dict(track_best_solution=track_best_solution, track_err_history=track_err_history,
+                        verbose=verbose, callback=callback)
         with _applied(self.objective, inputs):
             state, values = mode.solve(self.optimizer, runner, tracking)
             info = self.optimizer.postprocess(state, write_back=False)

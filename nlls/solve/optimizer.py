@@ -24,7 +24,7 @@ and, when it keeps state of its own, :meth:`~Optimizer.init_step_state`.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -37,7 +37,7 @@ from .guard import finite_start, finite_trial, guarded_inputs, recording, record
 from .linear import LinearSolver, make_linear_solver
 from .linearization import LINEARIZATIONS, Linearization
 from .report import solve_message
-from .state import Failure, OptimizerInfo, SolveState, Status, Values, flatten, select, unflatten
+from .state import Failure, IterationInfo, OptimizerInfo, SolveState, Status, Values, flatten, select, unflatten
 from .tracing import is_compiling
 
 
@@ -153,14 +153,19 @@ class Optimizer:
 
     # ---- the protocol -----------------------------------------------------------------------
     def init(self, track_best_solution: bool = False, track_err_history: bool = False,
-             verbose: bool = False) -> SolveState:
-        """The start of a solve from the objective's current values."""
+             verbose: bool = False, callback: Optional[Callable] = None) -> SolveState:
+        """The start of a solve from the objective's current values; ``callback`` is called by
+        :meth:`terminate` (see :meth:`optimize`)."""
+        if callback is not None and not callable(callback):
+            raise TypeError(f"{type(self).__name__}: callback must be callable, got {callback!r}")
         started = time.perf_counter()
         evaluator = self.prepare()
         batch = evaluator.batch_size()
         state = self.initial_state(evaluator.gather(batch), evaluator.aux(batch),
                                    track_best_solution, track_err_history)
-        state.started, state.verbose = started, verbose
+        state.started, state.verbose, state.callback = started, verbose, callback
+        if callback is not None:  # the steps' norms are tracked for it
+            state.step_norm = torch.zeros_like(state.error)
         if verbose:
             print(f"{type(self).__name__} with {self.linear_solver!r}: batch {batch}, "
                   f"{evaluator.dof} unknowns, {len(evaluator.groups)} cost group(s)")
@@ -248,7 +253,9 @@ class Optimizer:
             failure=state.failure,  # a step's failure is classified in postprocess (no work per step)
             best_values=state.best_values, best_error=state.best_error, history=state.history,
             freeze_converged=state.freeze_converged, iteration=state.iteration + 1,
-            started=state.started, verbose=state.verbose,
+            started=state.started, verbose=state.verbose, callback=state.callback,
+            step_norm=None if state.step_norm is None else torch.where(
+                accept, step.norm(dim=-1), torch.zeros_like(state.step_norm)),
         )
         if state.best_values is not None:
             assert state.best_error is not None, "tracked together with best_values"
@@ -278,8 +285,35 @@ class Optimizer:
 
     def terminate(self, state: SolveState) -> bool:
         """Whether the run is over: every element has stopped (a host read). Never true while
-        ``state.freeze_converged`` is off (elements then take every step they are given)."""
+        ``state.freeze_converged`` is off (elements then take every step they are given), unless a
+        callback stopped every element. Calls ``state.callback`` first, if any: the elements it
+        stops end with ``Status.STOPPED`` (``state`` is updated in place)."""
+        if state.callback is not None:
+            self._call_back(state)
+            if not bool(state.active.any()) and bool((state.status == Status.STOPPED).any()):
+                return True
         return state.freeze_converged and not bool(state.active.any())
+
+    def _call_back(self, state: SolveState) -> None:
+        assert state.callback is not None and state.step_norm is not None, "set together by init"
+        info = IterationInfo(iteration=state.iteration, error=state.error,
+                             damping=self.damping_of(state.step_state), step_norm=state.step_norm,
+                             status=state.status, active=state.active,
+                             elapsed=time.perf_counter() - state.started)
+        answer = state.callback(info)
+        if answer is None or answer is False:
+            return
+        if isinstance(answer, bool):
+            stop = torch.ones_like(state.active)
+        elif isinstance(answer, torch.Tensor) and answer.dtype == torch.bool and answer.shape == state.active.shape:
+            stop = answer.to(state.active.device)
+        else:
+            raise TypeError(f"{type(self).__name__}: a callback returns None, a bool or a (B,) bool tensor "
+                            f"of the elements to stop, got {answer!r}")
+        stop = stop & state.active
+        state.status = torch.where(stop & (state.status == Status.RUNNING), Status.STOPPED,
+                                   state.status).to(torch.int8)
+        state.active = state.active & ~stop
 
     def postprocess(self, state: SolveState, write_back: bool = True) -> OptimizerInfo:
         """The :class:`OptimizerInfo` of a run; with ``write_back`` the solution goes into the
@@ -329,6 +363,7 @@ class Optimizer:
         compile: bool = False,
         cuda_graph: bool = False,
         driver: Optional[Driver] = None,
+        callback: Optional[Callable] = None,
     ) -> OptimizerInfo:
         """Run the optimizer and write the solution into the objective's optim variables.
 
@@ -346,6 +381,12 @@ class Optimizer:
                 :mod:`nlls.solve.drivers.cuda_graph`): one launch instead of thousands of kernel
                 launches. CUDA only, dense linear solvers, no autograd graph through the solve.
             driver: an execution strategy (:mod:`nlls.solve.drivers`) instead of the two flags.
+            callback: ``fn(info)`` with an :class:`~nlls.solve.state.IterationInfo` (per-element
+                error, damping, step norm, status; iteration, elapsed time), called every
+                ``check_every`` iterations (eagerly, or between compiled chunks; once after a
+                CUDA-graph replay); returning ``True`` stops every element, a ``(B,)`` bool tensor
+                stops those (they end with ``Status.STOPPED``). Without one, nothing is added to
+                the loop.
 
         Returns:
             :class:`OptimizerInfo`. Non-convergence is reported there, not raised.
@@ -357,7 +398,7 @@ class Optimizer:
             check_bool(name, key, value)
         runner = select_driver(name, compile, cuda_graph, driver)
         state = runner.solve(self, self.max_iterations, track_best_solution=track_best_solution,
-                             track_err_history=track_err_history, verbose=verbose)
+                             track_err_history=track_err_history, verbose=verbose, callback=callback)
         return self.postprocess(state)
 
     def _print_iteration(self, state: SolveState, step: torch.Tensor, active: torch.Tensor) -> None:

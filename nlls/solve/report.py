@@ -25,6 +25,8 @@ def solve_message(optimizer, state: SolveState, status: torch.Tensor) -> str:
             f"{counts[Status.MAX_ITERATIONS]} reached max_iterations={optimizer.max_iterations} "
             f"(increase max_iterations or loosen the tolerances)"
         )
+    if counts[Status.STOPPED]:
+        parts.append(f"{counts[Status.STOPPED]} stopped by the callback")
     if counts[Status.FAILED]:
         parts.extend(_failures(optimizer, state, status))
     return "; ".join(parts)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -32,6 +32,7 @@ class Status(enum.IntEnum):
     CONVERGED = 1
     MAX_ITERATIONS = 2
     FAILED = 3
+    STOPPED = 4  # a callback asked it to stop
 
 
 class Failure(enum.IntEnum):
@@ -97,8 +98,12 @@ class SolveState:
         history: the error after each iteration, when tracked (else ``None``).
         freeze_converged: converged elements stop stepping (``True``); the truncated backward
             mode turns it off so that every element that has not failed takes its steps.
+        step_norm: ``(B,)`` norm of the step each element took in the last iteration (0 when it
+            did not step), tracked when a ``callback`` is given (else ``None``).
         iteration: iterations run by the driver (host-side count).
         started: ``time.perf_counter()`` at ``init``; verbose: print progress.
+        callback: called by ``Optimizer.terminate`` with an :class:`IterationInfo` (see
+            ``optimize(callback=...)``).
     """
 
     values: Values
@@ -110,6 +115,7 @@ class SolveState:
     step_state: Any
     initial_error: torch.Tensor
     failure: Optional[torch.Tensor] = None
+    step_norm: Optional[torch.Tensor] = None
     best_values: Optional[Values] = None
     best_error: Optional[torch.Tensor] = None
     history: Optional[List[torch.Tensor]] = None
@@ -117,6 +123,7 @@ class SolveState:
     iteration: int = 0
     started: float = 0.0
     verbose: bool = False
+    callback: Optional[Callable] = None
 
     # ---- what drivers use to pass the device part through compiled or captured code ----------
     def device_part(self) -> Dict[str, Any]:
@@ -138,7 +145,34 @@ class SolveState:
 
 #: the fields of :class:`SolveState` that device code reads and writes
 DEVICE_FIELDS = ("values", "error", "active", "status", "iterations", "step_state", "initial_error",
-                 "failure", "best_values", "best_error", "history")
+                 "failure", "step_norm", "best_values", "best_error", "history")
+
+
+@dataclass
+class IterationInfo:
+    """What a callback (``optimize(callback=fn)``) receives every ``check_every`` iterations.
+
+    Attributes:
+        iteration: iterations run so far.
+        error: ``(B,)`` objective value of every element (at its accepted values).
+        damping: ``(B,)`` the step rule's damping (Levenberg-Marquardt), else ``None``.
+        step_norm: ``(B,)`` norm of the step each element took in the last iteration (0 if none).
+        status: ``(B,)`` :class:`Status` codes (``RUNNING`` while an element iterates).
+        active: ``(B,)`` the elements still iterating.
+        elapsed: seconds since the solve started.
+
+    The callback returns ``None``/``False`` to go on, ``True`` to stop every element, or a ``(B,)``
+    bool tensor to stop those elements; stopped elements that were running end with
+    ``Status.STOPPED`` and keep their current values.
+    """
+
+    iteration: int
+    error: torch.Tensor
+    damping: Optional[torch.Tensor]
+    step_norm: torch.Tensor
+    status: torch.Tensor
+    active: torch.Tensor
+    elapsed: float
 
 
 def flatten(value) -> List[torch.Tensor]:

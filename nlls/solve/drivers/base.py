@@ -17,9 +17,9 @@ class Driver:
     whole_solve = False
 
     def solve(self, optimizer, num_iterations: int, track_best_solution: bool = False,
-              track_err_history: bool = False, verbose: bool = False) -> SolveState:
+              track_err_history: bool = False, verbose: bool = False, callback=None) -> SolveState:
         """A solve of at most ``num_iterations`` iterations from the objective's current values."""
-        state = optimizer.init(track_best_solution, track_err_history, verbose)
+        state = optimizer.init(track_best_solution, track_err_history, verbose, callback)
         return self.run(optimizer, state, num_iterations)
 
     def run(self, optimizer, state: SolveState, num_iterations: int) -> SolveState:

@@ -47,7 +47,7 @@ def _structure(state: SolveState) -> SolveState:
     """``state`` with empty tensors in its device part and no aux data: the shape of the
     states a compiled function takes or returns, to rebuild them from flat tensors (holding no
     memory of the call it came from)."""
-    return state.replace(aux=None, history=None if state.history is None else [],
+    return state.replace(aux=None, callback=None, history=None if state.history is None else [],
                          **map_tensors(lambda t: t.new_empty(0), _device_part(state)))
 
 
@@ -88,11 +88,11 @@ class CompiledDriver(Driver):
     name = "compiled"
 
     def solve(self, optimizer, num_iterations: int, track_best_solution: bool = False,
-              track_err_history: bool = False, verbose: bool = False) -> SolveState:
-        if optimizer.check_every < num_iterations or num_iterations == 0 or verbose:
-            # (verbose: the start is printed eagerly, then one chunk of num_iterations)
+              track_err_history: bool = False, verbose: bool = False, callback=None) -> SolveState:
+        if optimizer.check_every < num_iterations or num_iterations == 0 or verbose or callback:
+            # (verbose, callback: the start eagerly, then chunks, the callback between them)
             return super().solve(optimizer, num_iterations, track_best_solution, track_err_history,
-                                 verbose)
+                                 verbose, callback)
         # a fixed-count solve: its start and every iteration in one compiled call
         started = time.perf_counter()
         evaluator = optimizer.prepare()

@@ -294,7 +294,12 @@ class CUDAGraphDriver(Driver):
             )
 
     def solve(self, optimizer, num_iterations: int, track_best_solution: bool = False,
-              track_err_history: bool = False, verbose: bool = False) -> SolveState:
+              track_err_history: bool = False, verbose: bool = False, callback=None) -> SolveState:
+        if callback is not None:
+            raise ValueError(
+                f"{type(optimizer).__name__}: a callback runs between iterations, but cuda_graph=True "
+                f"replays the whole solve at once (use compile=True or the eager loop with a callback)"
+            )
         started = time.perf_counter()
         graphs = optimizer.cache(self.name)
         version = optimizer.objective.structure_version
