@@ -110,7 +110,7 @@ class Progress:
                  clock: Optional[Callable[[], float]] = None):
         self.stream, self.clock = stream, clock or time.perf_counter
         self.printed_at = -math.inf
-        self.last: Optional[tuple] = None  # (iteration, error, active) of the last line printed
+        self.last: Optional[tuple] = None  # (iteration, error) of the last line printed
         self.bar: Any = None
         if bar is None:
             bar = _isatty(stream)
@@ -141,7 +141,7 @@ class Progress:
             self.bar.set_postfix_str(f"error {error:.6g}, active {active}", refresh=False)
             self.close()
             return
-        if self.last != (iterations, f"{error:.10g}", active):
+        if self.last != (iterations, f"{error:.10g}"):
             self._line(iterations, error, active, None, None, elapsed)
 
     def close(self) -> None:
@@ -150,7 +150,7 @@ class Progress:
             self.bar = None
 
     def _line(self, iteration, error, active, damping, step, elapsed) -> None:
-        self.last = (iteration, f"{error:.10g}", active)
+        self.last = (iteration, f"{error:.10g}")
         print(_progress_line(iteration, error, active, damping, step, elapsed), file=self.stream, flush=True)
 
 
