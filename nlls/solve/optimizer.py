@@ -30,14 +30,15 @@ import torch
 
 from ..core.evaluation import Evaluator
 from ..core.objective import Objective
+from .callbacks import call_back
 from .checks import check_bool, check_number
 from .drivers.base import Driver
 from .drivers.select import select_driver
 from .guard import finite_start, finite_trial, guarded_inputs, recording, records
 from .linear import LinearSolver, make_linear_solver
 from .linearization import LINEARIZATIONS, Linearization
-from .report import solve_message
-from .state import Failure, IterationInfo, OptimizerInfo, SolveState, Status, Values, flatten, select, unflatten
+from .report import classify_failures, solve_message
+from .state import Failure, OptimizerInfo, SolveState, Status, Values, flatten, select, unflatten
 from .tracing import is_compiling
 
 
@@ -289,31 +290,10 @@ class Optimizer:
         callback stopped every element. Calls ``state.callback`` first, if any: the elements it
         stops end with ``Status.STOPPED`` (``state`` is updated in place)."""
         if state.callback is not None:
-            self._call_back(state)
+            call_back(self, state)
             if not bool(state.active.any()) and bool((state.status == Status.STOPPED).any()):
                 return True
         return state.freeze_converged and not bool(state.active.any())
-
-    def _call_back(self, state: SolveState) -> None:
-        assert state.callback is not None and state.step_norm is not None, "set together by init"
-        info = IterationInfo(iteration=state.iteration, error=state.error,
-                             damping=self.damping_of(state.step_state), step_norm=state.step_norm,
-                             status=state.status, active=state.active,
-                             elapsed=time.perf_counter() - state.started)
-        answer = state.callback(info)
-        if answer is None or answer is False:
-            return
-        if isinstance(answer, bool):
-            stop = torch.ones_like(state.active)
-        elif isinstance(answer, torch.Tensor) and answer.dtype == torch.bool and answer.shape == state.active.shape:
-            stop = answer.to(state.active.device)
-        else:
-            raise TypeError(f"{type(self).__name__}: a callback returns None, a bool or a (B,) bool tensor "
-                            f"of the elements to stop, got {answer!r}")
-        stop = stop & state.active
-        state.status = torch.where(stop & (state.status == Status.RUNNING), Status.STOPPED,
-                                   state.status).to(torch.int8)
-        state.active = state.active & ~stop
 
     def postprocess(self, state: SolveState, write_back: bool = True) -> OptimizerInfo:
         """The :class:`OptimizerInfo` of a run; with ``write_back`` the solution goes into the
@@ -321,7 +301,7 @@ class Optimizer:
         evaluator = self._built()[0]
         running = state.status == Status.RUNNING
         status = torch.where(running, Status.MAX_ITERATIONS, state.status).to(torch.int8)
-        state = self._classify_failures(state, status)
+        state = classify_failures(self, state, status)
         if write_back:
             evaluator.scatter(state.values)
         info = OptimizerInfo(
@@ -338,21 +318,6 @@ class Optimizer:
         if state.verbose:
             print(info.message)
         return info
-
-    def _classify_failures(self, state: SolveState, status: torch.Tensor) -> SolveState:
-        """``state`` with the reason of every failure that happened in a step: a failed element
-        keeps the values from before its failing step, so that step's linear solve is repeated
-        there (host work, only when some element failed in a step)."""
-        if state.failure is None:
-            return state
-        unknown = (status == Status.FAILED) & (state.failure == Failure.NONE)
-        if not bool(unknown.any()):
-            return state
-        with torch.no_grad():
-            system = self._built()[1].linearize(state.values, state.aux)
-            _, solved = self.compute_step(system, state.step_state)
-        reason = torch.where(solved, Failure.NONFINITE_STEP, Failure.LINEAR_SOLVE).to(torch.int8)
-        return state.replace(failure=torch.where(unknown, reason, state.failure))
 
     # ---- the user's entry point ---------------------------------------------------------------
     def optimize(

@@ -74,3 +74,19 @@ def _culprit(optimizer, state: SolveState, elements: torch.Tensor) -> str:
             return (f" (cost function {group.members[member].name!r} gives NaN or inf for "
                     f"element(s) {index[:10]})")
     return f" for element(s) {index[:10]}"
+
+
+def classify_failures(optimizer, state: SolveState, status: torch.Tensor) -> SolveState:
+    """``state`` with the reason of every failure that happened in a step: a failed element
+    keeps the values from before its failing step, so that step's linear solve is repeated
+    there (host work, only when some element failed in a step)."""
+    if state.failure is None:
+        return state
+    unknown = (status == Status.FAILED) & (state.failure == Failure.NONE)
+    if not bool(unknown.any()):
+        return state
+    with torch.no_grad():
+        system = optimizer.linearization.linearize(state.values, state.aux)
+        _, solved = optimizer.compute_step(system, state.step_state)
+    reason = torch.where(solved, Failure.NONFINITE_STEP, Failure.LINEAR_SOLVE).to(torch.int8)
+    return state.replace(failure=torch.where(unknown, reason, state.failure))
