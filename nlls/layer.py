@@ -38,6 +38,7 @@ import torch
 
 from .backward import Backward, BackwardMode, backward_class, check_hessian
 from .config import build_optimizer, load_config
+from .solve.checks import check_bool
 from .solve.drivers.base import Driver
 from .solve.drivers.select import select_driver
 from .solve.optimizer import Optimizer
@@ -52,6 +53,8 @@ class OptimizationLayer(torch.nn.Module):
         hessian: the default ``H`` of the implicit backward, ``"gauss_newton"`` or ``"exact"``.
         backward_mode: the default backward mode of :meth:`forward`.
         backward_num_iterations: the default for the truncated mode.
+        compile, cuda_graph: the defaults of the calls' ``compile`` and ``cuda_graph`` (below; kept as
+            ``default_compile``, ``default_cuda_graph``).
 
     Calling the layer, ``solution, info = layer(inputs, ...)`` (:meth:`forward`), takes:
 
@@ -79,11 +82,16 @@ class OptimizationLayer(torch.nn.Module):
 
     def __init__(self, optimizer: Optimizer, hessian: str = "gauss_newton",
                  backward_mode: Union[str, BackwardMode] = BackwardMode.IMPLICIT,
-                 backward_num_iterations: Optional[int] = None):
+                 backward_num_iterations: Optional[int] = None, compile: bool = False,
+                 cuda_graph: bool = False):
         super().__init__()
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"OptimizationLayer expects an nlls optimizer, got {type(optimizer).__name__}")
+        check_bool("OptimizationLayer", "compile", compile)
+        check_bool("OptimizationLayer", "cuda_graph", cuda_graph)
+        select_driver("OptimizationLayer", compile, cuda_graph)  # refuses both at once
         self.optimizer = optimizer
+        self.default_compile, self.default_cuda_graph = compile, cuda_graph
         self.hessian = check_hessian(hessian)
         self.backward_mode = _mode_name(backward_mode)
         self.backward_num_iterations = backward_num_iterations
@@ -127,14 +135,17 @@ class OptimizationLayer(torch.nn.Module):
         verbose: bool = False,
         track_best_solution: bool = False,
         track_err_history: bool = False,
-        compile: bool = False,
-        cuda_graph: bool = False,
+        compile: Optional[bool] = None,
+        cuda_graph: Optional[bool] = None,
         driver: Optional[Driver] = None,
         callback: Optional[Callable] = None,
     ) -> Tuple[Dict[str, torch.Tensor], OptimizerInfo]:
         """Solve with ``inputs``; returns ``(solution, info)`` (arguments: see the class)."""
         mode = self.backward_for(backward_mode, backward_num_iterations, hessian)
-        runner = select_driver("OptimizationLayer", compile, cuda_graph, driver)
+        if driver is None:  # the call's flags, else the layer's
+            compile = self.default_compile if compile is None else compile
+            cuda_graph = self.default_cuda_graph if cuda_graph is None else cuda_graph
+        runner = select_driver("OptimizationLayer", bool(compile), bool(cuda_graph), driver)
         mode.check(self.optimizer, inputs, runner)
         tracking = dict(track_best_solution=track_best_solution, track_err_history=track_err_history,
                         verbose=verbose, callback=callback)

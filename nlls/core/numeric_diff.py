@@ -103,10 +103,12 @@ class NumericDiffCostFunction(ErrorFunctionCostFunction):
         return (self.err_fn, self.attributes_key(exclude=("err_fn", "_call_mode")))
 
     def error(self) -> torch.Tensor:
-        return _BlackBox.apply(self, False, *self._tensors())
+        if torch.compiler.is_compiling():
+            return _untraced(_evaluate)(self, False)[0]
+        return _evaluate(self, False)[0]
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        *jacobians, error = _BlackBox.apply(self, True, *self._tensors())
+        *jacobians, error = (_untraced(_evaluate) if torch.compiler.is_compiling() else _evaluate)(self, True)
         return list(jacobians), error
 
     # ---- finite differences on plain tensors ----------------------------------------------
@@ -224,6 +226,24 @@ class NumericDiffCostFunction(ErrorFunctionCostFunction):
                 position += len(signs)
         jac = torch.stack(columns, dim=-1)
         return list(torch.split(jac, dofs, dim=-1)), error
+
+
+def _evaluate(cf: "NumericDiffCostFunction", want_jacobians: bool):
+    out = _BlackBox.apply(cf, want_jacobians, *cf._tensors())
+    return out if want_jacobians else (out,)
+
+
+_UNTRACED: dict = {}
+
+
+def _untraced(function):
+    """``function`` excluded from ``torch.compile``'s tracing: the black box and the per-element
+    checks of its output are host code, run eagerly between the compiled parts without a
+    graph-break report. Made on first use under the compiler (so ``import nlls`` does not load it)."""
+    wrapped = _UNTRACED.get(function)
+    if wrapped is None:
+        wrapped = _UNTRACED[function] = torch.compiler.disable(function)
+    return wrapped
 
 
 def _central_or_one_sided(error, plus, minus, h):

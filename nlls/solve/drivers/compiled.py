@@ -139,12 +139,17 @@ class CompiledDriver(Driver):
         (after a warning) when it cannot be compiled, so the caller runs eagerly."""
         cache = optimizer.cache(self.name)
         compiled = cache.get(key)
-        if compiled is None:
-            compiled = cache[key] = torch.compile(make(), dynamic=False, options=compile_options())
         if compiled is _FAILED:
             return None
         try:
-            return compiled(*args)
+            if compiled is not None:
+                return compiled(*args)
+            with warnings.catch_warnings():  # compiling: torch's own deprecation notices about its
+                # TorchScript internals (not nlls's code, nothing a user can change) are not
+                # repeated to the user on every new problem shape
+                warnings.filterwarnings("ignore", message=_TORCHSCRIPT_NOTICE, category=DeprecationWarning)
+                compiled = cache[key] = torch.compile(make(), dynamic=False, options=compile_options())
+                return compiled(*args)
         except Exception as exc:  # the compiler's failure is not the user's: run eagerly
             warnings.warn(
                 f"{type(optimizer).__name__}.optimize(compile=True): torch.compile could not "
@@ -166,6 +171,9 @@ class CompiledDriver(Driver):
             print(f"iteration {new.iteration:3d}  error {new.error.mean().item():.6e}  (compiled "
                   f"{'solve' if restart else 'chunk'} of {size})")
         return new
+
+
+_TORCHSCRIPT_NOTICE = r"`torch\.jit\.script(_method)?` is deprecated"
 
 
 def _failed(*args, **kwargs):  # marker: this function could not be compiled
