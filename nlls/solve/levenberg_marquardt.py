@@ -39,9 +39,10 @@ class DampingState:
 class LevenbergMarquardt(Optimizer):
     """Levenberg-Marquardt with per-element adaptive damping.
 
+    ``objective``, ``linear_solver``, ``max_iterations``, ``step_size``, ``abs_err_tolerance``,
+    ``rel_err_tolerance`` and ``check_every`` are :class:`~nlls.solve.optimizer.Optimizer`'s.
+
     Args:
-        objective, linear_solver, max_iterations, step_size, abs_err_tolerance,
-        rel_err_tolerance, check_every: see :class:`~nlls.solve.optimizer.Optimizer`.
         damping: initial ``lambda``.
         adaptive_damping: adapt ``lambda`` and reject steps that do not decrease the error.
         diagonal_scaling: damp with ``diag(J^T J)`` instead of the identity.
