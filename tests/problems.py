@@ -71,3 +71,10 @@ def autodiff_objective(err_fn, dof, x, y, init, name="p"):
         (p,), err_fn, x.shape[1], aux_vars=(nlls.Variable(x, name="x"), nlls.Variable(y, name="y")),
         name="fit"))
     return objective, p
+
+
+def exp_fit(batch, seed, points=20):
+    """``batch`` exponential fits (autodiff) from ``(a, b, c) = (1, 1, 0)``: ``(objective, p)``."""
+    x, y, _ = exp_data(batch, points=points, seed=seed)
+    start = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64).repeat(batch, 1)
+    return autodiff_objective(exp_error, 3, x, y, start)

@@ -4,14 +4,13 @@ import torch
 
 import nlls
 from nlls.solve.state import IterationInfo
-from tests.problems import autodiff_objective, exp_data, exp_error
+from tests.problems import exp_fit
 
 F64 = torch.float64
 
 
 def _exp(batch=3):
-    x, y, _ = exp_data(batch, points=20, seed=3)
-    return autodiff_objective(exp_error, 3, x, y, torch.tensor([[1.0, 1.0, 0.0]], dtype=F64).repeat(batch, 1))
+    return exp_fit(batch, seed=3)
 
 
 def test_the_callback_sees_the_error_history_and_the_steps():

@@ -5,14 +5,13 @@ import torch
 import nlls
 from nlls.solve.drivers.base import Driver
 from nlls.solve.state import SolveState, Status, flatten, map_tensors, unflatten
-from tests.problems import autodiff_objective, exp_data, exp_error
+from tests.problems import exp_fit
 
 F64 = torch.float64
 
 
 def _exp(batch=4):
-    x, y, _ = exp_data(batch, points=20, seed=7)
-    return autodiff_objective(exp_error, 3, x, y, torch.tensor([[1.0, 1.0, 0.0]], dtype=F64).repeat(batch, 1))
+    return exp_fit(batch, seed=7)
 
 
 def test_a_loop_over_the_protocol_equals_optimize():
