@@ -87,6 +87,10 @@ class LevenbergMarquardt(Optimizer):
         return DampingState(damping=torch.full_like(error, self.damping),
                             growth=torch.full_like(error, 2.0))
 
+    @property
+    def checks_steps(self) -> bool:
+        return self.adaptive_damping
+
     def damping_of(self, step_state: DampingState):
         return step_state.damping
 

@@ -23,6 +23,9 @@ class Linearization:
     """Base of the linearizations: the scatter positions of every group's ``J^T r`` blocks, and
     the loop that adds the blocks of every group into ``g`` (and ``A``)."""
 
+    #: the attributes holding per-group index tensors, moved to the data's device once
+    INDEX_LISTS: Tuple[str, ...] = ("_flat_g",)
+
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
         self._flat_g = [group.offsets.reshape(-1) for group in evaluator.groups]
@@ -31,9 +34,8 @@ class Linearization:
     def _on(self, device: torch.device) -> None:
         """Move the index tensors to ``device`` once (no host copy per iteration)."""
         if device != self._device:
-            for name, value in vars(self).items():
-                if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-                    setattr(self, name, [v.to(device) for v in value])
+            for name in self.INDEX_LISTS:
+                setattr(self, name, [index.to(device) for index in getattr(self, name)])
             self._device = device
 
     def assemble(self, parts, index_A: Optional[Sequence[torch.Tensor]] = None,
@@ -70,6 +72,8 @@ class DenseLinearization(Linearization):
     When a single group of a single cost function covers every column in order (a curve fit),
     its blocks *are* ``A`` and ``g`` and nothing is scattered.
     """
+
+    INDEX_LISTS = ("_flat_g", "_flat_A")
 
     def __init__(self, evaluator: Evaluator):
         super().__init__(evaluator)
@@ -113,6 +117,8 @@ class SparseLinearization(Linearization):
 
 class JacobianLinearization(Linearization):
     """Keeps the Jacobian blocks and ``g``; ``A`` is only ever applied (matrix-free solvers)."""
+
+    INDEX_LISTS = ("_flat_g", "_columns")
 
     def __init__(self, evaluator: Evaluator):
         super().__init__(evaluator)

@@ -109,6 +109,12 @@ class Optimizer:
         """The damping to show in verbose output, if the rule has one."""
         return None
 
+    @property
+    def checks_steps(self) -> bool:
+        """Whether the step rule rejects a trial step that does not decrease the error (instead
+        of taking every finite step); failure messages advise accordingly."""
+        return False
+
     # ---- structure ----------------------------------------------------------------------
     def prepare(self) -> Evaluator:
         """Build (once per objective structure) the evaluator, the linearization and the linear

@@ -47,9 +47,9 @@ def _failures(optimizer, state: SolveState, status: torch.Tensor) -> List[str]:
         parts.append(f"{int(start.sum())} failed at the start: the initial cost is not finite"
                      f"{_culprit(optimizer, state, start)} (check the data and the initial values)")
     if bool(diverged.any()):
-        advice = ("a better start, a smaller step_size, or LevenbergMarquardt, whose steps are "
-                  "checked before they are taken") if type(optimizer).__name__ == "GaussNewton" else \
-            "a better start or a smaller step_size"
+        advice = "a better start or a smaller step_size" if optimizer.checks_steps else (
+            "a better start, a smaller step_size, or LevenbergMarquardt, whose steps are checked "
+            "before they are taken")
         parts.append(f"{int(diverged.sum())} diverged: a step made the error or the parameters "
                      f"non-finite or huge (try {advice})")
     if bool(singular.any()):
