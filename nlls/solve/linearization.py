@@ -6,7 +6,8 @@ also the gradient of the objective). ``J`` is never formed whole: each cost grou
 ``J_k^T J_k`` and ``J_k^T r_k`` for its members (:mod:`nlls.solve.normal_equations`), and these
 small blocks are added into ``A`` and ``g`` at positions computed once per objective structure
 (:meth:`Linearization.assemble`, the one assembly loop). The system types are in
-:mod:`nlls.solve.systems`.
+:mod:`nlls.solve.systems`. Solvers that work on ``J`` itself (QR) get it assembled dense instead
+(:class:`DenseJacobianLinearization`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ import torch
 
 from ..core.evaluation import Evaluator, State
 from .normal_equations import gradient_blocks, normal_blocks
-from .systems import DenseSystem, JacobianOperator, JacobianSystem, SparseMatrix, SparsePattern, SparseSystem
+from .systems import (
+    DenseJacobian,
+    DenseJacobianSystem,
+    DenseSystem,
+    JacobianOperator,
+    JacobianSystem,
+    SparseMatrix,
+    SparsePattern,
+    SparseSystem,
+)
 
 
 class Linearization:
@@ -131,9 +141,51 @@ class JacobianLinearization(Linearization):
         return JacobianSystem(operator, g)
 
 
+class DenseJacobianLinearization(Linearization):
+    """Assembles the whole dense Jacobian ``J (B, M, D)`` and residual ``r (B, M)`` (``M`` the
+    residual rows of every cost function, group after group) for solvers that factor ``J`` itself
+    (QR): one ``index_add`` per group at positions computed once. Memory: ``B * M * D`` numbers.
+
+    When a single group of a single cost function covers every column in order (a curve fit),
+    its block *is* ``J`` and nothing is scattered.
+    """
+
+    INDEX_LISTS = ("_flat_g", "_flat_J")
+
+    def __init__(self, evaluator: Evaluator):
+        super().__init__(evaluator)
+        dof = evaluator.dof
+        groups = evaluator.groups
+        self._direct = (
+            len(groups) == 1 and groups[0].size == 1
+            and groups[0].offsets[0].tolist() == list(range(dof))
+        )
+        self.rows = 0  # M
+        self._flat_J = []
+        for group in groups:
+            rows = self.rows + torch.arange(group.size * group.dim).reshape(group.size, group.dim)
+            self._flat_J.append((rows[:, :, None] * dof + group.offsets[:, None, :]).reshape(-1))
+            self.rows += group.size * group.dim
+
+    def linearize(self, state: State, aux) -> DenseJacobianSystem:
+        parts = self.evaluator.jacobians(state, aux)
+        if self._direct:
+            jac, r = parts[0]
+            return DenseJacobianSystem(DenseJacobian(jac[0], r[0]), gradient_blocks(jac[0], r[0]))
+        _, g = self.assemble(parts)  # (moves the index lists to the data's device)
+        ref = parts[0][1]
+        batch, dof = ref.shape[1], self.evaluator.dof
+        jacobian = ref.new_zeros(batch, self.rows * dof)
+        for (jac, _), index in zip(parts, self._flat_J):
+            jacobian = jacobian.index_add(1, index, jac.transpose(0, 1).reshape(batch, -1))
+        residual = torch.cat([r.transpose(0, 1).reshape(batch, -1) for _, r in parts], dim=1)
+        return DenseJacobianSystem(DenseJacobian(jacobian.reshape(batch, self.rows, dof), residual), g)
+
+
 #: what ``LinearSolver.linearization`` names
 LINEARIZATIONS: Dict[str, Type[Linearization]] = {
     "dense": DenseLinearization, "sparse": SparseLinearization, "jacobian": JacobianLinearization,
+    "dense_jacobian": DenseJacobianLinearization,
 }
 __all__: List[str] = ["Linearization", "DenseLinearization", "SparseLinearization",
-                      "JacobianLinearization", "LINEARIZATIONS"]
+                      "JacobianLinearization", "DenseJacobianLinearization", "LINEARIZATIONS"]

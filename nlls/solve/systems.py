@@ -7,7 +7,10 @@ tangent; what ``A`` is depends on the linearization (``LinearSolver.linearizatio
 * ``"sparse"``: :class:`SparseSystem`, ``A`` a :class:`SparseMatrix` (batched values on one
   :class:`SparsePattern`);
 * ``"jacobian"``: :class:`JacobianSystem`, ``A`` a :class:`JacobianOperator` (products through the
-  Jacobian blocks, never formed).
+  Jacobian blocks, never formed);
+* ``"dense_jacobian"``: :class:`DenseJacobianSystem`, ``A`` a :class:`DenseJacobian`: the whole
+  Jacobian ``J (B, M, D)`` and residual ``r (B, M)`` (``M`` residual rows in all), for solvers that
+  work on ``J`` itself (QR). It holds ``B * M * D`` numbers, ``M / D`` times the dense ``A``.
 
 Each ``A`` offers ``diagonal()``, ``add_diagonal(d)`` and ``matvec(x)``; the systems add the damping
 and the model decrease the step rules use. A linear solver's ``factor`` receives ``A`` or its
@@ -16,7 +19,7 @@ damped form (:meth:`NormalEquations.damped`), which has the same type.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Protocol, Tuple, Union
+from typing import Dict, List, Optional, Protocol, Tuple, Union
 
 import torch
 
@@ -217,3 +220,43 @@ class JacobianOperator:
 
 class JacobianSystem(NormalEquations):
     """Normal equations kept as Jacobian blocks: ``A`` a :class:`JacobianOperator`, ``g``."""
+
+
+class DenseJacobian:
+    """``A = J^T J + diag(shift)`` kept as the dense Jacobian ``J (B, M, D)`` and the residual
+    ``r (B, M)`` it was linearized with (``A`` itself is never formed): what a solver on ``J``
+    (``DenseQR``) factors, as the least-squares problem ``[J; sqrt(shift)] delta ~ [-r; 0]``."""
+
+    def __init__(self, jacobian: torch.Tensor, residual: torch.Tensor,
+                 shift: Optional[torch.Tensor] = None):
+        self.jacobian = jacobian
+        self.residual = residual
+        self.shift = shift  # (B, D) or None
+
+    @property
+    def shape(self):
+        return (self.jacobian.shape[0], self.jacobian.shape[2], self.jacobian.shape[2])
+
+    def diagonal(self) -> torch.Tensor:
+        """``diag(A)``, ``(B, D)``."""
+        squares = (self.jacobian * self.jacobian).sum(dim=1)
+        return squares if self.shift is None else squares + self.shift
+
+    def add_diagonal(self, diagonal: torch.Tensor) -> "DenseJacobian":
+        shift = diagonal if self.shift is None else self.shift + diagonal
+        return DenseJacobian(self.jacobian, self.residual, shift)
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x = J^T (J x) (+ shift x)`` for ``x (B, D)``."""
+        jx = self.jacobian @ x[..., None]
+        out = (self.jacobian.mT @ jx)[..., 0]
+        return out if self.shift is None else out + self.shift * x
+
+    def to_dense(self) -> torch.Tensor:
+        """``A`` as a ``(B, D, D)`` tensor."""
+        A = self.jacobian.mT @ self.jacobian
+        return A if self.shift is None else A + torch.diag_embed(self.shift)
+
+
+class DenseJacobianSystem(NormalEquations):
+    """Normal equations kept as the dense Jacobian: ``A`` a :class:`DenseJacobian`, ``g``."""
