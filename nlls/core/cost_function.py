@@ -22,6 +22,7 @@ import torch
 
 from .cost_weight import CostWeight, ScaleCostWeight, WeightLike
 from .manifold import Manifold
+from .ragged import MaskLike, as_mask_variable, check_mask_width, mask_rows
 from .stacking import Stackable
 from .variable import Variable
 
@@ -58,6 +59,10 @@ class CostFunction(Stackable):
         cost_weight: a :class:`~nlls.core.cost_weight.CostWeight`, a float or a tensor (taken as
             a :class:`~nlls.core.cost_weight.ScaleCostWeight`); ``None`` means weight 1.
         name: unique name inside an objective; a fresh one is made when omitted.
+        residual_mask: for ragged batches (:mod:`nlls.core.ragged`): a bool ``(B, dim)`` tensor
+            or Variable, ``True`` on the real residual rows; the others are dropped (their
+            weighted residual and Jacobian rows are zero, NaN there included). A tensor becomes
+            the aux variable ``<name>_residual_mask``, replaceable by name like other data.
     """
 
     has_autograd_graph: bool = True
@@ -65,7 +70,7 @@ class CostFunction(Stackable):
     capturable: bool = True
 
     _counter = 0
-    _STACK_BASE = frozenset({"_name", "_optim_vars", "_aux_vars", "cost_weight"})
+    _STACK_BASE = frozenset({"_name", "_optim_vars", "_aux_vars", "cost_weight", "_residual_mask"})
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class CostFunction(Stackable):
         aux_vars: Sequence[Variable] = (),
         cost_weight: Optional[CostWeightLike] = None,
         name: Optional[str] = None,
+        residual_mask: Optional[MaskLike] = None,
     ):
         if name is None:
             CostFunction._counter += 1
@@ -94,6 +100,8 @@ class CostFunction(Stackable):
         if cost_weight is not None and not isinstance(cost_weight, CostWeight):
             cost_weight = ScaleCostWeight(cost_weight)
         self.cost_weight = cost_weight
+        self._residual_mask: Optional[Variable] = None if residual_mask is None else as_mask_variable(
+            residual_mask, f"{type(self).__name__} {name!r}", f"{name}_residual_mask")
 
     # ---- what subclasses define --------------------------------------------------------
     def dim(self) -> int:
@@ -129,23 +137,47 @@ class CostFunction(Stackable):
         return self._aux_vars
 
     @property
+    def residual_mask(self) -> Optional[Variable]:
+        """The bool ``(B, dim)`` variable of the real residual rows, or ``None`` (all rows)."""
+        return self._residual_mask
+
+    @property
     def weight_vars(self) -> Tuple[Variable, ...]:
-        """The variables holding the cost weight's data (part of the objective's aux vars)."""
-        return self.cost_weight.aux_vars if self.cost_weight is not None else ()
+        """The variables the weighting reads (part of the objective's aux vars): the cost
+        weight's data, then the residual mask."""
+        weights = self.cost_weight.aux_vars if self.cost_weight is not None else ()
+        return weights if self._residual_mask is None else weights + (self._residual_mask,)
+
+    def _mask(self, dim: int) -> Optional[torch.Tensor]:
+        if self._residual_mask is None:
+            return None
+        check_mask_width(self._residual_mask, dim, f"{type(self).__name__} {self.name!r}")
+        return self._residual_mask.tensor
 
     def weighted_error(self) -> torch.Tensor:
-        """``w * r``, ``(B, dim)``."""
+        """``w * r``, ``(B, dim)``; zero on the rows the residual mask drops."""
         error = self.error()
-        if self.cost_weight is None:
-            return error
-        return self.cost_weight.weight_error(error)
+        mask = self._mask(error.shape[-1])
+        if mask is not None:
+            error = mask_rows(mask, error)
+        if self.cost_weight is not None:
+            error = self.cost_weight.weight_error(error)
+            if mask is not None:  # a weight's padding (or a full matrix) cannot refill them
+                error = mask_rows(mask, error)
+        return error
 
     def weighted_jacobians_error(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """Jacobians and residual, both multiplied by the weight."""
+        """Jacobians and residual, both multiplied by the weight; zero on masked rows."""
         jacobians, error = self.jacobians()
-        if self.cost_weight is None:
-            return list(jacobians), error
-        return self.cost_weight.weight_jacobians(list(jacobians), error)
+        jacobians = list(jacobians)
+        mask = self._mask(error.shape[-1])
+        if mask is not None:
+            jacobians, error = [mask_rows(mask, j) for j in jacobians], mask_rows(mask, error)
+        if self.cost_weight is not None:
+            jacobians, error = self.cost_weight.weight_jacobians(jacobians, error)
+            if mask is not None:
+                jacobians, error = [mask_rows(mask, j) for j in jacobians], mask_rows(mask, error)
+        return jacobians, error
 
     def stack_variables(self) -> Tuple[Variable, ...]:
         """``optim_vars + aux_vars + weight_vars``: every variable the residual reads."""
@@ -174,13 +206,16 @@ class ErrorFunctionCostFunction(CostFunction):
 
     def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
                  aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeightLike] = None,
-                 name: Optional[str] = None):
-        super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name)
+                 name: Optional[str] = None, residual_mask: Optional[MaskLike] = None):
+        super().__init__(optim_vars, aux_vars, cost_weight=cost_weight, name=name,
+                         residual_mask=residual_mask)
         what = f"{type(self).__name__} {self.name!r}"
         if not callable(err_fn):
             raise TypeError(f"{what}: err_fn must be callable")
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"{what}: dim must be a positive int, got {dim!r}")
+        if self.residual_mask is not None:
+            check_mask_width(self.residual_mask, dim, what)
         self.err_fn = err_fn
         self._dim = dim
 
@@ -229,7 +264,8 @@ class AutoDiffCostFunction(ErrorFunctionCostFunction):
     many residuals) and reverse mode otherwise, except for small stacks (``dim^2 * rows <=
     200,000``), where reverse mode's lower fixed cost wins (about 0.35 ms against 1 ms per call
     on CPU). If an operation has no forward-mode rule it falls back to reverse mode once and
-    remembers it.
+    remembers it. With a ``residual_mask`` "auto" is forward mode, which keeps residual rows
+    apart (reverse mode's products sum over them, and padding that is NaN would spoil every row).
 
     Args:
         optim_vars: Manifold variables.
@@ -239,14 +275,18 @@ class AutoDiffCostFunction(ErrorFunctionCostFunction):
         cost_weight: weight (see :class:`CostFunction`).
         name: unique name.
         autograd_mode: ``"auto"``, ``"forward"`` or ``"reverse"``.
+        residual_mask: bool ``(B, dim)``: the real residual rows of a ragged batch (see
+            :class:`CostFunction`).
     """
 
     _MODES = ("auto", "forward", "reverse")
 
     def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
                  aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeightLike] = None,
-                 name: Optional[str] = None, autograd_mode: str = "auto"):
-        super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name)
+                 name: Optional[str] = None, autograd_mode: str = "auto",
+                 residual_mask: Optional[MaskLike] = None):
+        super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name,
+                         residual_mask=residual_mask)
         if autograd_mode not in self._MODES:
             raise ValueError(
                 f"AutoDiffCostFunction {self.name!r}: autograd_mode must be one of "
@@ -261,6 +301,8 @@ class AutoDiffCostFunction(ErrorFunctionCostFunction):
     def _mode(self, batch: int = 1) -> str:
         if self.autograd_mode != "auto":
             return self.autograd_mode
+        if self.residual_mask is not None:  # reverse mode sums over rows: 0 * nan from padding
+            return "forward"
         total_dof = sum(v.dof() for v in self.optim_vars)
         if total_dof > self._dim or self._dim * self._dim * batch <= self._REVERSE_MAX_ENTRIES:
             return "reverse"

@@ -11,7 +11,8 @@ one costs thousands of Python calls and tiny kernels per iteration. Instead:
   dtypes, weight, and the non-variable data each class declares in ``stack_key()``; see
   :mod:`nlls.core.stacking`) form a group of ``K`` members. The group keeps a *twin*: a copy
   of its first member whose variables are placeholders. Per evaluation each placeholder
-  receives the stacked data of that slot for all members, ``(K * B, *shape)``, gathered from
+  receives the stacked data of that slot for all members (residual masks included),
+  ``(K * B, *shape)``, gathered from
   the blocks with one indexed read, and the twin's ``weighted_error()`` /
   ``weighted_jacobians_error()`` run once for the whole group. Attributes that keep cost
   functions of one kind apart only by identity (a tensor outside a variable) are reported
@@ -98,7 +99,7 @@ class _Group:
                 self.aux_slots.append(slot)
         # the optim slot of each of the first member's optim variables, in order
         self.slot_of_position = [slot_of[id(v)] for v in first.optim_vars]
-        self.twin = _twin(first, mapping)
+        self.twin = twin(first, mapping)
         self.checked = False
         self.offsets: torch.Tensor  # (K, sum dofs) tangent columns per member, set by the evaluator
 
@@ -111,8 +112,9 @@ class _Group:
         return f"cost function {self.members[0].name!r}{more}"
 
 
-def _twin(obj, mapping: Dict[int, Variable]):
-    """A shallow copy of ``obj`` in which every registered variable is replaced by its placeholder."""
+def twin(obj, mapping: Dict[int, Variable]):
+    """A shallow copy of ``obj`` (a cost function) in which every variable found in ``mapping``
+    (by id) is replaced by its stand-in, nested cost functions and weights copied alike."""
     twin = object.__new__(type(obj))
     twin.__dict__.update({k: _remap(v, mapping) for k, v in vars(obj).items()})
     return twin
@@ -122,9 +124,9 @@ def _remap(value, mapping):
     if isinstance(value, Variable):
         return mapping.get(id(value), value)
     if isinstance(value, CostWeight):
-        return _twin(value, mapping)
+        return twin(value, mapping)
     if isinstance(value, CostFunction):  # wrappers (e.g. robust losses) hold their inner cost
-        return _twin(value, mapping)
+        return twin(value, mapping)
     if isinstance(value, tuple):
         return tuple(_remap(v, mapping) for v in value)
     if isinstance(value, list):

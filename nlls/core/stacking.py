@@ -9,7 +9,9 @@ per-element shapes, dtypes, which positions share a variable), the cost weight's
 
 The default ``stack_key()`` (:meth:`~Stackable.attributes_key`) reads the object's attributes:
 
-* a registered variable counts by its position (its data is stacked, not compared);
+* a registered variable counts by its position (its data is stacked, not compared): aux data,
+  weight data and residual masks (:mod:`nlls.core.ragged`) alike, so cost functions that differ
+  only in which rows their masks drop still share one call;
 * a constant (number, string, ``None``, dtype, device, class, enum, tuples/lists/dicts of them)
   counts by value;
 * a nested cost function or cost weight by its own key;
