@@ -77,6 +77,11 @@ class Problem:
         """``0.5 * sum r^2`` per row of ``x (B, n)``."""
         return 0.5 * (self.residual(x) ** 2).sum(1)
 
+    def targets(self, start: int) -> Tuple[float, ...]:
+        """The minima start ``start`` may count as reaching: ``f_star`` for ``x0``; for a scaled
+        start, any of ``minima`` (the paper gives no minimum for those starts)."""
+        return (self.f_star,) if start == 0 or not self.minima else self.minima
+
     def reached(self, cost: torch.Tensor, targets: Optional[Tuple[float, ...]] = None) -> torch.Tensor:
         """(B,) bool: the cost is within ``tolerance`` (relative) of ``f_star``, or of any of
         ``targets``; within ``ZERO_COST`` (absolute) of a target that is 0."""
@@ -86,10 +91,15 @@ class Problem:
             hit = hit | ((cost - target).abs() <= bound)
         return hit
 
-    def digits(self, cost: torch.Tensor) -> torch.Tensor:
-        """(B,) digits reached: ``-log10`` of the relative cost error (absolute where f* = 0), 0..16."""
-        error = (cost - self.f_star).abs() / (self.f_star if self.f_star > 0 else 1.0)
-        return (-torch.log10(error.clamp_min(1e-16))).clamp(0.0, 16.0).nan_to_num(0.0)
+    def digits(self, cost: torch.Tensor, targets: Optional[Tuple[float, ...]] = None) -> torch.Tensor:
+        """(B,) digits reached: ``-log10`` of the relative cost error (absolute where the target
+        is 0), 0 to 16, the best over ``targets`` (default ``f_star``)."""
+        best = torch.zeros_like(cost)
+        for target in targets or (self.f_star,):
+            error = (cost - target).abs() / (target if target > 0 else 1.0)
+            digits = (-torch.log10(error.clamp_min(1e-16))).clamp(0.0, 16.0).nan_to_num(0.0)
+            best = torch.maximum(best, digits)
+        return best
 
 
 class MGHCost(nlls.CostFunction):
@@ -239,6 +249,10 @@ def _problems():
           notes="n = 5, m = 10: f = (m^2 + 3m - 6) / (4 (2m - 3))"),
         P("chebyquad8", 35, 8, 8, _with_m(fn.chebyquad, 8), _with_m(fn.chebyquad_jacobian, 8),
           _scaled(tuple(j / 9 for j in range(1, 9)), 10), 1.7584368628389602e-3, 1.758435e-3),
+        P("chebyquad10", 35, 10, 10, _with_m(fn.chebyquad, 10), _with_m(fn.chebyquad_jacobian, 10),
+          _scaled(tuple(j / 11 for j in range(1, 11)), 10), 3.251977400441152e-3, 3.251975e-3,
+          minima=(3.251977400441152e-3, 2.386356848187677e-3),
+          notes="SciPy's trf from 10 x0 reaches 2.38636e-3, a minimum the paper omits"),
     ]
 
 
