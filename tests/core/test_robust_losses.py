@@ -215,6 +215,19 @@ def _numeric_gradient(x, y, loss, model, at, step=1e-6):
     return torch.stack(columns, dim=-1)
 
 
+def _stationary(x, y, loss, start, iterations=20):
+    """Newton's method on the line fit's robust objective, autograd derivatives of ``loss(s)``."""
+    p = start.clone()
+    for _ in range(iterations):
+        p = p.detach().requires_grad_(True)
+        residual = _model("line", p, x) - y
+        (gradient,) = torch.autograd.grad(0.5 * loss(residual * residual).sum(), p, create_graph=True)
+        hessian = torch.stack([torch.autograd.grad(gradient[:, j].sum(), p, retain_graph=True)[0]
+                               for j in range(2)], dim=1)
+        p = p - torch.linalg.solve(hessian, gradient[..., None])[..., 0]
+    return p.detach()
+
+
 # ---- limits ---------------------------------------------------------------------------------
 def test_huge_radius_is_least_squares():
     x, y, _ = _data(batch=2)
@@ -339,6 +352,42 @@ def test_a_batch_equals_separate_solves(loss):
         alone, alone_cost = _fit(x[element:element + 1], y[element:element + 1], loss)
         assert torch.allclose(alone, together[element:element + 1], atol=1e-10)
         assert torch.allclose(alone_cost, cost[element:element + 1], rtol=1e-10)
+
+
+# ---- the layer: gradients of a robust fit ---------------------------------------------------------
+@pytest.mark.parametrize("loss", [nlls.SoftLOneLoss(0.3), nlls.TolerantLoss(0.01, 0.005), nlls.TukeyLoss(0.5),
+                                  nlls.ScaledLoss(nlls.ArctanLoss(0.3), 2.0)], ids=repr)
+def test_layer_gradients_of_a_robust_fit(loss):
+    """Implicit (exact Hessian) and unrolled gradients agree with differences of the whole solve."""
+    x, y, _ = _data(batch=2, seed=10)
+    start, _ = _fit(x, y, nlls.HuberLoss(0.2))  # a convex fit first (Tukey, arctan are not convex)
+    _, objective = _objective(x, y, loss, start=start)
+    optimizer = nlls.LevenbergMarquardt(objective, max_iterations=100, abs_err_tolerance=0.0, rel_err_tolerance=1e-15)
+    layer = nlls.OptimizationLayer(optimizer)
+    generator = torch.Generator().manual_seed(11)
+    direction = torch.randn(y.shape, generator=generator, dtype=F64)
+    weights = torch.randn(2, 2, generator=generator, dtype=F64)
+
+    def solve(values, **kwargs):
+        inputs = {f"y{k}": values[:, k:k + 1] for k in range(values.shape[1])}
+        solution, info = layer({**inputs, "p": start}, **kwargs)
+        assert not bool((info.status == nlls.Status.FAILED).any()), info.message
+        return solution["p"]
+
+    leaf = y.clone().requires_grad_(True)
+    implicit = torch.autograd.grad((weights * solve(leaf, backward_mode="implicit", hessian="exact")).sum(), leaf)[0]
+    unrolled = torch.autograd.grad((weights * solve(leaf, backward_mode="unroll")).sum(), leaf)[0]
+    # LM converges linearly on a robust loss (its model is reweighted least squares), so the
+    # differences are taken of Newton-polished stationary points, accurate to rounding
+    fitted = solve(y).detach()
+    step = 1e-5
+    plus, minus = (_stationary(x, y + sign * step * direction, loss, fitted) for sign in (1.0, -1.0))
+    differences = float((weights * (plus - minus)).sum()) / (2 * step)
+    assert math.isclose(float((implicit * direction).sum()), differences, rel_tol=1e-6)
+    assert torch.allclose(unrolled, implicit, rtol=1e-5, atol=1e-8)
+    if isinstance(loss, nlls.TukeyLoss):  # points past the radius have no say in the solution
+        outliers = (_model("line", fitted, x) - y).abs() > 0.5
+        assert bool(outliers.any()) and bool((implicit[outliers] == 0).all())
 
 
 # ---- the corrected linearization ------------------------------------------------------------------
