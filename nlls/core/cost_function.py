@@ -22,7 +22,7 @@ import torch
 
 from .cost_weight import CostWeight, ScaleCostWeight, WeightLike
 from .manifold import Manifold
-from .ragged import MaskLike, as_mask_variable, check_mask_width, mask_rows
+from .ragged import MaskLike, as_mask_variable, check_mask_width, finite_rows, mask_rows
 from .stacking import Stackable
 from .variable import Variable
 
@@ -61,8 +61,9 @@ class CostFunction(Stackable):
         name: unique name inside an objective; a fresh one is made when omitted.
         residual_mask: for ragged batches (:mod:`nlls.core.ragged`): a bool ``(B, dim)`` tensor
             or Variable, ``True`` on the real residual rows; the others are dropped (their
-            weighted residual and Jacobian rows are zero, NaN there included). A tensor becomes
-            the aux variable ``<name>_residual_mask``, replaceable by name like other data.
+            weighted residual and Jacobian rows are zero, NaN there included, and non-finite
+            entries of aux data shaped ``(B, dim, ...)`` on those rows are read as zero). A tensor
+            becomes the aux variable ``<name>_residual_mask``, replaceable by name like other data.
     """
 
     has_autograd_graph: bool = True
@@ -148,35 +149,38 @@ class CostFunction(Stackable):
         weights = self.cost_weight.aux_vars if self.cost_weight is not None else ()
         return weights if self._residual_mask is None else weights + (self._residual_mask,)
 
-    def _mask(self, dim: int) -> Optional[torch.Tensor]:
-        if self._residual_mask is None:
-            return None
-        check_mask_width(self._residual_mask, dim, f"{type(self).__name__} {self.name!r}")
+    def _mask(self, error: torch.Tensor) -> torch.Tensor:
+        assert self._residual_mask is not None, "called for masked cost functions only"
+        check_mask_width(self._residual_mask, error.shape[-1], f"{type(self).__name__} {self.name!r}")
         return self._residual_mask.tensor
 
     def weighted_error(self) -> torch.Tensor:
         """``w * r``, ``(B, dim)``; zero on the rows the residual mask drops."""
-        error = self.error()
-        mask = self._mask(error.shape[-1])
-        if mask is not None:
-            error = mask_rows(mask, error)
-        if self.cost_weight is not None:
-            error = self.cost_weight.weight_error(error)
-            if mask is not None:  # a weight's padding (or a full matrix) cannot refill them
-                error = mask_rows(mask, error)
+        if self._residual_mask is None:
+            error = self.error()
+            return error if self.cost_weight is None else self.cost_weight.weight_error(error)
+        with finite_rows(self.aux_vars, self._residual_mask.tensor):
+            error = self.error()
+        mask = self._mask(error)
+        error = mask_rows(mask, error)
+        if self.cost_weight is not None:  # masked again: a weight's padding (or a full matrix)
+            error = mask_rows(mask, self.cost_weight.weight_error(error))
         return error
 
     def weighted_jacobians_error(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Jacobians and residual, both multiplied by the weight; zero on masked rows."""
-        jacobians, error = self.jacobians()
-        jacobians = list(jacobians)
-        mask = self._mask(error.shape[-1])
-        if mask is not None:
-            jacobians, error = [mask_rows(mask, j) for j in jacobians], mask_rows(mask, error)
+        if self._residual_mask is None:
+            jacobians, error = self.jacobians()
+            if self.cost_weight is None:
+                return list(jacobians), error
+            return self.cost_weight.weight_jacobians(list(jacobians), error)
+        with finite_rows(self.aux_vars, self._residual_mask.tensor):
+            jacobians, error = self.jacobians()
+        mask = self._mask(error)
+        jacobians, error = [mask_rows(mask, j) for j in jacobians], mask_rows(mask, error)
         if self.cost_weight is not None:
             jacobians, error = self.cost_weight.weight_jacobians(jacobians, error)
-            if mask is not None:
-                jacobians, error = [mask_rows(mask, j) for j in jacobians], mask_rows(mask, error)
+            jacobians, error = [mask_rows(mask, j) for j in jacobians], mask_rows(mask, error)
         return jacobians, error
 
     def stack_variables(self) -> Tuple[Variable, ...]:

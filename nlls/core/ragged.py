@@ -12,15 +12,21 @@ to 50) are padded to a common size, and a **residual mask** says which rows are 
   is the one of its own unpadded problem.
 
 The mask is selected with ``torch.where``, never multiplied in: NaN or inf in masked rows (NaN
-padding, a residual undefined on padded data) reaches neither the results nor the gradient of the
-error with respect to the data. The mask is an aux :class:`~nlls.core.variable.Variable` (bool,
+padding, a residual undefined on padded data) reaches neither the results nor the gradients. Where
+autograd records the iterations (``unroll``, ``truncated``), the residual's derivative with respect
+to the optim variables also meets the data of the masked rows; so the cost function reads aux data
+laid out along its rows (floating tensors ``(B, dim, ...)``) as zero where an entry on a masked row
+is not finite (:func:`finite_rows`). Finite data is never changed. A residual row must be computed
+from its own entries for padding to stay out of the real rows (a mean over all entries would
+mix them). The mask is an aux :class:`~nlls.core.variable.Variable` (bool,
 ``(B, dim)`` or ``(1, dim)`` for the whole batch) registered with the cost function's weight data:
 ``Objective.update`` and the optimization layer's inputs replace it by name like any data, and the
 evaluation stacks it as data (cost functions with different masks still share one call).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+import contextlib
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -65,6 +71,35 @@ def mask_rows(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device))
 
 
+@contextlib.contextmanager
+def finite_rows(variables: Sequence[Variable], mask: torch.Tensor) -> Iterator[None]:
+    """While in the block, aux data laid out along the residual rows, floating tensors of shape
+    ``(B, dim, ...)`` (``B`` the mask's batch, or any with a ``(1, dim)`` mask), read zero where
+    an entry is not finite on a masked row; the variables get their own tensors back afterwards.
+
+    Selecting the masked rows out of the results is not enough where autograd records: the
+    residual's derivative with respect to the optim variables multiplies the padding (``0 * nan
+    = nan``). Finite entries are never changed, nor is anything on the real rows.
+    """
+    if mask.dtype != torch.bool:
+        mask = mask != 0
+    saved = []
+    try:
+        for var in variables:
+            tensor = var.tensor
+            if (tensor.ndim < 2 or not tensor.is_floating_point() or tensor.shape[1] != mask.shape[1]
+                    or mask.shape[0] not in (1, tensor.shape[0])):
+                continue
+            rows = mask.reshape(mask.shape + (1,) * (tensor.ndim - 2))
+            saved.append((var, tensor))
+            var.tensor = torch.where(rows | torch.isfinite(tensor), tensor,
+                                     torch.zeros((), dtype=tensor.dtype, device=tensor.device))
+        yield
+    finally:
+        for var, tensor in saved:
+            var.tensor = tensor
+
+
 def check_mask_width(mask: Variable, dim: int, owner: str) -> None:
     """Raise ``ValueError`` naming ``owner`` unless ``mask`` has ``dim`` columns."""
     if mask.shape[-1] != dim:
@@ -79,10 +114,8 @@ def pad_ragged(tensors: Sequence[torch.Tensor], value: float = 0.0,
     Args:
         tensors: ``B`` tensors (or numpy arrays) of shapes ``(n_b, ...)``, the trailing shape,
             dtype and device shared.
-        value: what fills the padding. The mask keeps it out of every result whatever it is, but
-            keep it finite (the default 0) when a backward mode records iterations (``unroll``,
-            ``truncated``): there the padding also meets the derivative of the residual with
-            respect to the optim variables, where ``0 * nan`` is ``nan``.
+        value: what fills the padding (default 0). The mask keeps it out of every result, NaN
+            included; a finite value that the residual can be evaluated at is the safest.
         length: the padded length (default: the longest ``n_b``). A fixed length keeps the
             problem's shapes, and with them solver caches and compiled code, the same from one
             batch to the next.

@@ -35,13 +35,15 @@ def _layer(points, batch, mask=None, **options):
 
 def _solve(layer, x, y, mode, **inputs):
     x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    solution, info = layer({"x": x, "y": y, **inputs}, backward_mode=mode)
+    extra = {"backward_num_iterations": 3} if mode == "truncated" else {}
+    solution, info = layer({"x": x, "y": y, **inputs}, backward_mode=mode, **extra)
     projection = torch.tensor([0.7, -1.3], dtype=F64)
     grad_x, grad_y = torch.autograd.grad((solution["ab"] * projection).sum(), (x, y))
     return solution["ab"].detach(), grad_x, grad_y, info
 
 
-@pytest.mark.parametrize("mode, padding", [("implicit", float("nan")), ("implicit", 0.0), ("unroll", 0.0)])
+@pytest.mark.parametrize("mode, padding", [("implicit", float("nan")), ("unroll", float("nan")),
+                                           ("truncated", float("nan")), ("implicit", 0.0)])
 def test_a_ragged_batch_equals_the_separate_solves(mode, padding):
     xs, ys = _data()
     x, mask = nlls.pad_ragged(xs, value=padding)
