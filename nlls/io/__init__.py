@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from . import bal as _bal
 from . import g2o as _g2o
@@ -30,7 +30,8 @@ __all__ = ["FormatError", "MissingFileError", "PoseGraph", "PoseGraphEdges", "BA
            "BALReprojection", "read", "read_g2o", "read_toro", "read_bal", "bundled_dataset"]
 
 
-def read(path: PathLike) -> Union[PoseGraph, BALProblem]:
+def read(path: PathLike, *, initialization: Optional[str] = None,
+         information_order: Optional[str] = None) -> Union[PoseGraph, BALProblem]:
     """Read a g2o or TORO pose graph or a BAL problem, the format told by the first record.
 
     A first record tagged ``VERTEX_SE2``, ``EDGE_SE2``, ``VERTEX_SE3:QUAT``, ``EDGE_SE3:QUAT`` or
@@ -39,22 +40,31 @@ def read(path: PathLike) -> Union[PoseGraph, BALProblem]:
 
     Args:
         path: the file.
+        initialization, information_order: the pose-graph readers' options (see
+            :func:`read_g2o`); ``None`` leaves their defaults. A BAL file refuses them.
 
     Returns:
         A :class:`PoseGraph` or a :class:`BALProblem`.
 
     Raises:
         FormatError: naming file and line, when no format matches or the file is malformed.
+        ValueError: an unknown option value, or a pose-graph option given for a BAL file.
     """
     source = Source(path)
     source.require_records("a g2o, TORO or BAL file")
+    options = {key: value for key, value in (("initialization", initialization),
+                                             ("information_order", information_order))
+               if value is not None}
     line, words = source.lines[0]
     tag = words[0]
     if tag in _g2o.TAGS:
-        return _g2o.read_source(source)
+        return _g2o.read_source(source, **options)
     if tag in _toro.TAGS + _toro.IGNORED:
-        return _toro.read_source(source)
+        return _toro.read_source(source, **options)
     if len(words) == 3 and all(word.isdigit() for word in words):
+        if options:
+            raise ValueError(f"read: {', '.join(options)} applies to pose graphs; {source.path} "
+                             "is a BAL problem")
         return _bal.read_source(source)
     raise source.error(line, f"unknown format: the first record is {' '.join(words[:4])!r}; "
                        f"expected g2o ({', '.join(_g2o.TAGS)}), TORO "

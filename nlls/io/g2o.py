@@ -14,6 +14,10 @@ An edge's information matrix is given by its upper triangle, row by row, in g2o'
 order of nlls's ``SE2``/``SE3`` tangents, so the matrix is used as it is. (GTSAM, whose ``Pose3``
 tangent lists rotation first, swaps the blocks; the costs agree.) Quaternions are normalized, as
 GTSAM does. ``FIX`` records are kept (and written back) but add nothing to the objective.
+
+An ``EDGE_SE2`` file written in TORO's order (``xx xy yy tt xt yt``) is detected when only that
+order gives positive definite matrices (``information_order="auto"``), and a file without vertex
+records gets its poses from the edges (``initialization``).
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import numpy as np
 import torch
 
 from ._text import PathLike, Records, Source
-from .pose_graph import (
-    PoseGraph,
+from .pose_graph import PoseGraph
+from .pose_graph_reader import (
     PoseGraphFormat,
     RecordLayout,
     information_fields,
@@ -59,16 +63,24 @@ FORMAT = PoseGraphFormat("g2o", {
                     information_fields(3), se2_poses, upper_triangle_information(3)),
     3: RecordLayout("VERTEX_SE3:QUAT", "EDGE_SE3:QUAT", _POSE_3D, _POSE_3D, information_fields(6),
                     _quaternion_poses, upper_triangle_information(6)),
-}, extra=("FIX",), fixed=_fixed)
+}, extra=("FIX",), fixed=_fixed, information_order="g2o")
 TAGS_2D, TAGS_3D = FORMAT.layouts[2].tags, FORMAT.layouts[3].tags
 TAGS = FORMAT.pose_tags + FORMAT.extra
 
 
-def read_g2o(path: PathLike) -> PoseGraph:
+def read_g2o(path: PathLike, *, initialization: str = "spanning_tree",
+             information_order: str = "auto") -> PoseGraph:
     """Read a 2-D or 3-D pose graph in g2o format.
 
     Args:
         path: the file.
+        initialization: how a file without vertex records gets its initial poses: composed
+            from the edges along a breadth-first ``"spanning_tree"`` (the default) or by
+            ``"chain"``-ing them in file order as GTSAM does (:mod:`nlls.io.initialization`).
+        information_order: ``EDGE_SE2``'s information fields: ``"auto"`` (g2o's order unless
+            only TORO's gives positive definite matrices, then TORO's, with a note),
+            ``"g2o"`` or ``"toro"``. The graph's ``information_order``, ``initialization`` and
+            ``notes`` say what was used.
 
     Returns:
         The :class:`~nlls.io.PoseGraph`; ``.objective()`` builds the problem.
@@ -78,10 +90,13 @@ def read_g2o(path: PathLike) -> PoseGraph:
             fields, a non-number, 2-D and 3-D records mixed, a repeated vertex id, an edge to an
             unknown vertex, an information matrix that is not positive definite, no edges, an
             empty file; ``MissingFileError`` (also a ``FileNotFoundError``) for a missing file.
+        ValueError: an unknown ``initialization`` or ``information_order``.
     """
-    return read_source(Source(path))
+    return read_source(Source(path), initialization=initialization,
+                       information_order=information_order)
 
 
-def read_source(source: Source) -> PoseGraph:
+def read_source(source: Source, initialization: str = "spanning_tree",
+                information_order: str = "auto") -> PoseGraph:
     """:func:`read_g2o` of a file already split into records."""
-    return read_pose_graph(source, FORMAT)
+    return read_pose_graph(source, FORMAT, initialization, information_order)

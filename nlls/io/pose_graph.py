@@ -10,13 +10,17 @@ the cost GTSAM and g2o report. No prior is added: the gauge freedom is the solve
 Whatever the file format, information matrices are stored here in the tangent order
 ``[x, y, theta]`` (2-D) or ``[tx, ty, tz, rx, ry, rz]`` (3-D), which is also g2o's order, so
 :meth:`PoseGraph.write_g2o` writes them as they are.
+
+What the reader decided about a file is kept on the graph: ``initialization`` (poses from the
+file's vertex records, or composed from its edges when it has none), ``information_order``
+(the order its 2-D information fields were read in) and ``notes`` (one line for each thing a
+user may want to know, e.g. for ``nlls solve --verbose``).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,8 +30,8 @@ from ..core.objective import Objective
 from ..geometry.factors import Between
 from ..geometry.se2 import SE2
 from ..geometry.se3 import SE3
-from ..geometry.so3 import matrix_to_quaternion, quaternion_to_matrix
-from ._text import PathLike, Records, Source, assemble, no_gc_pauses, upper_triangle_matrices
+from ..geometry.so3 import matrix_to_quaternion
+from ._text import PathLike, assemble, no_gc_pauses
 from .files import write_text_atomic
 
 
@@ -64,10 +68,25 @@ class PoseGraph:
         fixed: ids of vertices a g2o ``FIX`` record names; kept to be written back, the objective
             ignores them.
         path: the file read.
+        initialization: where the initial poses come from: ``"file"`` (vertex records), or
+            ``"spanning_tree"`` or ``"chain"`` (composed from the edges of a file without vertex
+            records, :mod:`nlls.io.initialization`).
+        information_order: the order the file's information fields were read in, ``"toro"``
+            or ``"g2o"`` (they differ in 2-D only; 3-D records are read translation first).
+        notes: lines saying what the reader decided where a file left a choice (empty when
+            nothing was decided).
+
+    Attributes:
+        initialization, information_order, notes: as given.
     """
 
     def __init__(self, dimension: int, vertex_ids: np.ndarray, poses: torch.Tensor,
-                 edges: PoseGraphEdges, fixed: Sequence[int] = (), path: Optional[PathLike] = None):
+                 edges: PoseGraphEdges, fixed: Sequence[int] = (), path: Optional[PathLike] = None,
+                 initialization: str = "file", information_order: str = "g2o",
+                 notes: Sequence[str] = ()):
+        self.initialization = initialization
+        self.information_order = information_order
+        self.notes = tuple(notes)
         self.dimension = dimension
         self.vertex_ids = vertex_ids
         self.poses = poses
@@ -181,175 +200,3 @@ def _g2o_numbers(data: torch.Tensor) -> np.ndarray:
         return torch.cat([data[:, :2], torch.atan2(data[:, 3:], data[:, 2:3])], dim=1).numpy()
     q = matrix_to_quaternion(data[:, :, :3])  # (w, x, y, z)
     return torch.cat([data[:, :, 3], q[:, 1:], q[:, :1]], dim=1).numpy()
-
-
-# ---- helpers the readers share -------------------------------------------------------------
-def se2_data(x_y_theta: np.ndarray) -> torch.Tensor:
-    """``(n, 3)`` ``x, y, theta`` to ``SE2`` data ``(n, 4)``."""
-    theta = x_y_theta[:, 2]
-    return torch.from_numpy(np.stack([x_y_theta[:, 0], x_y_theta[:, 1], np.cos(theta),
-                                      np.sin(theta)], axis=1))
-
-
-def se2_poses(records: Records, x_y_theta: np.ndarray) -> torch.Tensor:
-    """:func:`se2_data` of records' numbers (the ``poses`` of a 2-D :class:`RecordLayout`)."""
-    return se2_data(x_y_theta)
-
-
-def se3_data(translation: np.ndarray, rotation: np.ndarray) -> torch.Tensor:
-    """``(n, 3)`` translations and ``(n, 3, 3)`` rotations to ``SE3`` data ``(n, 3, 4)``."""
-    return torch.from_numpy(np.concatenate([rotation, translation[:, :, None]], axis=2))
-
-
-def information_fields(dof: int) -> Tuple[str, ...]:
-    """``I11 I12 ... I{dof}{dof}``: the upper triangle of an information matrix, row by row."""
-    return tuple(f"I{r + 1}{c + 1}" for r, c in zip(*np.triu_indices(dof)))
-
-
-def upper_triangle_information(dof: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The ``information`` of a layout that lists :func:`information_fields` ``(dof)``."""
-    return functools.partial(upper_triangle_matrices, dim=dof)
-
-
-def quaternion_rotations(records: Records, q_xyzw: np.ndarray) -> np.ndarray:
-    """Rotation matrices ``(n, 3, 3)`` of quaternions ``(n, 4)`` ``qx qy qz qw``, normalized
-    (as GTSAM does); a zero quaternion is an error at its line."""
-    norm = np.linalg.norm(q_xyzw, axis=1)
-    bad = ~(norm > 1e-12)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise records.source.error(int(records.lines[k]), f"{records.tag}: quaternion "
-                                   f"{q_xyzw[k].tolist()} has norm {norm[k]:.3g}, not a rotation")
-    q = q_xyzw[:, [3, 0, 1, 2]] / norm[:, None]
-    return quaternion_to_matrix(torch.from_numpy(q)).numpy()
-
-
-def build(source: Source, dimension: int, vertices: Tuple[Records, np.ndarray, torch.Tensor],
-          edges: Tuple[Records, np.ndarray, torch.Tensor, np.ndarray],
-          fixed: Sequence[Tuple[int, int]] = ()) -> PoseGraph:
-    """Check a parsed graph and make the :class:`PoseGraph`; every error names its line.
-
-    Args:
-        source: the file.
-        dimension: 2 or 3.
-        vertices: ``(records, ids (N,), poses)``.
-        edges: ``(records, pairs (E, 2), measurements, information (E, dof, dof))``.
-        fixed: ``(line, id)`` of each vertex a ``FIX`` record names.
-    """
-    vertex_records, ids, poses = vertices
-    edge_records, pairs, measurements, information = edges
-    if len(edge_records) == 0:
-        raise source.error(max(source.num_lines, 1), f"no {edge_records.tag} records: "
-                           "nothing to optimize")
-    order = np.argsort(ids, kind="stable")
-    repeated = np.nonzero(ids[order][1:] == ids[order][:-1])[0]
-    if repeated.size:
-        first, second = sorted(order[[repeated[0], repeated[0] + 1]])
-        raise source.error(int(vertex_records.lines[second]), f"{vertex_records.tag} id "
-                           f"{ids[second]} repeats the vertex of line "
-                           f"{vertex_records.lines[first]}")
-    known = np.zeros(pairs.shape, dtype=bool)
-    if ids.size:
-        position = np.minimum(np.searchsorted(ids, pairs, sorter=order), ids.size - 1)
-        known = ids[order][position] == pairs
-    if not known.all():
-        k, side = np.argwhere(~known)[0]
-        raise source.error(int(edge_records.lines[k]), f"{edge_records.tag} refers to vertex "
-                           f"{pairs[k, side]}, which no {vertex_records.tag} record defines")
-    loops = np.nonzero(pairs[:, 0] == pairs[:, 1])[0]
-    if loops.size:
-        raise source.error(int(edge_records.lines[loops[0]]), f"{edge_records.tag} from vertex "
-                           f"{pairs[loops[0], 0]} to itself")
-    known_ids = set(ids.tolist())
-    for line, i in fixed:
-        if i not in known_ids:
-            raise source.error(line, f"FIX names vertex {i}, which no {vertex_records.tag} "
-                               "record defines")
-    info = torch.from_numpy(information)
-    _, failed = torch.linalg.cholesky_ex(info)
-    if bool((failed != 0).any()):
-        k = int(torch.nonzero(failed)[0, 0])
-        eigenvalues = np.linalg.eigvalsh(information[k])
-        raise source.error(int(edge_records.lines[k]), f"{edge_records.tag}: information matrix "
-                           f"is not positive definite (eigenvalues "
-                           f"{np.round(eigenvalues, 6).tolist()})")
-    return PoseGraph(dimension, ids, poses, PoseGraphEdges(pairs, measurements, info),
-                     fixed=[i for _, i in fixed], path=source.path)
-
-
-# ---- the reader skeleton the pose-graph formats share ----------------------------------------
-@dataclass(frozen=True)
-class RecordLayout:
-    """How a format writes the vertices and edges of one dimension.
-
-    Attributes:
-        vertex_tag, edge_tag: the record tags (``VERTEX_SE2``, ``EDGE_SE2``).
-        vertex_fields: the names of a vertex's pose fields, after its id.
-        edge_fields: the names of an edge's measurement fields, after its two vertex ids.
-        information_fields: the names of the information fields that follow them.
-        poses: ``(records, numbers (n, len(fields)))`` to pose data, for vertices and edges.
-        information: numbers ``(n, len(information_fields))`` to matrices ``(n, dof, dof)``
-            in tangent order.
-    """
-
-    vertex_tag: str
-    edge_tag: str
-    vertex_fields: Tuple[str, ...]
-    edge_fields: Tuple[str, ...]
-    information_fields: Tuple[str, ...]
-    poses: Callable[[Records, np.ndarray], torch.Tensor]
-    information: Callable[[np.ndarray], np.ndarray]
-
-    @property
-    def tags(self) -> Tuple[str, str]:
-        return self.vertex_tag, self.edge_tag
-
-
-@dataclass(frozen=True)
-class PoseGraphFormat:
-    """A pose-graph file format: its name, its 2-D and 3-D layouts and its other records.
-
-    Attributes:
-        name: for messages (``"g2o"``).
-        layouts: ``{2: RecordLayout, 3: RecordLayout}``.
-        ignored: tags whose records are skipped.
-        extra: further tags, passed to ``fixed``.
-        fixed: ``(source, records by tag)`` to the ``(line, id)`` of every fixed vertex.
-    """
-
-    name: str
-    layouts: Dict[int, RecordLayout]
-    ignored: Tuple[str, ...] = ()
-    extra: Tuple[str, ...] = ()
-    fixed: Optional[Callable[[Source, Dict[str, Records]], Sequence[Tuple[int, int]]]] = None
-
-    @property
-    def pose_tags(self) -> Tuple[str, ...]:
-        return self.layouts[2].tags + self.layouts[3].tags
-
-
-def read_pose_graph(source: Source, file_format: PoseGraphFormat) -> PoseGraph:
-    """Read a 2-D or 3-D pose graph laid out as ``file_format`` says; every error names its line.
-
-    Raises:
-        FormatError: an unknown tag, a wrong number of fields, a non-number, 2-D and 3-D records
-            mixed, and what :func:`build` checks.
-    """
-    source.require_records(" or ".join(file_format.pose_tags))
-    records = source.by_tag(file_format.pose_tags + file_format.extra, file_format.ignored,
-                            describe=file_format.name)
-    first = {d: [int(records[t].lines[0]) for t in layout.tags if len(records[t])]
-             for d, layout in file_format.layouts.items()}
-    if first[2] and first[3]:
-        raise source.error(max(min(first[2]), min(first[3])), "mixes 2-D ({}) and 3-D ({}) records"
-                           .format(*("/".join(file_format.layouts[d].tags) for d in (2, 3))))
-    fixed = file_format.fixed(source, records) if file_format.fixed is not None else ()
-    dimension = 3 if first[3] else 2
-    layout = file_format.layouts[dimension]
-    vertices, edges = records[layout.vertex_tag], records[layout.edge_tag]
-    ids, v = vertices.table(("id",) + layout.vertex_fields, ints=1)
-    pairs, e = edges.table(("i", "j") + layout.edge_fields + layout.information_fields, ints=2)
-    size = len(layout.edge_fields)
-    return build(source, dimension, (vertices, ids[:, 0], layout.poses(vertices, v)),
-                 (edges, pairs, layout.poses(edges, e[:, :size]), layout.information(e[:, size:])),
-                 fixed)

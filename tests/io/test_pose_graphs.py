@@ -205,7 +205,9 @@ def test_toro_3d_rotations_and_information(tmp_path):
     problem = read(path)
     assert problem.dimension == 3
     assert torch.allclose(problem.poses, torch.stack(poses), atol=1e-12)
-    assert torch.equal(problem.edges.information[0], torch.from_numpy(information))
+    # the 21 numbers are rotation first (roll pitch yaw x y z); stored translation first
+    swap = [3, 4, 5, 0, 1, 2]
+    assert torch.equal(problem.edges.information[0], torch.from_numpy(information[swap][:, swap]))
     objective = problem.objective()
     assert _cost(objective) < 1e-20  # the measurements are exact
     # moved off the optimum, the cost equals that of the same graph written as g2o

@@ -1,0 +1,123 @@
+"""Initial poses of a pose graph whose file has edges but no vertex records.
+
+Several real datasets list only edges. Their poses are then composed from the measurements
+(an edge ``i -> j`` measures ``Z = x_i^-1 x_j``, so ``x_j = x_i Z`` and ``x_i = x_j Z^-1``):
+
+* ``"chain"``: GTSAM's rule (``load2D``): the edges in file order; an edge's first vertex, if
+  still unknown, is put at the identity, then its second, if still unknown, at ``x_i Z``. On an
+  odometry-first file this chains the odometry; an edge whose first vertex is new starts a new
+  chain at the origin.
+* ``"spanning_tree"``: a breadth-first spanning tree of the edges, both directions, from the
+  lowest vertex id of each connected part (at the identity), each vertex composed from its
+  parent through the first edge between them in the file. Every vertex is reached by the fewest
+  measurements, so less drift piles up than along a long chain, and no part starts at the origin
+  by accident of edge order.
+
+Poses are composed as homogeneous matrices in float64, one batched product per tree level.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+INITIALIZATIONS = ("spanning_tree", "chain")
+
+
+def _matrices(data: torch.Tensor) -> np.ndarray:
+    """``SE2`` data ``(n, 4)`` or ``SE3`` data ``(n, 3, 4)`` to homogeneous ``(n, 3 | 4, 3 | 4)``."""
+    array = data.numpy()
+    if array.ndim == 2:
+        x, y, c, s = array.T
+        zero, one = np.zeros_like(x), np.ones_like(x)
+        return np.stack([np.stack([c, -s, x], -1), np.stack([s, c, y], -1),
+                         np.stack([zero, zero, one], -1)], -2)
+    bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (array.shape[0], 1, 4))
+    return np.concatenate([array, bottom], axis=1)
+
+
+def _data(matrices: np.ndarray) -> torch.Tensor:
+    """The inverse of :func:`_matrices` (rotations of 2-D poses renormalized)."""
+    if matrices.shape[-1] == 3:
+        c, s = matrices[:, 0, 0], matrices[:, 1, 0]
+        norm = np.hypot(c, s)
+        return torch.from_numpy(np.stack([matrices[:, 0, 2], matrices[:, 1, 2], c / norm, s / norm], 1))
+    return torch.from_numpy(np.ascontiguousarray(matrices[:, :3, :]))
+
+
+def _inverse(matrices: np.ndarray) -> np.ndarray:
+    d = matrices.shape[-1] - 1
+    rotation_t = np.swapaxes(matrices[:, :d, :d], 1, 2)
+    out = np.zeros_like(matrices)
+    out[:, :d, :d] = rotation_t
+    out[:, :d, d] = -(rotation_t @ matrices[:, :d, d:])[..., 0]
+    out[:, d, d] = 1.0
+    return out
+
+
+def _chain(index: np.ndarray, measured: np.ndarray, count: int) -> np.ndarray:
+    poses = np.zeros((count,) + measured.shape[1:])
+    known = np.zeros(count, dtype=bool)
+    identity = np.eye(measured.shape[-1])
+    for k, (a, b) in enumerate(index.tolist()):
+        if not known[a]:
+            poses[a], known[a] = identity, True
+        if not known[b]:
+            poses[b], known[b] = poses[a] @ measured[k], True
+    return poses
+
+
+def _spanning_tree(index: np.ndarray, measured: np.ndarray, count: int) -> np.ndarray:
+    import scipy.sparse
+    from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+    # the first edge between each pair of vertices, in either direction
+    low, high = index.min(axis=1), index.max(axis=1)
+    _, first = np.unique(low * count + high, return_index=True)
+    graph = scipy.sparse.coo_matrix((np.ones(first.size), (low[first], high[first])),
+                                    shape=(count, count)).tocsr()
+    edge_of: Dict[Tuple[int, int], int] = {(int(low[k]), int(high[k])): int(k) for k in first}
+    _, labels = connected_components(graph, directed=False)
+    roots = np.unique(labels, return_index=True)[1]  # the lowest index of each part
+    parent = np.full(count, -1)
+    order = []
+    for root in roots.tolist():
+        visited, predecessors = breadth_first_order(graph, root, directed=False)
+        parent[visited[1:]] = predecessors[visited[1:]]
+        order.append(visited)
+    visit = np.concatenate(order)
+    depth = np.zeros(count, dtype=np.int64)
+    for v in visit.tolist():  # parents are visited first
+        if parent[v] >= 0:
+            depth[v] = depth[parent[v]] + 1
+    inverse = _inverse(measured)
+    relative = np.zeros((count,) + measured.shape[1:])
+    for v in np.nonzero(parent >= 0)[0].tolist():
+        p = int(parent[v])
+        k = edge_of[(min(p, v), max(p, v))]
+        relative[v] = measured[k] if index[k, 0] == p else inverse[k]
+    poses = np.broadcast_to(np.eye(measured.shape[-1]), relative.shape).copy()
+    for level in range(1, int(depth.max(initial=0)) + 1):
+        members = np.nonzero(depth == level)[0]
+        poses[members] = poses[parent[members]] @ relative[members]
+    return poses
+
+
+def initial_poses(pairs: np.ndarray, measurements: torch.Tensor,
+                  method: str) -> Tuple[np.ndarray, torch.Tensor]:
+    """Vertex ids and initial poses of a graph known by its edges only.
+
+    Args:
+        pairs: ``(E, 2)`` int64 vertex ids of each edge ``i -> j``.
+        measurements: ``(E, 4)`` ``SE2`` or ``(E, 3, 4)`` ``SE3`` data, float64.
+        method: ``"spanning_tree"`` or ``"chain"`` (see the module's docs).
+
+    Returns:
+        ``(ids (N,) int64 ascending, poses (N, 4) | (N, 3, 4) float64)``.
+    """
+    ids, index = np.unique(pairs, return_inverse=True)
+    index = index.reshape(pairs.shape)
+    measured = _matrices(measurements)
+    build = _chain if method == "chain" else _spanning_tree
+    return ids.astype(np.int64), _data(build(index, measured, ids.size))
