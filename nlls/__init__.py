@@ -46,11 +46,13 @@ from .layer import BackwardMode, OptimizationLayer  # noqa: E402
 
 __all__ += ["BackwardMode", "OptimizationLayer"]
 
+from .core.losses import ArctanLoss, ScaledLoss, SoftLOneLoss, TolerantLoss, TukeyLoss  # noqa: E402
 from .core.robust import CauchyLoss, HuberLoss, RobustCostFunction, RobustLoss  # noqa: E402
 from .geometry import SE2, SE3, SO2, SO3, Between, Difference, LieGroup  # noqa: E402
 
 __all__ += ["CauchyLoss", "HuberLoss", "RobustCostFunction", "RobustLoss",
             "LieGroup", "SO2", "SE2", "SO3", "SE3", "Between", "Difference"]
+__all__ += ["ArctanLoss", "ScaledLoss", "SoftLOneLoss", "TolerantLoss", "TukeyLoss"]
 
 from .config import Config, ConfigError, build_optimizer, load_config  # noqa: E402
 
