@@ -238,3 +238,26 @@ def test_scripts_run_from_the_command_line_as_documented():
         for word in text.split():
             if word.startswith("bench/") and word.endswith(".py"):
                 assert (BENCH.parent / word).is_file(), word
+
+
+def test_mgh_reports_digits_and_iterations_beside_scipy(capsys):
+    import bench_mgh
+
+    bench_mgh.main(["--problems", "rosenbrock,linear_full_rank", "--methods",
+                    "nlls_lm,nlls_dogleg,scipy_lm", "--max-iterations", "50"])
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert ENVIRONMENT <= set(records[0])
+    rows = measured(records, "mgh")
+    solved = [r for r in rows if "skipped" not in r]
+    keys = {"problem", "n", "m", "start", "method", "digits", "iterations", "status", "cost", "f_star",
+            "reached", "stationarity", "converged_away", "seconds_all_starts", "device", "threads"}
+    assert all(keys <= set(r) for r in solved)
+    assert {(r["problem"], r["start"]) for r in solved if r["method"] == "scipy_lm"} == {
+        ("rosenbrock", "x0"), ("rosenbrock", "10x0"), ("rosenbrock", "100x0"), ("linear_full_rank", "x0")}
+    assert all(r["digits"] >= 15 and r["reached"] for r in solved if r["method"] == "scipy_lm")
+    lm = {(r["problem"], r["start"]): r for r in solved if r["method"] == "nlls_lm"}
+    assert lm[("linear_full_rank", "x0")]["digits"] >= 12 and lm[("rosenbrock", "x0")]["iterations"] > 5
+    dogleg = [r for r in rows if r["method"] == "nlls_dogleg"]
+    assert dogleg and all("skipped" in r or "digits" in r for r in dogleg)
+    assert "| problem | start | nlls_lm |" in err and "solved to 4 digits" in err and "reached (tests' tolerance)" in err

@@ -1,0 +1,135 @@
+"""The Moré–Garbow–Hillstrom problems: digits of the published minimum and iterations, nlls beside SciPy.
+
+The 40 problems of ``tests/mgh.py`` (ACM TOMS 566, 1981), each from the paper's ``x0`` and from
+``10 x0``, ``100 x0`` where MINPACK-1's tests use them. Per problem and start, each method reports
+how many digits of a published minimum it reached (``-log10`` of the relative cost error, of the
+absolute cost where the minimum is 0, capped at 16; from a scaled start, the nearest minimum the
+paper lists), its iterations and how it stopped. Methods:
+
+* ``nlls_gn``, ``nlls_lm``, ``nlls_dogleg`` (when ``nlls.Dogleg`` exists), ``nlls_lm_dense_qr``
+  (when ``linear_solver="dense_qr"`` is registered): nlls's defaults, ``--max-iterations`` aside,
+  all starts of a problem in one batch, float64;
+* ``scipy_lm`` (MINPACK's ``lmder``) and ``scipy_trf``: ``least_squares`` with the analytic
+  Jacobian and every tolerance at 1e-15, one start at a time, at most ``--max-nfev`` evaluations
+  (their ``iterations`` count Jacobian evaluations).
+
+One JSON line per problem, start and method; a markdown table on stderr (digits/iterations per
+method, a ``*`` where the run reports convergence away from both a minimum and a stationary
+point) with summary rows: cases solved to 4 digits, cases within the tolerance of
+``tests/solve/test_mgh.py`` (1e-8 relative, 1e-12 absolute at 0), mean digits.
+
+    python bench/bench_mgh.py                                  # every problem, every method (~1 min)
+    python bench/bench_mgh.py --problems rosenbrock,meyer --methods nlls_lm,scipy_lm
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # SciPy solves tiny problems one at a time
+
+import harness  # noqa: E402
+import torch  # noqa: E402
+
+import nlls  # noqa: E402
+from nlls.solve.linear import LINEAR_SOLVERS  # noqa: E402
+
+sys.path.insert(0, harness.ROOT)
+from tests.mgh import BY_NAME, PROBLEMS  # noqa: E402
+from tests.mgh_solve import Run, solve_nlls, solve_scipy  # noqa: E402
+
+METHODS = ("nlls_gn", "nlls_lm", "nlls_dogleg", "nlls_lm_dense_qr", "scipy_lm", "scipy_trf")
+SOLVED_DIGITS = 4.0
+#: a CONVERGED run away from any minimum whose stationarity (tests/mgh_solve.py) exceeds this is starred
+STATIONARY = 1e-3
+
+
+def missing(method: str) -> Optional[str]:
+    """Why ``method`` cannot run with this nlls, or None."""
+    if method == "nlls_dogleg" and getattr(nlls, "Dogleg", None) is None:
+        return "nlls.Dogleg does not exist in this version"
+    if method == "nlls_lm_dense_qr" and "dense_qr" not in LINEAR_SOLVERS:
+        return "linear_solver='dense_qr' is not registered in this version"
+    return None
+
+
+def runner(method: str, max_iterations: int, max_nfev: int, device) -> Callable[..., Run]:
+    """``problem -> Run`` for ``method``."""
+    if method.startswith("scipy_"):
+        return lambda problem: solve_scipy(problem, method[len("scipy_"):], max_nfev)
+    optimizer = {"nlls_gn": "gn", "nlls_lm": "lm", "nlls_dogleg": "dogleg", "nlls_lm_dense_qr": "lm"}[method]
+    linear_solver = "dense_qr" if method.endswith("dense_qr") else None
+    return lambda problem: solve_nlls(problem, optimizer, max_iterations, linear_solver, device)
+
+
+def flagged(run: Run, start: int) -> bool:
+    """The run reports convergence at a point that is neither a minimum nor stationary."""
+    return (run.status[start] == "CONVERGED" and not run.reached[start]
+            and run.stationarity[start] > STATIONARY)
+
+
+def table(records: List[Dict], methods: List[str]) -> str:
+    """digits/iterations per case and method, and the summary rows."""
+    cells: Dict[tuple, Dict[str, str]] = {}
+    for r in records:
+        if "digits" in r:
+            star = "*" if r["converged_away"] else ""
+            cells.setdefault((r["problem"], r["start"]), {})[r["method"]] = \
+                f"{r['digits']:.1f}/{r['iterations']}{star}"
+    rows = [[problem, start] + [cell.get(m, "–") for m in methods] for (problem, start), cell in cells.items()]
+    solved, reached, mean = ["solved to 4 digits", ""], ["reached (tests' tolerance)", ""], ["mean digits", ""]
+    for m in methods:
+        runs = [r for r in records if r.get("method") == m and "digits" in r]
+        digits = [r["digits"] for r in runs]
+        solved.append(f"{sum(d >= SOLVED_DIGITS for d in digits)}/{len(digits)}" if runs else "–")
+        reached.append(f"{sum(r['reached'] for r in runs)}/{len(runs)}" if runs else "–")
+        mean.append(f"{sum(digits) / len(digits):.2f}" if runs else "–")
+    return harness.markdown_table(["problem", "start"] + methods, rows + [solved, reached, mean],
+                                  "ll" + "r" * len(methods))
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_options(parser, threads=1, warmup=False, repeats=False, seed=False,
+                               help={"threads": "torch intra-op threads (default 1)"})
+    parser.add_argument("--problems", default=",".join(p.name for p in PROBLEMS),
+                        help="comma-separated names from tests/mgh.py (default: all 40)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"from {', '.join(METHODS)}")
+    parser.add_argument("--max-iterations", type=int, default=200, help="nlls's (default 200)")
+    parser.add_argument("--max-nfev", type=int, default=20000, help="SciPy's (default 20000)")
+    args = parser.parse_args(argv)
+    names, methods = harness.split(args.problems), harness.split(args.methods)
+    harness.check_choices(parser, names, BY_NAME, "problems")
+    harness.check_choices(parser, methods, METHODS, "methods")
+    emit = harness.start(parser, args, "mgh")
+    runnable = []
+    for method in methods:
+        reason = missing(method)
+        if reason is None:
+            runnable.append(method)
+        else:
+            emit({"method": method, "skipped": reason})
+    for name in names:
+        problem = BY_NAME[name]
+        for method in runnable:
+            solve = runner(method, args.max_iterations, args.max_nfev, args.device)
+            started = time.perf_counter()
+            run = solve(problem)
+            seconds = time.perf_counter() - started
+            for k, label in enumerate(problem.start_labels):
+                emit({"problem": name, "n": problem.n, "m": problem.m, "start": label,
+                      "method": method, "digits": round(run.digits[k], 2),
+                      "iterations": run.iterations[k], "status": run.status[k],
+                      "cost": run.cost[k], "f_star": problem.f_star,
+                      "reached": run.reached[k], "stationarity": run.stationarity[k],
+                      "converged_away": flagged(run, k), "seconds_all_starts": round(seconds, 4),
+                      "device": str(args.device), "threads": torch.get_num_threads()})
+    harness.report(table(emit.rows, runnable))
+    return emit.rows
+
+
+if __name__ == "__main__":
+    main()
