@@ -11,8 +11,23 @@ Preconditioners: ``"jacobi"`` divides by ``diag(A)``; ``"block_jacobi"`` solves 
 coordinates are coupled); ``None`` for plain CG.
 
 CG returns an approximate solution after ``max_iterations``; inside Levenberg-Marquardt an
-inexact step is still judged by the actual decrease, so this is safe. Solves are differentiable
-by autograd through the iterations (unrolled); the implicit backward runs CG again on the adjoint.
+inexact step is still judged by the actual decrease, so this is safe. Such elements keep
+``ok = True``; the factorization's ``converged (B,)`` says which elements reached ``tolerance``
+in the last solve. Solves are differentiable by autograd through the iterations (unrolled); the
+implicit backward runs CG again on the adjoint.
+
+A singular system is not solved quietly: CG converges on a consistent singular system (the normal
+equations of Gauss-Newton always are) without ever seeing its null directions, so an element is
+reported failed (``ok = False``, the optimizer then names the unconstrained variables) when
+
+* the diagonal of ``A`` has a zero (or negative, or non-finite) entry, or with ``block_jacobi`` a
+  diagonal block of some variable is not positive definite (its Cholesky fails): a coordinate, or
+  a combination of one variable's coordinates, that no residual constrains (damping removes it);
+* a search direction ``p`` with no curvature, ``p^T A p <= eps * |p|^2 * max diag(A)``, is met
+  before the residual reaches ``tolerance`` (a singular or indefinite system along ``p``).
+
+A gauge freedom spread over many variables (a pose graph without a prior) shows in neither; the
+Gauss-Newton step CG returns there is the minimum-norm one, and ``nlls.diagnose`` finds it.
 """
 from __future__ import annotations
 
@@ -30,19 +45,26 @@ class _CGFactorization(Factorization):
     def __init__(self, solver: "ConjugateGradient", operator):
         self.solver = solver
         self.operator = operator
-        self.ok = torch.ones(operator.batch, dtype=torch.bool, device=operator.parts[0][0].device)
-        self._precondition = self._make_preconditioner()
+        diagonal = operator.diagonal()
+        with torch.no_grad():
+            self.scale = diagonal.detach().abs().amax(dim=-1)  # (B,)
+            self.ok = torch.isfinite(diagonal).all(dim=-1) & (diagonal > 0).all(dim=-1)
+        self.converged = torch.ones_like(self.ok)  # set by solve
+        self._precondition = self._make_preconditioner(diagonal)
 
-    def _make_preconditioner(self):
+    def _make_preconditioner(self, diagonal: torch.Tensor):
         kind = self.solver.preconditioner
         if kind is None:
             return lambda r: r
         if kind == "jacobi":
-            inverse = 1.0 / self.operator.diagonal().clamp_min(1e-12)
+            inverse = 1.0 / diagonal.clamp_min(1e-12)
             return lambda r: inverse * r
         evaluator = self.operator.evaluator
         inverses = []
         for block, values in zip(evaluator.blocks, self.operator.diagonal_blocks()):
+            with torch.no_grad():  # a block that is not positive definite: an unconstrained direction
+                info = torch.linalg.cholesky_ex(values.detach())[1]  # (N, B)
+                self.ok = self.ok & (info == 0).all(dim=0)
             eye = torch.eye(block.dof, dtype=values.dtype, device=values.device)
             scale = values.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)[..., None]
             safe = values + 1e-12 * (scale + 1.0) * eye  # guard unconstrained variables
@@ -68,11 +90,16 @@ class _CGFactorization(Factorization):
         p = z
         rz = (r * z).sum(-1)
         target = tolerance * rhs.norm(dim=-1)
+        flat = torch.finfo(rhs.dtype).eps * self.scale.to(rhs.dtype)  # no curvature below this
+        broken = torch.zeros_like(self.ok)
         for _ in range(self.solver.max_iterations):
-            active = r.norm(dim=-1) > target
+            active = (r.norm(dim=-1) > target) & ~broken
             ap = matvec(p)
             pap = (p * ap).sum(-1)
-            alpha = torch.where(active & (pap > 0), rz / torch.where(pap > 0, pap, torch.ones_like(pap)),
+            curved = pap > flat * (p * p).sum(-1)
+            broken = broken | (active & ~curved).detach()
+            active = active & curved
+            alpha = torch.where(active, rz / torch.where(curved, pap, torch.ones_like(pap)),
                                 torch.zeros_like(pap))
             x = x + alpha[:, None] * p
             r = r - alpha[:, None] * ap
@@ -82,7 +109,8 @@ class _CGFactorization(Factorization):
                                torch.zeros_like(rz))
             p = torch.where(active[:, None], z + beta[:, None] * p, p)
             rz = torch.where(active, rz_new, rz)
-        ok = torch.isfinite(x).all(dim=-1)
+        self.converged = (r.norm(dim=-1) <= target).detach()
+        ok = torch.isfinite(x).all(dim=-1) & self.ok & ~broken
         return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
 
 
@@ -97,7 +125,9 @@ class ConjugateGradient(LinearSolver):
 
     name = "cg"
     linearization = "jacobian"
-    failure_advice = "conjugate gradient produced non-finite values"
+    failure_advice = ("conjugate gradient met a singular system (a variable or coordinate no residual "
+                      "constrains: add a prior, or use LevenbergMarquardt, whose damping makes it solvable) "
+                      "or produced non-finite values")
 
     def __init__(self, max_iterations: int = 100, tolerance: float = 1e-10,
                  preconditioner: Optional[str] = "block_jacobi"):
