@@ -12,9 +12,11 @@ grad in each backward mode, and compares it with central differences of the whol
 Batch elements are independent problems, so entry ``j`` of every element is moved at once and one
 pair of solves gives that entry's difference for the whole batch (an input of batch 1, shared by
 the elements, takes the sum over them); a ``function`` that returns a scalar instead of one value
-per element is differenced entry by entry. An input's error is measured per batch element,
-relative to that element's largest gradient entry: ``max_j |analytic - numeric| / (max_j |numeric|
-+ atol)``; it passes at or below ``rtol``.
+per element is differenced entry by entry. Errors are measured per batch element, relative to
+the largest gradient entry of that element over every input, ``s_b``: an entry passes when
+``|analytic - numeric| <= atol + rtol * s_b``, and the relative error reported is
+``|analytic - numeric| / s_b`` (an input the solution barely depends on, such as the initial
+values, is judged against the element's other gradients, not against its own rounding noise).
 
 **Differences of a solve are only as good as the solve.** Use float64 and tolerances tight enough
 that the solution is accurate far below ``step`` (e.g. ``abs_err_tolerance=0``,
@@ -45,11 +47,12 @@ class InputErrors:
     """One input's gradient in one mode against the differences.
 
     Attributes:
-        max_rel_error: the largest error relative to its element's largest gradient entry.
+        max_rel_error: the largest error relative to its element's largest gradient entry (over
+            every input).
         max_abs_error: the largest ``|analytic - numeric|``.
         where: ``(batch element, index within the element)`` of the worst entry.
         analytic, numeric: the two values there.
-        ok: ``max_rel_error <= rtol``.
+        ok: every entry's error is at most ``atol + rtol * s_b`` (see the module description).
         counted: whether it counts toward the report's ``ok`` (not for approximate modes).
     """
 
@@ -154,7 +157,7 @@ def check_gradients(
         backward_num_iterations: the truncated mode's; default the layer's, else
             ``min(5, max_iterations)``.
         step: relative difference step.
-        rtol, atol: the tolerance of the relative error and the floor of its denominator.
+        rtol, atol: an entry passes when ``|analytic - numeric| <= atol + rtol * s_b``.
         seed: the seed of the default projection.
         count_approximate: count the approximate modes (truncated) toward ``ok`` too.
 
@@ -191,6 +194,7 @@ def check_gradients(
     reference = values({})
     batch = int(reference.shape[0]) if reference.ndim else 0  # 0: a scalar, not per element
     numeric = {name: _differences(values, detached[name], name, batch, step) for name in wrt}
+    scale = _scale(numeric, batch)
     report = GradientReport(True, {}, {}, numeric, {}, [], rtol)
     for mode in names:
         grads = _layer_gradients(layer, mode, inputs, wrt, function, hessian,
@@ -199,7 +203,7 @@ def check_gradients(
             continue
         counted = count_approximate or mode not in APPROXIMATE_MODES
         report.analytic[mode] = grads
-        report.modes[mode] = {name: _compare(grads[name], numeric[name], rtol, atol, counted)
+        report.modes[mode] = {name: _compare(grads[name], numeric[name], scale, rtol, atol, counted)
                               for name in wrt}
     report.ok = all(e.ok for inputs_ in report.modes.values() for e in inputs_.values() if e.counted)
     _notes(layer, report, converged)
@@ -263,20 +267,39 @@ def _layer_gradients(layer, mode: str, inputs, wrt, function, hessian, num_itera
             for name, t, g in zip(wrt, tensors, grads)}
 
 
-def _compare(analytic: torch.Tensor, numeric: torch.Tensor, rtol: float, atol: float,
-             counted: bool) -> InputErrors:
+def _largest(numeric: torch.Tensor) -> torch.Tensor:
+    """The largest finite ``|entry|`` per row ``(rows,)``."""
+    flat = numeric.reshape(numeric.shape[0], -1).abs()
+    return torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat)).amax(dim=1)
+
+
+def _scale(numeric: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+    """``s_b`` ``(batch,)``: each element's largest gradient entry over every input (an input of
+    batch 1 counts for every element; without elements, ``batch`` 0, one overall value)."""
+    parts = [_largest(n) for n in numeric.values()]
+    overall = torch.stack([p.max() for p in parts]).max()
+    if batch == 0:
+        return overall.reshape(1)
+    scale = torch.zeros(batch, dtype=overall.dtype, device=overall.device)
+    for part in parts:
+        scale = torch.maximum(scale, part if part.shape[0] == batch else part.max().expand(batch))
+    return scale
+
+
+def _compare(analytic: torch.Tensor, numeric: torch.Tensor, scale: torch.Tensor, rtol: float,
+             atol: float, counted: bool) -> InputErrors:
     rows = numeric.shape[0]
     a, n = analytic.reshape(rows, -1), numeric.reshape(rows, -1)
     finite = torch.isfinite(n)
     difference = torch.where(finite, (a - n).abs(), torch.zeros_like(n)).nan_to_num(float("inf"))
-    scale = torch.where(finite, n.abs(), torch.zeros_like(n)).amax(dim=1, keepdim=True) + atol
-    relative = difference / scale
-    flat = int(torch.argmax(relative))
+    own = (scale if scale.shape[0] == rows else scale.max().expand(rows))[:, None]
+    excess = difference / (atol + rtol * own)
+    flat = int(torch.argmax(excess))
     b, j = divmod(flat, n.shape[1])
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), numeric.shape[1:])) if numeric.ndim > 1 else ()
-    worst = float(relative.max())
-    return InputErrors(worst, float(difference.max()), (b, index), float(a[b, j]), float(n[b, j]),
-                       worst <= rtol, counted)
+    relative = difference / own.clamp_min(torch.finfo(own.dtype).tiny)
+    return InputErrors(float(relative.max()), float(difference.max()), (b, index), float(a[b, j]),
+                       float(n[b, j]), bool((excess <= 1.0).all()), counted)
 
 
 def _notes(layer, report: GradientReport, converged: List[torch.Tensor]) -> None:
