@@ -61,3 +61,7 @@ from . import io  # noqa: E402,F401
 from .solve.drivers.cuda_graph import HostSyncError, check_capturable  # noqa: E402
 
 __all__ += ["HostSyncError", "check_capturable"]
+from .checking import check_gradients, check_jacobians  # noqa: E402
+from .core.ragged import pad_ragged  # noqa: E402
+
+__all__ += ["check_gradients", "check_jacobians", "pad_ragged"]
