@@ -26,6 +26,7 @@ SMALL_RUNS: Dict[str, dict] = {
     "04_rotation_fit": dict(batch_size=24, num_pairs=10, noise=0.01),
     "05_pose_graph_2d": dict(num_poses=60, num_loop_closures=12),
     "06_black_box": dict(batch_size=2, num_points=6),
+    "08_checks": dict(),
 }
 
 

@@ -4,8 +4,10 @@ from .cost_weight import CostWeight, DiagonalCostWeight, MatrixCostWeight, Scale
 from .manifold import Manifold, Point2, Point3, Vector
 from .numeric_diff import NumericDiffCostFunction
 from .objective import Objective
+from .ragged import pad_ragged
 from .variable import Variable
 
 __all__ = ["AutoDiffCostFunction", "CostFunction", "CostWeight", "DiagonalCostWeight",
            "ScaleCostWeight", "MatrixCostWeight", "Manifold", "NumericDiffCostFunction", "Point2",
-           "Point3", "Vector", "Objective", "Variable"]
+           "Point3", "Vector", "Objective", "Variable",
+           "pad_ragged"]

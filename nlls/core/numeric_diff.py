@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from .cost_function import CostWeightLike, ErrorFunction, ErrorFunctionCostFunction
+from .ragged import MaskLike
 from .manifold import Manifold, Vector
 from .variable import Variable
 
@@ -73,6 +74,8 @@ class NumericDiffCostFunction(ErrorFunctionCostFunction):
         scheme: ``"central"`` or ``"forward"``.
         stacked: ``"auto"``, ``True`` or ``False``: whether perturbed copies go through ``err_fn``
             as one stacked call (see the module docs).
+        residual_mask: for ragged batches, as on :class:`~nlls.core.cost_function.CostFunction`
+            (masked rows of non-finite aux data reach ``err_fn`` as zeros).
     """
 
     # the residual comes from host code: no graph to record or differentiate twice, no capture
@@ -83,8 +86,9 @@ class NumericDiffCostFunction(ErrorFunctionCostFunction):
     def __init__(self, optim_vars: Sequence[Manifold], err_fn: ErrorFunction, dim: int,
                  aux_vars: Sequence[Variable] = (), cost_weight: Optional[CostWeightLike] = None,
                  name: Optional[str] = None, step: Optional[float] = None, scheme: str = "central",
-                 stacked: Union[bool, str] = "auto"):
-        super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name)
+                 stacked: Union[bool, str] = "auto", residual_mask: Optional[MaskLike] = None):
+        super().__init__(optim_vars, err_fn, dim, aux_vars, cost_weight=cost_weight, name=name,
+                         residual_mask=residual_mask)
         what = f"NumericDiffCostFunction {self.name!r}"
         if scheme not in SCHEMES:
             raise ValueError(f"{what}: scheme must be one of {SCHEMES}, got {scheme!r}")

@@ -176,3 +176,34 @@ def test_bad_masks_are_named():
     with pytest.raises(ValueError, match="'fit'.*shape \\(B, dim\\)"):
         nlls.AutoDiffCostFunction((ab,), _line, 3, aux_vars=aux, name="fit",
                                   residual_mask=torch.ones(1, 3, 1, dtype=torch.bool))
+
+
+def test_a_black_box_residual_takes_a_mask_and_never_sees_the_padding():
+    """NumericDiffCostFunction: masked rows reach the numpy residual as zeros, and the padded
+    batch solves as its elements do alone."""
+    import numpy as np
+
+    xs, ys = _data()
+    x, mask = nlls.pad_ragged(xs, value=float("nan"))
+    y, _ = nlls.pad_ragged(ys, value=float("nan"))
+    seen = []
+
+    def line(optim, aux):
+        ab, (xv, yv) = optim[0].tensor.numpy(), (a.tensor.numpy() for a in aux)
+        seen.append(np.isfinite(xv).all() and np.isfinite(yv).all())
+        return ab[:, :1] * xv + ab[:, 1:] - yv
+
+    def solve(xv, yv, points, m=None):
+        ab = nlls.Vector(tensor=torch.zeros(1, 2, dtype=F64), name="ab")
+        objective = nlls.Objective()
+        objective.add(nlls.NumericDiffCostFunction(
+            (ab,), line, points, aux_vars=(nlls.Variable(xv, name="x"), nlls.Variable(yv, name="y")),
+            residual_mask=m, name="fit"))
+        info = nlls.GaussNewton(objective, max_iterations=10).optimize()
+        return ab.tensor, info
+
+    values, info = solve(x, y, 50, mask)
+    assert bool(info.converged.all()) and all(seen)
+    for b, n in enumerate(LENGTHS):
+        alone, _ = solve(xs[b][None], ys[b][None], n)
+        torch.testing.assert_close(values[b], alone[0], rtol=1e-8, atol=1e-8)
