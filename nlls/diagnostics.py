@@ -150,7 +150,8 @@ def diagnose(objective: Objective, linear_solver: Union[None, str, LinearSolver]
             count, basis = null_space_dense(matrix, threshold)
             method = "dense eigendecomposition"
         else:
-            count, basis, _ = null_space_iterative(matrix, solver.factor, threshold, scale)
+            count, basis, _ = null_space_iterative(matrix, solver.factor, threshold, scale,
+                                                   torch.finfo(objective.dtype).eps)
             method = "sparse inverse iteration"
     columns = variable_columns(evaluator)
     label, _ = components(evaluator)

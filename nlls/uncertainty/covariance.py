@@ -177,7 +177,8 @@ class Covariance:
                 count, basis = null_space_dense(matrix, threshold)
                 found = torch.ones_like(good)
             else:
-                count, basis, found = null_space_iterative(matrix, solver.factor, threshold, scale)
+                count, basis, found = null_space_iterative(matrix, solver.factor, threshold, scale,
+                                                           torch.finfo(self.objective.dtype).eps)
             fixed, picks, valid = choose_gauge(basis, count)
             good = good & found
         else:
@@ -238,11 +239,12 @@ class Covariance:
         :meth:`compute` first if it has not run."""
         if isinstance(variables, (str, Manifold)) or not isinstance(variables, (list, tuple)):
             raise TypeError(f"Covariance.joint expects a list of variables, got {type(variables).__name__}")
+        chosen = [self._variable(item, "variable") for item in variables]
         if self._state is None or self._built is None or self._built[0] != self.objective.structure_version:
             self.compute()
         assert self._state is not None and self.ok is not None, "compute() sets the state"
         state = self._state
-        columns = self._columns(variables, "variable")
+        columns = self._columns(chosen, "variable")
         free = state["free"]
         size = free.shape[1]
         units = torch.zeros(free.shape[0], size, len(columns), dtype=free.dtype, device=free.device)

@@ -16,8 +16,10 @@ by its inverse and orthonormalized, and after each round the Rayleigh-Ritz value
 their span say how many are null. A null direction is amplified by ``1 / sigma`` per round, an
 eigenvector of ``lambda`` by ``1 / (lambda + sigma)``, so the null space separates in a few rounds
 when the smallest nonzero eigenvalue is well above ``sigma`` (on the 10,000-pose ``w10000.graph``
-it is ``1e-9 * scale``, and two rounds do). The rounds stop when the count of null Ritz values
-and the smallest non-null one have settled; when all ``m`` are null, ``m`` doubles. Limits:
+it is ``1e-9 * scale``, and two rounds do). ``sigma`` is ``1e-10`` times the scale (``1e4`` machine
+epsilons of the objective's dtype for float32). The rounds stop when the count of null Ritz
+values and the smallest non-null one have settled; the block doubles whenever fewer than
+``GUARD`` of its vectors are non-null. Limits:
 eigenvalues between ``threshold`` and about ``sigma`` separate slowly (at most
 ``MAX_ROUNDS`` rounds); a direction not found null leaves the gauge-fixed matrix singular, which
 :func:`near_singular` then reports.
@@ -34,6 +36,8 @@ Matrix = Union[torch.Tensor, SparseMatrix]
 
 SHIFT = 1e-10  # the shift of the inverse iteration, relative to the scale (at least 100 thresholds)
 BLOCK = 8  # vectors of the inverse iteration to start with
+GUARD = 2  # non-null vectors kept in the block beside the null ones (it doubles to keep them)
+SETTLED = 1e-3  # relative change of the first non-null Ritz value at which the rounds stop
 MAX_ROUNDS = 50
 
 
@@ -142,11 +146,13 @@ def _padded(count: torch.Tensor, vectors: torch.Tensor) -> Tuple[torch.Tensor, t
 
 
 def null_space_iterative(matrix: Matrix, factor: Callable, threshold: torch.Tensor, scale: torch.Tensor,
-                         seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         noise: float = 2.0 ** -52, seed: int = 0
+                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(count (B,), basis (B, D, k), ok (B,))`` by block inverse iteration (the module docs);
-    ``factor(M)`` factors a matrix of ``A``'s kind with the sparse solver."""
+    ``factor(M)`` factors a matrix of ``A``'s kind with the sparse solver, ``noise`` is the
+    machine epsilon of the dtype ``A`` was computed in (the shift stays above its rounding)."""
     matrix = detach(matrix)
-    shift = torch.maximum(scale * SHIFT, 100 * threshold)
+    shift = scale * max(SHIFT, 1e4 * noise)
     ones = torch.ones_like(diagonal(matrix))
     shifted = factor(matrix + torch.diag_embed(shift[:, None] * ones) if isinstance(matrix, torch.Tensor)
                      else matrix.add_diagonal(shift[:, None] * ones))
@@ -154,23 +160,23 @@ def null_space_iterative(matrix: Matrix, factor: Callable, threshold: torch.Tens
     width = min(BLOCK, size)
     x = _random(batch, size, width, ones, seed)
     ok = torch.ones(batch, dtype=torch.bool, device=ones.device)
+    previous = None
     with torch.no_grad():
-        while True:
-            previous = None
-            for _ in range(MAX_ROUNDS):
-                y, solved = solve_columns(shifted, x)
-                ok = ok & solved
-                values, x = _ritz(matrix, y)
-                count = (values <= threshold[:, None]).sum(dim=1)
-                first = values.gather(1, count.clamp_max(width - 1)[:, None])[:, 0]
-                if previous is not None and bool((count == previous[0]).all()) and bool(
-                        ((first - previous[1]).abs() <= 0.1 * first.abs()).all()):
-                    break
-                previous = (count, first)
-            if bool((count < width).all()) or width == size:
+        for _ in range(MAX_ROUNDS):
+            y, solved = solve_columns(shifted, x)
+            ok = ok & solved
+            values, x = _ritz(matrix, y)
+            count = (values <= threshold[:, None]).sum(dim=1)
+            if bool((count > width - GUARD).any()) and width < size:  # room for guard vectors
+                grown = min(2 * width, size)
+                x = torch.cat([x, _random(batch, size, grown - width, ones, seed + width)], dim=-1)
+                width, previous = grown, None
+                continue
+            guard = values.gather(1, count.clamp_max(width - 1)[:, None])[:, 0]  # the first non-null
+            if previous is not None and bool((count == previous[0]).all()) and bool(
+                    ((guard - previous[1]).abs() <= SETTLED * guard.abs()).all()):
                 break
-            extra = _random(batch, size, min(2 * width, size) - width, ones, seed + width)
-            x, width = torch.cat([x, extra], dim=-1), min(2 * width, size)
+            previous = (count, guard)
     count, basis = _padded(count, x)
     return count, basis, ok
 
@@ -221,6 +227,6 @@ def near_singular(matrix: Matrix, factorization, threshold: torch.Tensor, seed: 
         return values[:, 0] <= threshold
 
 
-__all__ = ["Matrix", "SHIFT", "BLOCK", "MAX_ROUNDS", "to_float64", "detach", "diagonal", "matmul",
+__all__ = ["Matrix", "SHIFT", "BLOCK", "GUARD", "SETTLED", "MAX_ROUNDS", "to_float64", "detach", "diagonal", "matmul",
            "finite", "identity_where", "with_fixed", "solve_columns", "null_space_dense",
            "null_space_iterative", "choose_gauge", "near_singular"]
