@@ -7,17 +7,23 @@ Python loop runs over the batch.
 
 Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``repr``):
 
-* ``"cholmod"`` (CPU; scikit-sparse, optional): CHOLMOD's own choice of simplicial or
-  supernodal Cholesky (simplicial is the faster on pose graphs); the fill-reducing ordering and
-  symbolic factorization are computed once per structure and batch size and reused.
-* ``"scipy"`` (CPU; always available): SciPy's SuperLU with a minimum-degree ordering of
-  ``A + A^T``; no symbolic reuse.
+* ``"qdldl"`` (CPU; the ``qdldl`` package, a dependency of nlls): ``L D L^T`` with an AMD
+  ordering, analysed once per structure and batch size, refactored in place per iteration
+  (:mod:`nlls.solve.linear.ldl`); an element is ``ok`` when all its pivots are positive.
+* ``"cholmod"`` (CPU; scikit-sparse, the optional ``nlls[cholmod]`` extra, which needs
+  SuiteSparse's headers and a compiler): CHOLMOD's own choice of simplicial or supernodal
+  Cholesky; the fill-reducing ordering and symbolic factorization are computed once per
+  structure and batch size and reused.
+* ``"scipy"`` (CPU; always available): SciPy's SuperLU in symmetric mode (minimum-degree
+  ordering of ``A + A^T``, diagonal pivots); no symbolic reuse.
 * ``"cudss"`` (CUDA): ``torch.sparse.spsolve`` (NVIDIA cuDSS), data stays on the GPU.
 
-On CPU ``"auto"`` prefers CHOLMOD (faster than SuperLU on pose graphs, see
-``bench/bench_pose_graph.py``), then SciPy; on CUDA it is cuDSS. (cholespy is not offered: it
-aborts the whole process on a matrix that is not positive definite, which Gauss-Newton meets on
-any problem with a gauge freedom.)
+On CPU ``"auto"`` takes the first of QDLDL, CHOLMOD and SuperLU that is installed, the fastest
+first as measured by ``bench/bench_sparse_factor.py``: on the normal matrix of the 10,000-pose
+``w10000.graph`` a factorization and solve take about 0.3 of SuperLU's time with QDLDL, and
+0.6 with CHOLMOD built on a reference BLAS (about QDLDL's time with OpenBLAS); on CUDA it is
+cuDSS. (cholespy is not offered: it aborts the whole process on a matrix that is not positive
+definite, which Gauss-Newton meets on any problem with a gauge freedom.)
 Solves are differentiable (a custom autograd function whose backward solves with the same
 factorization), including second derivatives. An element whose matrix cannot be factored gets a
 zero solution and ``ok = False``; cuDSS factors and solves in one call and reports no failure,
@@ -37,16 +43,23 @@ import torch
 from ..checks import check_choice
 from ..systems import SparseMatrix, SparsePattern
 from .base import SINGULAR_ADVICE, Factorization, LinearSolver
+from .ldl import LDLAnalysis, qdldl_available
 
-BACKENDS = ("auto", "cholmod", "scipy", "cudss")
-_NEEDS = {"cholmod": "the CPU and scikit-sparse (pip install scikit-sparse)", "scipy": "the CPU",
+BACKENDS = ("auto", "cholmod", "qdldl", "scipy", "cudss")
+_NEEDS = {"cholmod": "the CPU and scikit-sparse (pip install 'nlls[cholmod]', which needs "
+                     "SuiteSparse's headers)",
+          "qdldl": "the CPU and qdldl (pip install qdldl)", "scipy": "the CPU",
           "cudss": "a CUDA device and a PyTorch with torch.sparse.spsolve (cuDSS)"}
-_TENSORS = {"cholmod": "CPU", "scipy": "CPU", "cudss": "CUDA"}
+_TENSORS = {"cholmod": "CPU", "qdldl": "CPU", "scipy": "CPU", "cudss": "CUDA"}
+#: the CPU backends, fastest first: what ``"auto"`` tries in turn
+CPU_ORDER = ("qdldl", "cholmod", "scipy")
 
 
 def _available(backend: str, device: torch.device) -> bool:
     if backend == "cholmod":
         return device.type == "cpu" and importlib.util.find_spec("sksparse") is not None
+    if backend == "qdldl":
+        return device.type == "cpu" and qdldl_available()
     if backend == "scipy":
         return device.type == "cpu"
     if backend == "cudss":
@@ -102,16 +115,19 @@ class _Numeric:
         self.device, self.dtype = values.device, values.dtype
         self.ok = torch.ones(self.batch, dtype=torch.bool, device=self.device)
         try:
-            self.handle = solver._factor_values(self.pattern, values)
-        except _FactorizationFailed:
-            # find the culprits one element at a time (rare path), factor the rest
-            for b in range(self.batch):
-                try:
-                    solver._factor_values(self.pattern, values[b:b + 1])
-                except _FactorizationFailed:
-                    self.ok[b] = False
+            self.handle = solver._factor_values(self.pattern, values, self)
+        except _FactorizationFailed as failure:
+            if failure.ok is not None:  # the backend told which elements failed
+                self.ok = torch.as_tensor(failure.ok, dtype=torch.bool, device=self.device)
+            else:  # find the culprits one element at a time (rare path)
+                for b in range(self.batch):
+                    try:
+                        solver._factor_values(self.pattern, values[b:b + 1], None)
+                    except _FactorizationFailed:
+                        self.ok[b] = False
+            # factor the rest, the failed elements replaced by the identity
             safe = torch.where(self.ok[:, None], values, self._identity_values())
-            self.handle = solver._factor_values(self.pattern, safe)
+            self.handle = solver._factor_values(self.pattern, safe, self)
 
     def _identity_values(self):
         out = torch.zeros(self.batch, self.pattern.nnz, dtype=self.dtype, device=self.device)
@@ -160,14 +176,18 @@ class _SparseFactorization(Factorization):
 
 
 class _FactorizationFailed(Exception):
-    pass
+    """A factorization failed; ``ok (B,)`` says which elements, when the backend knows."""
+
+    def __init__(self, reason: str, ok: Optional[np.ndarray] = None):
+        super().__init__(reason)
+        self.ok = ok
 
 
 class SparseCholesky(LinearSolver):
     """Sparse Cholesky of the normal matrix; see the module docs for the backends.
 
     Args:
-        backend: ``"auto"``, ``"cholmod"``, ``"scipy"`` or ``"cudss"``.
+        backend: ``"auto"``, ``"cholmod"``, ``"qdldl"``, ``"scipy"`` or ``"cudss"``.
 
     Raises:
         ValueError: an unknown backend, or one this machine lacks (the message lists those it has).
@@ -185,7 +205,7 @@ class SparseCholesky(LinearSolver):
                              f"{_NEEDS[backend]}); available here: {', '.join(here)}")
         self.backend = backend
         self.backend_used: Optional[str] = None
-        # keyed by (id(pattern), batch): CHOLMOD's symbolic factorizations, block-diagonal layouts
+        # keyed by (id(pattern), batch): CHOLMOD's and QDLDL's analyses, block-diagonal layouts
         self._symbolic: Dict[Tuple[int, int], Any] = {}
         self._blocks: Dict[Tuple[int, int], _BlockDiagonal] = {}
 
@@ -208,7 +228,7 @@ class SparseCholesky(LinearSolver):
                 raise RuntimeError(f"SparseCholesky: backend {self.backend!r} needs "
                                    f"{_NEEDS[self.backend]}; on {device.type}: {usable}")
             return self.backend
-        order = ("cholmod", "scipy") if device.type == "cpu" else ("cudss",)
+        order = CPU_ORDER if device.type == "cpu" else ("cudss",)
         for candidate in order:
             if _available(candidate, device):
                 return candidate
@@ -227,9 +247,23 @@ class SparseCholesky(LinearSolver):
             self._blocks[key] = _BlockDiagonal(pattern, batch)
         return self._blocks[key]
 
-    def _factor_values(self, pattern: SparsePattern, values: torch.Tensor):
+    def _factor_values(self, pattern: SparsePattern, values: torch.Tensor, owner: Optional[object]):
+        """A handle ``(backend, object)`` of the factorization of ``values (B, nnz)``, which
+        ``owner`` keeps (a pooled QDLDL solver is not reused while it lives).
+
+        Raises:
+            _FactorizationFailed: some element is not positive definite.
+        """
         backend = self.backend_used
         batch = values.shape[0]
+        key = (id(pattern), batch)
+        if backend == "qdldl":
+            if key not in self._symbolic:
+                self._symbolic[key] = LDLAnalysis(pattern, batch)
+            solver, ok = self._symbolic[key].factor(values, owner)
+            if ok is None or not ok.all():
+                raise _FactorizationFailed("not positive definite", ok)
+            return ("qdldl", solver)
         block = self._block(pattern, batch)
         if backend == "cudss":
             csr = torch.sparse_csr_tensor(
@@ -244,7 +278,6 @@ class SparseCholesky(LinearSolver):
         if backend == "cholmod":
             from sksparse import cholmod
 
-            key = (id(pattern), batch)
             try:
                 if key not in self._symbolic:
                     self._symbolic[key] = cholmod.analyze(csc, mode="auto")
@@ -262,7 +295,8 @@ class SparseCholesky(LinearSolver):
                                          options={"SymmetricMode": True})
         except RuntimeError as exc:  # exactly singular
             raise _FactorizationFailed(str(exc)) from None
-        if not np.all(np.isfinite(lu.U.diagonal())) or np.any(lu.U.diagonal() <= 0):
+        pivots = lu.U.diagonal()  # builds U: once
+        if not np.all(np.isfinite(pivots)) or np.any(pivots <= 0):
             raise _FactorizationFailed("not positive definite")
         return ("scipy", lu)
 
@@ -270,6 +304,6 @@ class SparseCholesky(LinearSolver):
         kind, obj = handle
         if kind == "cudss":
             return torch.sparse.spsolve(obj, rhs.to(obj.dtype))
-        x = obj(rhs.to(torch.float64).cpu().numpy()) if kind == "cholmod" else obj.solve(
-            rhs.to(torch.float64).cpu().numpy())
+        rhs_numpy = rhs.to(torch.float64).cpu().numpy()
+        x = obj(rhs_numpy) if kind == "cholmod" else obj.solve(rhs_numpy)
         return torch.from_numpy(np.asarray(x, dtype=np.float64))

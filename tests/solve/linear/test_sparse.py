@@ -8,7 +8,8 @@ from nlls.core.evaluation import Evaluator
 from nlls.solve.linearization import DenseLinearization, JacobianLinearization, SparseLinearization
 
 F64 = torch.float64
-CPU_BACKENDS = ["scipy"] + (["cholmod"] if importlib.util.find_spec("sksparse") is not None else [])
+CPU_BACKENDS = (["scipy"] + (["qdldl"] if importlib.util.find_spec("qdldl") is not None else [])
+                + (["cholmod"] if importlib.util.find_spec("sksparse") is not None else []))
 
 
 def _between(optim, aux):
@@ -175,7 +176,7 @@ def test_backend_not_available_here_is_refused_at_construction_with_the_right_ad
         with pytest.raises(ValueError, match=r"backend 'cudss' is not available here") as error:
             nlls.SparseCholesky("cudss")
         assert "scikit-sparse" not in str(error.value) and "CUDA" in str(error.value)
-        assert "available here: auto, scipy" in str(error.value)
+        assert f"available here: {', '.join(here)}" in str(error.value)
         with pytest.raises(nlls.ConfigError, match=r"linear_solver \(sparse_cholesky\).*'cudss' is not available"):
             nlls.load_config({"linear_solver": {"name": "sparse_cholesky", "backend": "cudss"}})
     if "cholmod" not in here:
