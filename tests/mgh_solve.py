@@ -86,7 +86,7 @@ def solve_scipy(problem: Problem, method: str = "lm", max_nfev: int = 20000) -> 
     from scipy.optimize import least_squares
 
     def as_numpy(function):
-        return lambda v: function(torch.from_numpy(v)[None])[0].numpy()
+        return lambda v: function(torch.tensor(v)[None])[0].numpy()
 
     fun = as_numpy(problem.residual)
     jac = as_numpy(problem.jacobian) if problem.jacobian is not None else "2-point"
