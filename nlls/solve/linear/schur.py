@@ -1,0 +1,240 @@
+"""The Schur complement: eliminate the points of a bundle adjustment, solve for the cameras.
+
+In bundle adjustment no cost function links two points, so the points' part of the normal
+matrix is block diagonal, one ``3 x 3`` block ``A_pp`` per point. Ordering the step as kept
+variables ``x_R`` (cameras) and eliminated ones ``x_E`` (points)::
+
+    [ A_RR  A_RE ] [x_R]   [b_R]        S x_R = b_R - A_RE A_EE^{-1} b_E,
+    [ A_ER  A_EE ] [x_E] = [b_E]   =>   x_E = A_EE^{-1} (b_E - A_ER x_R),
+                                        S = A_RR - A_RE A_EE^{-1} A_ER   (the reduced camera system)
+
+``A_EE^{-1}`` costs one small Cholesky per point (batched), and ``S`` has the size of the
+cameras' unknowns only: a few hundred numbers a side where the whole matrix has hundreds of
+thousands. With ``A_pp = L_p L_p^T`` and each camera-point coupling ``F_up`` (a block of
+``A_RE``), ``Z_up = F_up L_p^{-T}`` and ``S_uv = A_uv - sum_p Z_up Z_vp^T`` (exactly symmetric).
+The structure (which couplings, which pairs of them meet at a point, where each lands in ``S``) is
+analysed once per pattern (:mod:`nlls.solve.linear.schur_structure`); each ``factor`` is gathers,
+batched small products and one factorization of ``S``:
+
+* ``reduced="dense"``: ``S`` is a ``(B, nR, nR)`` tensor, factored by batched Cholesky; right for
+  up to a few thousand kept unknowns (``max_dense``, the default switch of ``"auto"``);
+* ``reduced="sparse"``: ``S`` keeps its own sparsity (cameras that see no common point do not
+  meet) and is factored by :class:`~nlls.solve.linear.sparse.SparseCholesky` (``backend=``).
+
+What is eliminated (``eliminate=``): by default, chosen in ``setup`` from the objective's
+structure: among the variable types no cost function links two variables of, the one with the
+most unknowns (BAL's points). Or a type (``nlls.Point3`` or its name ``"Point3"``), a list of
+variables or their names, or an ``(n, d)`` tensor of step columns (a system built by hand).
+
+Batched over ``B``, on any device, differentiable: everything but the sparse factorization is
+torch operations, and :class:`SparseCholesky` solves are differentiable. The matrix ``factor``
+receives is whatever the step rule hands it (Levenberg-Marquardt's damping is on its diagonal).
+An element is ``ok`` when its values are finite, every point block and ``S`` are positive
+definite (together: ``A`` is); a failed element computes with identity blocks and gets zeros,
+never touching the others.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..checks import check_choice, check_number, short_repr
+from ..systems import SparseMatrix, SparsePattern
+from .base import SINGULAR_ADVICE, Factorization, LinearSolver
+from .schur_columns import eliminated_columns
+from .schur_structure import SchurStructure
+from .sparse import BACKENDS, SparseCholesky
+
+#: elements of the largest temporary of the pairwise products (per chunk of pairs)
+CHUNK_ELEMENTS = 1 << 23
+
+
+def _safe_cholesky(matrix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(L, ok)`` of a batch of matrices ``(..., n, n)``: failed ones factor the identity, so no
+    NaN enters a graph (their flag is False)."""
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    if matrix.requires_grad:
+        with torch.no_grad():
+            ok = torch.linalg.cholesky_ex(matrix.detach())[1] == 0
+        return torch.linalg.cholesky_ex(torch.where(ok[..., None, None], matrix, eye))[0], ok
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    ok = info == 0
+    return torch.where(ok[..., None, None], factor, eye), ok
+
+
+class _SchurFactorization(Factorization):
+    """The point blocks' inverse Cholesky factors, the couplings ``Z`` and the factored ``S``."""
+
+    def __init__(self, solver: "Schur", structure: SchurStructure, matrix: SparseMatrix):
+        values = matrix.values
+        batch = values.shape[0]
+        self.structure = st = structure.on(values.device)
+        self.batch, self.dof = batch, matrix.pattern.dof
+        finite = torch.isfinite(values).all(dim=-1)
+        identity = torch.zeros_like(values).index_fill(
+            1, matrix.pattern.on(values.device)[2], 1.0)
+        values = torch.where(finite[:, None], values, identity)
+        extended = torch.cat([values, values.new_zeros(batch, 1)], dim=1)
+        d = st.d
+        blocks = extended[:, st.block_index].reshape(batch, st.num_eliminated, d, d)
+        factor, block_ok = _safe_cholesky(blocks)
+        eye = torch.eye(d, dtype=values.dtype, device=values.device)
+        self.inverse = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+        # Z^T = L^{-1} F^T per coupling class: (B, K + 1, d, s), the last one zero (padding)
+        self.zt = [self.inverse[:, c.point] @ extended[:, c.index].mT for c in st.classes]
+        reduced = values.new_zeros(batch, st.size).index_add(
+            1, st.rr_positions, values[:, st.rr_source])
+        for bucket in st.buckets:
+            reduced = reduced - _pair_sum(self.zt[bucket.c1], self.zt[bucket.c2], bucket, st.size)
+        ok = finite & block_ok.all(dim=-1)
+        self.reduced_factor: Union[torch.Tensor, Factorization, None] = None
+        if st.num_kept and st.pattern is None:
+            self.reduced_factor, reduced_ok = _safe_cholesky(
+                reduced.reshape(batch, st.num_kept, st.num_kept))
+            ok = ok & reduced_ok
+        elif st.num_kept:
+            assert st.pattern is not None
+            self.reduced_factor = solver.sparse.factor(SparseMatrix(st.pattern, reduced))
+            ok = ok & self.reduced_factor.ok
+        self.ok = ok
+
+    def _solve_reduced(self, rhs: torch.Tensor) -> torch.Tensor:
+        factor = self.reduced_factor
+        if isinstance(factor, torch.Tensor):
+            y = torch.linalg.solve_triangular(factor, rhs[..., None], upper=False)
+            return torch.linalg.solve_triangular(factor.mT, y, upper=True)[..., 0]
+        if isinstance(factor, Factorization):
+            return factor.solve(rhs)[0]
+        return rhs
+
+    def solve(self, rhs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if rhs.shape != (self.batch, self.dof):
+            raise ValueError(f"Schur: the right-hand side has shape {tuple(rhs.shape)}, expected "
+                             f"(B={self.batch}, D={self.dof})")
+        st = self.structure
+        batch = rhs.shape[0]
+        rhs = rhs.to(self.inverse.dtype)
+        b_e = rhs[:, st.eliminated].reshape(batch, st.num_eliminated, st.d)
+        y = (self.inverse @ b_e[..., None])[..., 0]  # L^{-1} b_E
+        b_r = rhs[:, st.kept]
+        for c, zt in zip(st.classes, self.zt):  # b_R - A_RE A_EE^{-1} b_E
+            moved = (zt.mT @ y[:, c.point, :, None]).reshape(batch, -1)
+            b_r = b_r.index_add(1, c.rows.reshape(-1), -moved)
+        x_r = self._solve_reduced(b_r)
+        for c, zt in zip(st.classes, self.zt):  # L^{-1} (b_E - A_ER x_R)
+            back = (zt @ x_r[:, c.rows][..., None])[..., 0]
+            y = y.index_add(1, c.point, -back)
+        x_e = (self.inverse.mT @ y[..., None]).reshape(batch, -1)
+        x = rhs.new_zeros(batch, self.dof).index_copy(1, st.kept, x_r).index_copy(1, st.eliminated, x_e)
+        ok = self.ok & torch.isfinite(x).all(dim=-1)
+        return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
+
+
+def _pair_sum(zt1: torch.Tensor, zt2: torch.Tensor, bucket, size: int) -> torch.Tensor:
+    """``sum Z_u Z_v^T`` of the destination blocks of ``bucket`` into the ``(B, size)`` storage
+    of ``S`` (both triangles), from the transposed couplings ``(B, K + 1, d, s)``."""
+    batch, d, s1, s2 = zt1.shape[0], zt1.shape[2], zt1.shape[3], zt2.shape[3]
+    count, width = bucket.first.shape
+    chunk = max(1, CHUNK_ELEMENTS // max(1, batch * width * max(s1, s2) * d))
+    blocks = []
+    for start in range(0, count, chunk):
+        first, second = bucket.first[start:start + chunk], bucket.second[start:start + chunk]
+        n = first.shape[0]
+        left = zt1[:, first].reshape(batch, n, width * d, s1)
+        right = zt2[:, second].reshape(batch, n, width * d, s2)
+        blocks.append((left.mT @ right).reshape(batch, -1))
+    flat = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+    out = zt1.new_zeros(batch, size).index_add(1, bucket.positions, flat)
+    mirrored = flat.reshape(batch, count, s1 * s2)[:, bucket.mirror].reshape(batch, -1)
+    return out.index_add(1, bucket.mirror_positions, mirrored)
+
+
+Eliminate = Union[None, str, type, Sequence, torch.Tensor]
+
+
+class Schur(LinearSolver):
+    """Schur complement of the normal matrix: eliminate variables that no cost function links
+    to each other (bundle adjustment's points), factor the reduced system, back-substitute.
+
+    Args:
+        eliminate: what to eliminate: ``None`` (chosen in ``setup``: the variable type with
+            the most unknowns among those no cost function links two variables of), a
+            variable type or its name (``nlls.Point3``, ``"Point3"``), a list of variables or
+            variable names (all of one ``dof``), or an ``(n, d)`` int64 tensor of step columns.
+        reduced: ``"auto"``, ``"dense"`` or ``"sparse"``: how the reduced system ``S`` is
+            stored and factored (``"auto"``: dense up to ``max_dense`` kept unknowns).
+        max_dense: the largest reduced system ``"auto"`` factors dense.
+        backend: the :class:`~nlls.solve.linear.sparse.SparseCholesky` backend of the sparse
+            reduced system.
+
+    Raises:
+        TypeError, ValueError: a bad option (the message names it); in ``setup``, an
+            ``eliminate`` that names nothing in the objective or variables a cost function
+            links.
+    """
+
+    name = "schur"
+    linearization = "sparse"
+    failure_advice = SINGULAR_ADVICE
+
+    def __init__(self, eliminate: Eliminate = None, reduced: str = "auto", max_dense: int = 2000,
+                 backend: str = "auto"):
+        if not (eliminate is None or isinstance(eliminate, (str, type, torch.Tensor))
+                or (isinstance(eliminate, Sequence) and not isinstance(eliminate, bytes))):
+            raise TypeError("Schur: eliminate must be None, a variable type or its name, a list of "
+                            f"variables or names, or a tensor of columns; got {short_repr(eliminate)}")
+        check_choice("Schur", "reduced", reduced, ("auto", "dense", "sparse"))
+        check_number("Schur", "max_dense", max_dense, integer=True, minimum=0)
+        check_choice("Schur", "backend", backend, BACKENDS)
+        self.eliminate = eliminate
+        self.reduced = reduced
+        self.max_dense = max_dense
+        self.backend = backend
+        self.sparse = SparseCholesky(backend)
+        self.columns: Optional[torch.Tensor] = None
+        self.eliminated = ""  # what was eliminated, in words (set by setup)
+        self._structures: Dict[int, Tuple[SparsePattern, SchurStructure]] = {}
+
+    def __repr__(self) -> str:
+        used = f", eliminated={self.eliminated!r}" if self.eliminated else ""
+        return f"Schur(reduced={self.reduced!r}{used})"
+
+    def setup(self, linearization) -> None:
+        """Choose the eliminated columns from the linearization's evaluator (or take the given
+        ones); the structure of each pattern is analysed at its first ``factor``."""
+        self._structures = {}
+        self.sparse.setup(linearization)
+        if isinstance(self.eliminate, torch.Tensor):
+            self.columns, self.eliminated = self._given_columns(), "given columns"
+        else:
+            self.columns, self.eliminated = eliminated_columns(linearization.evaluator, self.eliminate)
+
+    def _given_columns(self) -> torch.Tensor:
+        columns = self.eliminate
+        assert isinstance(columns, torch.Tensor)
+        if columns.ndim != 2 or columns.dtype != torch.long:
+            raise ValueError(f"Schur: eliminate columns must be an (n, d) int64 tensor, got "
+                             f"{tuple(columns.shape)} {columns.dtype}")
+        return columns.cpu()
+
+    def structure(self, pattern: SparsePattern) -> SchurStructure:
+        """The analysis of ``pattern`` (once per pattern)."""
+        entry = self._structures.get(id(pattern))
+        if entry is None or entry[0] is not pattern:
+            if self.columns is None:
+                if not isinstance(self.eliminate, torch.Tensor):
+                    raise RuntimeError("Schur: setup(linearization) must run before factor (the "
+                                       "optimizer calls it), or give eliminate= as columns")
+                self.columns = self._given_columns()
+            kept = pattern.dof - self.columns.numel()
+            sparse = self.reduced == "sparse" or (self.reduced == "auto" and kept > self.max_dense)
+            entry = (pattern, SchurStructure(pattern, self.columns, "sparse" if sparse else "dense"))
+            self._structures[id(pattern)] = entry
+        return entry[1]
+
+    def factor(self, matrix: SparseMatrix) -> Factorization:
+        if not isinstance(matrix, SparseMatrix):
+            raise TypeError(f"Schur factors the SparseMatrix of a sparse linearization, got "
+                            f"{type(matrix).__name__}")
+        return _SchurFactorization(self, self.structure(matrix.pattern), matrix)

@@ -1,0 +1,287 @@
+"""The structure of a Schur complement, analysed once per sparsity pattern.
+
+The normal matrix is split by a set ``E`` of *eliminated* variables (bundle adjustment's points),
+each of ``d`` columns, with no entry of the matrix between two of them, and the *kept* columns
+``R`` (the cameras)::
+
+    A = [ A_RR  A_RE ]        S = A_RR - A_RE A_EE^{-1} A_ER     (the reduced camera system)
+        [ A_ER  A_EE ]        A_EE block diagonal: one d x d block per eliminated variable
+
+Everything here is index arithmetic on the pattern (CPU, once); the numbers are in
+:mod:`nlls.solve.linear.schur`.
+
+* **Kept blocks.** Consecutive kept columns whose rows of the pattern are identical (the columns
+  of one variable always are) form one block ``u``; ``A_RE`` is then made of dense ``s_u x d``
+  *couplings* ``F_k`` for every pair ``(u, p)`` the pattern links. Blocks of equal size form a
+  class and are handled in one batched product.
+* **Pairs.** ``S_uv -= sum_p F_up A_pp^{-1} F_vp^T`` runs over pairs of couplings sharing a point
+  ``p``; only ``u <= v`` is computed. The pairs of one *destination block* ``(u, v)`` are listed
+  side by side, so the block is one matrix product ``[Z_up1 .. Z_upn] [Z_vp1 .. Z_vpn]^T`` (a
+  few large products instead of one tiny product per pair: torch runs tiny batched products
+  slowly on the CPU). Destination blocks with about as many pairs (the next power of two) share
+  one batched product, the missing pairs padded with a zero coupling. A destination block is
+  written at its place in ``S`` and, for ``u < v``, transposed at ``(v, u)``.
+* **Storage of S.** ``"dense"``: ``nR x nR`` row-major; ``"sparse"``: the values of a
+  :class:`~nlls.solve.systems.SparsePattern` of ``S`` (kept-kept entries of ``A`` and the
+  destination blocks).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..systems import SparsePattern
+
+
+class CouplingClass:
+    """The couplings ``F_k`` of the kept blocks of one size ``s``: ``index (K + 1, s, d)``
+    positions in the extended values (``nnz`` is the zero slot), ``point (K + 1,)`` the eliminated
+    variable, ``rows (K + 1, s)`` the kept columns in the reduced numbering; the last coupling is
+    zero (the padding of :class:`PairBucket`, harmless where it is added)."""
+
+    def __init__(self, size: int, index: torch.Tensor, point: torch.Tensor, rows: torch.Tensor):
+        self.size, self.index, self.point, self.rows = size, index, point, rows
+
+
+class PairBucket:
+    """Destination blocks of coupling classes ``c1``, ``c2`` with at most ``L`` pairs each:
+    ``first``, ``second`` ``(n, L)`` local coupling indices (the class's size pads: a zero
+    coupling), ``positions (n * s1 * s2)`` where the blocks go in ``S``, then for the blocks off
+    the diagonal (``mirror``) their transposes (``mirror_positions``)."""
+
+    def __init__(self, c1: int, c2: int, first: torch.Tensor, second: torch.Tensor,
+                 positions: torch.Tensor, mirror: torch.Tensor, mirror_positions: torch.Tensor):
+        self.c1, self.c2, self.first, self.second = c1, c2, first, second
+        self.positions, self.mirror, self.mirror_positions = positions, mirror, mirror_positions
+
+
+class SchurStructure:
+    """Index tensors of the Schur complement of ``pattern`` eliminating ``eliminated`` columns.
+
+    Args:
+        pattern: the pattern of ``A`` (both triangles).
+        eliminated: ``(nE, d)`` int64: the columns of each eliminated variable.
+        reduced: ``"dense"`` or ``"sparse"``: how ``S`` is stored.
+        owner: the solver's name for error messages.
+
+    Raises:
+        ValueError: columns out of range or repeated, or an entry of ``A`` linking two
+            eliminated variables (they cannot be eliminated together).
+    """
+
+    def __init__(self, pattern: SparsePattern, eliminated: torch.Tensor, reduced: str,
+                 owner: str = "Schur"):
+        dof = pattern.dof
+        rows, cols = pattern.rows, pattern.cols
+        num_e, d = eliminated.shape
+        flat_e = eliminated.reshape(-1)
+        if flat_e.numel() and (int(flat_e.min()) < 0 or int(flat_e.max()) >= dof):
+            raise ValueError(f"{owner}: eliminated columns must lie in [0, {dof}), got "
+                             f"{int(flat_e.min())} to {int(flat_e.max())}")
+        if torch.unique(flat_e).numel() != flat_e.numel():
+            raise ValueError(f"{owner}: an eliminated column is listed twice")
+        self.dof, self.nnz, self.num_eliminated, self.d = dof, pattern.nnz, num_e, d
+        self.reduced = reduced
+        e_var = torch.full((dof,), -1, dtype=torch.long)
+        e_var[flat_e] = torch.arange(num_e).repeat_interleave(d)
+        e_off = torch.zeros(dof, dtype=torch.long)
+        e_off[flat_e] = torch.arange(d).repeat(num_e)
+        kept = torch.nonzero(e_var < 0).flatten()
+        num_r = kept.numel()
+        r_pos = torch.full((dof,), -1, dtype=torch.long)
+        r_pos[kept] = torch.arange(num_r)
+        self.eliminated, self.kept, self.num_kept = flat_e, kept, num_r
+
+        row_e, col_e = e_var[rows] >= 0, e_var[cols] >= 0
+        # eliminated-eliminated entries: inside one variable's d x d block only
+        both = torch.nonzero(row_e & col_e).flatten()
+        linked = e_var[rows[both]] != e_var[cols[both]]
+        if bool(linked.any()):
+            q = both[torch.nonzero(linked)[0, 0]]
+            raise ValueError(f"{owner}: the eliminated columns {int(rows[q])} and {int(cols[q])} "
+                             "belong to different eliminated variables that a cost function "
+                             "links; they cannot be eliminated together")
+        block_index = torch.full((num_e * d * d,), pattern.nnz, dtype=torch.long)
+        block_index[e_var[rows[both]] * d * d + e_off[rows[both]] * d + e_off[cols[both]]] = both
+        self.block_index = block_index  # (nE*d*d,) A_EE's blocks in the extended values
+
+        block, offset, starts, sizes = _kept_blocks(pattern, kept, e_var)
+        self.block_sizes = sizes
+        # kept-kept entries of A go to S as they are
+        rr = torch.nonzero(~row_e & ~col_e).flatten()
+        rr_rows, rr_cols = r_pos[rows[rr]], r_pos[cols[rr]]
+        # couplings: (kept block, eliminated variable) pairs the pattern links
+        re = torch.nonzero(~row_e & col_e).flatten()
+        u_of, p_of = block[rows[re]], e_var[cols[re]]
+        keys, which = torch.unique(u_of * max(num_e, 1) + p_of, return_inverse=True)
+        coupling_u, coupling_p = keys // max(num_e, 1), keys % max(num_e, 1)
+        size_of = sizes[coupling_u]
+        class_sizes = torch.unique(size_of)
+        class_of = torch.searchsorted(class_sizes, size_of)
+        local = torch.zeros(keys.numel(), dtype=torch.long)
+        self.classes: List[CouplingClass] = []
+        for c, size in enumerate(class_sizes.tolist()):
+            members = torch.nonzero(class_of == c).flatten()
+            local[members] = torch.arange(members.numel())
+            mine = torch.nonzero(class_of[which] == c).flatten()
+            index = torch.full((members.numel() * size * d,), pattern.nnz, dtype=torch.long)
+            k, q = local[which[mine]], re[mine]
+            index[(k * size + offset[rows[q]]) * d + e_off[cols[q]]] = q
+            block_rows = starts[coupling_u[members]][:, None] + torch.arange(size)
+            # one more coupling, all zero (reads the zero slot): the padding of the pair buckets
+            index = torch.cat([index, torch.full((size * d,), pattern.nnz, dtype=torch.long)])
+            self.classes.append(CouplingClass(
+                size, index.reshape(-1, size, d), torch.cat([coupling_p[members], torch.zeros(1, dtype=torch.long)]),
+                torch.cat([block_rows, block_rows[:1]])))
+        first_all, second_all = _pairs(coupling_u, coupling_p, num_e)
+        self.pattern = None
+        grouped: List[Tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        num_u = sizes.numel()
+        for c1 in range(len(self.classes)):
+            for c2 in range(len(self.classes)):
+                sel = torch.nonzero((class_of[first_all] == c1) & (class_of[second_all] == c2)).flatten()
+                if not sel.numel():
+                    continue
+                first, second = first_all[sel], second_all[sel]
+                dest_keys, dest = torch.unique(coupling_u[first] * num_u + coupling_u[second],
+                                               return_inverse=True)
+                grouped.append((c1, c2, local[first], local[second], dest,
+                                dest_keys // num_u, dest_keys % num_u))
+        if reduced == "sparse":
+            columns = [torch.stack([rr_rows, rr_cols], dim=1)]
+            for c1, c2, _, _, _, d1, d2 in grouped:
+                columns.append(torch.cat([starts[d1][:, None] + torch.arange(self.classes[c1].size),
+                                          starts[d2][:, None] + torch.arange(self.classes[c2].size)],
+                                         dim=1))
+            self.pattern = SparsePattern(num_r, columns)
+            self.size = self.pattern.nnz
+        else:
+            self.size = num_r * num_r
+        self.rr_source = rr
+        self.rr_positions = self._positions(rr_rows, rr_cols)
+        self.buckets: List[PairBucket] = []
+        self.num_pairs = 0  # pairs of couplings summed into S (the work of forming it)
+        for c1, c2, first, second, dest, d1, d2 in grouped:
+            self.num_pairs += first.numel()
+            s1, s2 = self.classes[c1].size, self.classes[c2].size
+            i = (starts[d1][:, None, None] + torch.arange(s1)[None, :, None]).expand(-1, s1, s2)
+            j = (starts[d2][:, None, None] + torch.arange(s2)[None, None, :]).expand(-1, s1, s2)
+            positions = self._positions(i, j)
+            mirror_positions = self._positions(j, i)
+            pads = (self.classes[c1].index.shape[0] - 1, self.classes[c2].index.shape[0] - 1)
+            for blocks, slots in _buckets(dest, d1.numel()):
+                chosen = torch.nonzero(d1[blocks] != d2[blocks]).flatten()
+                self.buckets.append(PairBucket(
+                    c1, c2, _padded(first, slots, pads[0]), _padded(second, slots, pads[1]),
+                    positions[blocks].reshape(-1), chosen,
+                    mirror_positions[blocks[chosen]].reshape(-1)))
+        self._device_cache: Dict[str, "SchurStructure"] = {}
+
+    def _positions(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Where entries ``(i, j)`` of ``S`` are stored."""
+        if self.pattern is None:
+            return i * self.num_kept + j
+        keys = self.pattern.rows * self.num_kept + self.pattern.cols
+        return torch.searchsorted(keys, i * self.num_kept + j)
+
+    def on(self, device: torch.device) -> "SchurStructure":
+        """A shallow copy whose index tensors are on ``device`` (moved once, then cached)."""
+        if device.type == "cpu":
+            return self
+        key = str(device)
+        if key not in self._device_cache:
+            copy = object.__new__(SchurStructure)
+            copy.__dict__.update({k: _to(v, device) for k, v in self.__dict__.items()
+                                  if k != "_device_cache"})
+            copy.__dict__["_device_cache"] = {}
+            self._device_cache[key] = copy
+        return self._device_cache[key]
+
+
+def _to(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    if isinstance(value, (CouplingClass, PairBucket)):
+        copy = object.__new__(type(value))
+        copy.__dict__.update({k: _to(v, device) for k, v in value.__dict__.items()})
+        return copy
+    return value
+
+
+def _kept_blocks(pattern: SparsePattern, kept: torch.Tensor, e_var: torch.Tensor):
+    """Blocks of consecutive kept columns with identical pattern rows.
+
+    Returns:
+        ``block (D,)`` the block of each kept column (-1 for eliminated ones), ``offset (D,)``
+        its place in the block, ``starts (nU,)`` each block's first reduced column and
+        ``sizes (nU,)``.
+    """
+    dof = pattern.dof
+    lengths = pattern.crow[1:] - pattern.crow[:-1]
+    same = torch.zeros(max(dof - 1, 0), dtype=torch.bool)
+    if dof > 1:
+        same = lengths[:-1] == lengths[1:]
+        rows, cols = pattern.rows, pattern.cols
+        candidate = torch.nonzero(rows < dof - 1).flatten()
+        candidate = candidate[same[rows[candidate]]]
+        partner = candidate + lengths[rows[candidate]]
+        mismatch = torch.zeros(dof - 1, dtype=torch.long).index_add_(
+            0, rows[candidate], (cols[candidate] != cols[partner]).long())
+        same = same & (mismatch == 0) & (e_var[:-1] < 0) & (e_var[1:] < 0)
+    num_r = kept.numel()
+    new = torch.ones(num_r, dtype=torch.bool)
+    if num_r > 1:
+        previous = kept[:-1]
+        new[1:] = (kept[1:] != previous + 1) | ~same[previous]
+    block_of_kept = torch.cumsum(new.long(), 0) - 1
+    starts = torch.nonzero(new).flatten()
+    sizes = torch.diff(torch.cat([starts, torch.tensor([num_r])]))
+    block = torch.full((dof,), -1, dtype=torch.long)
+    block[kept] = block_of_kept
+    offset = torch.zeros(dof, dtype=torch.long)
+    offset[kept] = torch.arange(num_r) - starts[block_of_kept]
+    return block, offset, starts, sizes
+
+
+def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
+    """``(first, second)``: every pair of couplings on the same eliminated variable with
+    ``u(first) <= u(second)``."""
+    count = coupling_u.numel()
+    if not count:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    order = torch.argsort(coupling_p, stable=True)
+    per_point = torch.bincount(coupling_p, minlength=num_e)
+    begin = torch.cumsum(per_point, 0) - per_point
+    repeats = per_point[coupling_p]
+    first = torch.repeat_interleave(torch.arange(count), repeats)
+    within = torch.arange(int(repeats.sum())) - torch.repeat_interleave(
+        torch.cumsum(repeats, 0) - repeats, repeats)
+    second = order[begin[coupling_p[first]] + within]
+    keep = coupling_u[first] <= coupling_u[second]
+    return first[keep], second[keep]
+
+
+def _buckets(dest: torch.Tensor, num_dest: int):
+    """Destination blocks grouped by their count of pairs rounded up to a power of two:
+    ``(blocks (n,), slots (n, L))`` per group, ``slots`` the pair indices of each block (-1
+    where a block has fewer than ``L``)."""
+    order = torch.argsort(dest, stable=True)
+    counts = torch.bincount(dest, minlength=num_dest)
+    begin = torch.cumsum(counts, 0) - counts
+    width = 2 ** torch.ceil(torch.log2(counts.clamp_min(1).double())).long()
+    for size in torch.unique(width).tolist():
+        blocks = torch.nonzero(width == size).flatten()
+        within = torch.arange(size)
+        where = begin[blocks][:, None] + within
+        slots = torch.where(within < counts[blocks][:, None], order[where.clamp_max(max(dest.numel() - 1, 0))],
+                            torch.full_like(where, -1))
+        yield blocks, slots
+
+
+def _padded(couplings: torch.Tensor, slots: torch.Tensor, pad: int) -> torch.Tensor:
+    """``couplings[slots]`` with ``pad`` where a slot is -1."""
+    return torch.where(slots >= 0, couplings[slots.clamp_min(0)], torch.full_like(slots, pad))
