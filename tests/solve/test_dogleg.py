@@ -6,6 +6,7 @@ boundary, the boundary crossing between), Ceres' radius rules, and autograd's gr
 """
 import pytest
 import torch
+import yaml
 
 import nlls
 from nlls.solve.dogleg import MIN_MU, TrustRegionState
@@ -347,3 +348,20 @@ def test_selectable_from_yaml():
     assert optimizer.initial_radius == 5.0 and optimizer.max_iterations == 7
     with pytest.raises(nlls.ConfigError, match="initial_radius"):
         nlls.load_config({"optimizer": {"name": "dogleg", "initial_radius": -1.0}})
+    with pytest.raises(nlls.ConfigError, match="min_radius"):
+        nlls.load_config({"optimizer": {"name": "dogleg", "initial_radius": 1.0, "min_radius": 2.0}})
+    with pytest.raises(nlls.ConfigError, match="optimizer.damping applies to levenberg_marquardt only, not dogleg"):
+        nlls.load_config({"optimizer": {"name": "dogleg", "damping": 1.0}})
+    with pytest.raises(nlls.ConfigError, match="optimizer.initial_radius applies to dogleg only"):
+        nlls.load_config({"optimizer": {"name": "levenberg_marquardt", "initial_radius": 1.0}})
+    # shared keys pass; the YAML text holds the dogleg's keys only, and reads back the same
+    config = nlls.load_config({"optimizer": {"name": "dogleg", "diagonal_scaling": True, "max_radius": 1e6}})
+    text = config.to_yaml()
+    assert "initial_radius" in text and "damping" not in text
+    assert nlls.load_config(yaml.safe_load(text)) == config
+
+
+def test_no_host_round_trip_inside_an_iteration():
+    # nlls.check_capturable runs one solve (CPU included) and names any host read or uncapturable op
+    objective, _ = exp_fit(3, seed=0)
+    nlls.check_capturable(nlls.Dogleg(objective, max_iterations=4))
