@@ -63,31 +63,53 @@ def _safe_cholesky(matrix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.where(ok[..., None, None], factor, eye), ok
 
 
+def _rows(table: torch.Tensor, index: torch.Tensor, *shape: int) -> torch.Tensor:
+    """``table[index]`` along the first dimension, reshaped to ``(*index.shape, *shape)``: one
+    gather of contiguous rows (much faster on the CPU than indexing a middle dimension)."""
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *shape)
+
+
+def _all_finite(piece: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: every entry of ``piece (n, B, ...)`` of an element is finite."""
+    return torch.isfinite(piece).transpose(0, 1).reshape(piece.shape[1], -1).all(dim=1)
+
+
 class _SchurFactorization(Factorization):
-    """The point blocks' inverse Cholesky factors, the couplings ``Z`` and the factored ``S``."""
+    """The point blocks' inverse Cholesky factors, the couplings ``Z^T`` and the factored ``S``.
+
+    Pieces are kept entity first, ``(n, B, ...)``: gathers read contiguous rows."""
 
     def __init__(self, solver: "Schur", structure: SchurStructure, matrix: SparseMatrix):
         values = matrix.values
         batch = values.shape[0]
         self.structure = st = structure.on(values.device)
         self.batch, self.dof = batch, matrix.pattern.dof
-        finite = torch.isfinite(values).all(dim=-1)
-        identity = torch.zeros_like(values).index_fill(
-            1, matrix.pattern.on(values.device)[2], 1.0)
-        values = torch.where(finite[:, None], values, identity)
-        extended = torch.cat([values, values.new_zeros(batch, 1)], dim=1)
+        table = values.t().contiguous()  # (nnz, B): free for B = 1
+        if st.needs_zero:  # an entry a block reads is not in the pattern: read it as zero
+            table = torch.cat([table, table.new_zeros(1, batch)])
         d = st.d
-        blocks = extended[:, st.block_index].reshape(batch, st.num_eliminated, d, d)
-        factor, block_ok = _safe_cholesky(blocks)
+        blocks = _rows(table, st.block_index, batch).reshape(st.num_eliminated, d, d, batch)
+        blocks = blocks.permute(0, 3, 1, 2)  # (nE, B, d, d)
+        couplings = [_rows(table, c.index, batch).permute(0, 3, 1, 2) for c in st.classes]
+        kept = table.index_select(0, st.rr_source)  # (n, B)
+        finite = _all_finite(blocks) & _all_finite(kept)
+        for piece in couplings:
+            finite = finite & _all_finite(piece)
         eye = torch.eye(d, dtype=values.dtype, device=values.device)
+        # a non-finite element computes with identity blocks and zero couplings, and fails
+        blocks = torch.where(finite[:, None, None], blocks, eye)
+        couplings = [torch.where(finite[:, None, None], f, torch.zeros_like(f)) for f in couplings]
+        kept = torch.where(finite, kept, torch.zeros_like(kept))
+        factor, block_ok = _safe_cholesky(blocks)
         self.inverse = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
-        # Z^T = L^{-1} F^T per coupling class: (B, K + 1, d, s), the last one zero (padding)
-        self.zt = [self.inverse[:, c.point] @ extended[:, c.index].mT for c in st.classes]
-        reduced = values.new_zeros(batch, st.size).index_add(
-            1, st.rr_positions, values[:, st.rr_source])
+        # Z^T = L^{-1} F^T per coupling class: (K, B, d, s)
+        self.zt = [_rows(self.inverse, c.point, batch, d, d) @ f.mT for c, f in zip(st.classes, couplings)]
+        # each with a zero coupling appended: the padding of the pair buckets
+        padded = [torch.cat([z, z.new_zeros(1, *z.shape[1:])]) for z in self.zt]
+        reduced = values.new_zeros(batch, st.size).index_add(1, st.rr_positions, kept.t())
         for bucket in st.buckets:
-            reduced = reduced - _pair_sum(self.zt[bucket.c1], self.zt[bucket.c2], bucket, st.size)
-        ok = finite & block_ok.all(dim=-1)
+            reduced = reduced - _pair_sum(padded[bucket.c1], padded[bucket.c2], bucket, st.size)
+        ok = finite & block_ok.all(dim=0)
         self.reduced_factor: Union[torch.Tensor, Factorization, None] = None
         if st.num_kept and st.pattern is None:
             self.reduced_factor, reduced_ok = _safe_cholesky(
@@ -100,6 +122,7 @@ class _SchurFactorization(Factorization):
         self.ok = ok
 
     def _solve_reduced(self, rhs: torch.Tensor) -> torch.Tensor:
+        """``S^{-1} rhs`` for ``rhs (B, nR)``."""
         factor = self.reduced_factor
         if isinstance(factor, torch.Tensor):
             y = torch.linalg.solve_triangular(factor, rhs[..., None], upper=False)
@@ -113,36 +136,37 @@ class _SchurFactorization(Factorization):
             raise ValueError(f"Schur: the right-hand side has shape {tuple(rhs.shape)}, expected "
                              f"(B={self.batch}, D={self.dof})")
         st = self.structure
-        batch = rhs.shape[0]
-        rhs = rhs.to(self.inverse.dtype)
-        b_e = rhs[:, st.eliminated].reshape(batch, st.num_eliminated, st.d)
-        y = (self.inverse @ b_e[..., None])[..., 0]  # L^{-1} b_E
-        b_r = rhs[:, st.kept]
+        batch, d = self.batch, st.d
+        columns = rhs.to(self.inverse.dtype).t()  # (D, B)
+        b_e = _rows(columns, st.eliminated, batch).reshape(st.num_eliminated, d, batch)
+        y = (self.inverse @ b_e.permute(0, 2, 1)[..., None])[..., 0]  # L^{-1} b_E: (nE, B, d)
+        b_r = columns.index_select(0, st.kept)  # (nR, B)
         for c, zt in zip(st.classes, self.zt):  # b_R - A_RE A_EE^{-1} b_E
-            moved = (zt.mT @ y[:, c.point, :, None]).reshape(batch, -1)
-            b_r = b_r.index_add(1, c.rows.reshape(-1), -moved)
-        x_r = self._solve_reduced(b_r)
+            moved = (zt.mT @ _rows(y, c.point, batch, d)[..., None])[..., 0]  # (K, B, s)
+            b_r = b_r.index_add(0, c.rows.reshape(-1), -moved.transpose(1, 2).reshape(-1, batch))
+        x_r = self._solve_reduced(b_r.t()).t()  # (nR, B)
         for c, zt in zip(st.classes, self.zt):  # L^{-1} (b_E - A_ER x_R)
-            back = (zt @ x_r[:, c.rows][..., None])[..., 0]
-            y = y.index_add(1, c.point, -back)
-        x_e = (self.inverse.mT @ y[..., None]).reshape(batch, -1)
-        x = rhs.new_zeros(batch, self.dof).index_copy(1, st.kept, x_r).index_copy(1, st.eliminated, x_e)
+            local = _rows(x_r, c.rows, batch).transpose(1, 2)  # (K, B, s)
+            y = y.index_add(0, c.point, -(zt @ local[..., None])[..., 0])
+        x_e = (self.inverse.mT @ y[..., None])[..., 0].transpose(1, 2).reshape(-1, batch)
+        x = rhs.new_zeros(self.dof, batch).index_copy(0, st.kept, x_r).index_copy(0, st.eliminated, x_e).t()
         ok = self.ok & torch.isfinite(x).all(dim=-1)
         return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
 
 
 def _pair_sum(zt1: torch.Tensor, zt2: torch.Tensor, bucket, size: int) -> torch.Tensor:
     """``sum Z_u Z_v^T`` of the destination blocks of ``bucket`` into the ``(B, size)`` storage
-    of ``S`` (both triangles), from the transposed couplings ``(B, K + 1, d, s)``."""
-    batch, d, s1, s2 = zt1.shape[0], zt1.shape[2], zt1.shape[3], zt2.shape[3]
+    of ``S`` (both triangles), from the transposed couplings ``(K + 1, B, d, s)`` (the last zero)."""
+    batch, d, s1, s2 = zt1.shape[1], zt1.shape[2], zt1.shape[3], zt2.shape[3]
     count, width = bucket.first.shape
     chunk = max(1, CHUNK_ELEMENTS // max(1, batch * width * max(s1, s2) * d))
+    flat1, flat2 = zt1.reshape(zt1.shape[0], -1), zt2.reshape(zt2.shape[0], -1)
     blocks = []
     for start in range(0, count, chunk):
         first, second = bucket.first[start:start + chunk], bucket.second[start:start + chunk]
         n = first.shape[0]
-        left = zt1[:, first].reshape(batch, n, width * d, s1)
-        right = zt2[:, second].reshape(batch, n, width * d, s2)
+        left = _rows(flat1, first, batch, d, s1).permute(2, 0, 1, 3, 4).reshape(batch, n, width * d, s1)
+        right = _rows(flat2, second, batch, d, s2).permute(2, 0, 1, 3, 4).reshape(batch, n, width * d, s2)
         blocks.append((left.mT @ right).reshape(batch, -1))
     flat = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
     out = zt1.new_zeros(batch, size).index_add(1, bucket.positions, flat)

@@ -35,10 +35,9 @@ from ..systems import SparsePattern
 
 
 class CouplingClass:
-    """The couplings ``F_k`` of the kept blocks of one size ``s``: ``index (K + 1, s, d)``
-    positions in the extended values (``nnz`` is the zero slot), ``point (K + 1,)`` the eliminated
-    variable, ``rows (K + 1, s)`` the kept columns in the reduced numbering; the last coupling is
-    zero (the padding of :class:`PairBucket`, harmless where it is added)."""
+    """The couplings ``F_k`` of the kept blocks of one size ``s``: ``index (K, s, d)`` positions
+    in the values (``nnz``: an entry the pattern lacks, read as zero), ``point (K,)`` the
+    eliminated variable, ``rows (K, s)`` the kept columns in the reduced numbering."""
 
     def __init__(self, size: int, index: torch.Tensor, point: torch.Tensor, rows: torch.Tensor):
         self.size, self.index, self.point, self.rows = size, index, point, rows
@@ -79,7 +78,7 @@ class SchurStructure:
         if flat_e.numel() and (int(flat_e.min()) < 0 or int(flat_e.max()) >= dof):
             raise ValueError(f"{owner}: eliminated columns must lie in [0, {dof}), got "
                              f"{int(flat_e.min())} to {int(flat_e.max())}")
-        if torch.unique(flat_e).numel() != flat_e.numel():
+        if flat_e.numel() and int(torch.bincount(flat_e, minlength=dof).max()) > 1:
             raise ValueError(f"{owner}: an eliminated column is listed twice")
         self.dof, self.nnz, self.num_eliminated, self.d = dof, pattern.nnz, num_e, d
         self.reduced = reduced
@@ -113,8 +112,9 @@ class SchurStructure:
         rr_rows, rr_cols = r_pos[rows[rr]], r_pos[cols[rr]]
         # couplings: (kept block, eliminated variable) pairs the pattern links
         re = torch.nonzero(~row_e & col_e).flatten()
-        u_of, p_of = block[rows[re]], e_var[cols[re]]
-        keys, which = torch.unique(u_of * max(num_e, 1) + p_of, return_inverse=True)
+        re_rows, re_cols = rows[re], cols[re]
+        keys, which = _couplings(block[re_rows], e_var[re_cols], offset[re_rows] == 0,
+                                 e_off[re_cols] == 0, sizes.numel(), num_e)
         coupling_u, coupling_p = keys // max(num_e, 1), keys % max(num_e, 1)
         size_of = sizes[coupling_u]
         class_sizes = torch.unique(size_of)
@@ -126,14 +126,11 @@ class SchurStructure:
             local[members] = torch.arange(members.numel())
             mine = torch.nonzero(class_of[which] == c).flatten()
             index = torch.full((members.numel() * size * d,), pattern.nnz, dtype=torch.long)
-            k, q = local[which[mine]], re[mine]
-            index[(k * size + offset[rows[q]]) * d + e_off[cols[q]]] = q
+            k = local[which[mine]]
+            index[(k * size + offset[re_rows[mine]]) * d + e_off[re_cols[mine]]] = re[mine]
             block_rows = starts[coupling_u[members]][:, None] + torch.arange(size)
-            # one more coupling, all zero (reads the zero slot): the padding of the pair buckets
-            index = torch.cat([index, torch.full((size * d,), pattern.nnz, dtype=torch.long)])
-            self.classes.append(CouplingClass(
-                size, index.reshape(-1, size, d), torch.cat([coupling_p[members], torch.zeros(1, dtype=torch.long)]),
-                torch.cat([block_rows, block_rows[:1]])))
+            self.classes.append(CouplingClass(size, index.reshape(-1, size, d), coupling_p[members],
+                                              block_rows))
         first_all, second_all = _pairs(coupling_u, coupling_p, num_e)
         self.pattern = None
         grouped: List[Tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -159,6 +156,9 @@ class SchurStructure:
         else:
             self.size = num_r * num_r
         self.rr_source = rr
+        #: whether some block reads an entry the pattern lacks (then the values get a zero slot)
+        self.needs_zero = bool((block_index == pattern.nnz).any()) or any(
+            bool((c.index == pattern.nnz).any()) for c in self.classes)
         self.rr_positions = self._positions(rr_rows, rr_cols)
         self.buckets: List[PairBucket] = []
         self.num_pairs = 0  # pairs of couplings summed into S (the work of forming it)
@@ -169,7 +169,7 @@ class SchurStructure:
             j = (starts[d2][:, None, None] + torch.arange(s2)[None, None, :]).expand(-1, s1, s2)
             positions = self._positions(i, j)
             mirror_positions = self._positions(j, i)
-            pads = (self.classes[c1].index.shape[0] - 1, self.classes[c2].index.shape[0] - 1)
+            pads = (self.classes[c1].index.shape[0], self.classes[c2].index.shape[0])
             for blocks, slots in _buckets(dest, d1.numel()):
                 chosen = torch.nonzero(d1[blocks] != d2[blocks]).flatten()
                 self.buckets.append(PairBucket(
@@ -244,6 +244,24 @@ def _kept_blocks(pattern: SparsePattern, kept: torch.Tensor, e_var: torch.Tensor
     offset = torch.zeros(dof, dtype=torch.long)
     offset[kept] = torch.arange(num_r) - starts[block_of_kept]
     return block, offset, starts, sizes
+
+
+def _couplings(u_of: torch.Tensor, p_of: torch.Tensor, first_row: torch.Tensor,
+               first_col: torch.Tensor, num_u: int, num_e: int):
+    """``(keys, which)``: the sorted keys ``u * nE + p`` of the couplings of the kept-eliminated
+    entries, and each entry's coupling. The entries at a block's first row and a variable's
+    first column name every coupling once where the blocks are complete (as a linearization's
+    pattern is); a dense table then finds each entry's coupling, without sorting every entry."""
+    stride = max(num_e, 1)
+    entry_keys = u_of * stride + p_of
+    if num_u * stride <= 1 << 26:
+        keys = torch.sort(entry_keys[first_row & first_col]).values
+        table = torch.full((num_u * stride,), -1, dtype=torch.long)
+        table[keys] = torch.arange(keys.numel())
+        which = table[entry_keys]
+        if not bool((which < 0).any()):
+            return keys, which
+    return torch.unique(entry_keys, return_inverse=True)
 
 
 def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
