@@ -19,24 +19,26 @@ DATA = ROOT.parent / "shared" / "data"
 SOLVERS = ["dense_cholesky", "sparse_cholesky"]
 
 
-def pose_graph(batch=1, poses=8, seed=0, prior=True, closures=((0, 5),), dtype=F64):
+def pose_graph(batch=1, poses=8, seed=0, prior=True, closures=((0, 5),), dtype=F64, prefix="x"):
     """A 2-D pose graph: odometry, loop closures, information weights, optionally a prior on x0;
-    measurements are aux variables ``m{k}``, weights ``w{k}`` (tensors of the cost weights)."""
+    poses ``x{i}``, measurements aux variables ``m{k}``, edges ``e{k}`` (with another ``prefix``
+    than ``x``, every name starts with it)."""
+    tag = "" if prefix == "x" else prefix + "_"
     g = torch.Generator().manual_seed(seed)
     truth = [nlls.SE2.exp_map(torch.randn(batch, 3, generator=g, dtype=F64)) for _ in range(poses)]
     xs = [nlls.SE2(tensor=t.retract(0.1 * torch.randn(batch, 3, generator=g, dtype=F64)).tensor.to(dtype),
-                   name=f"x{i}") for i, t in enumerate(truth)]
+                   name=f"{prefix}{i}") for i, t in enumerate(truth)]
     objective = nlls.Objective()
     if prior:
-        target = nlls.SE2(tensor=truth[0].tensor.clone().to(dtype), name="prior_target")
+        target = nlls.SE2(tensor=truth[0].tensor.clone().to(dtype), name=f"{tag}prior_target")
         objective.add(nlls.Difference(xs[0], target, cost_weight=nlls.DiagonalCostWeight(
-            torch.tensor([[3.0, 2.0, 5.0]], dtype=dtype)), name="prior"))
+            torch.tensor([[3.0, 2.0, 5.0]], dtype=dtype)), name=f"{tag}prior"))
     pairs = [(i, i + 1) for i in range(poses - 1)] + list(closures)
     for k, (i, j) in enumerate(pairs):
         measured = truth[i].between(truth[j]).retract(0.05 * torch.randn(batch, 3, generator=g, dtype=F64))
         weight = (torch.tensor([[10.0, 8.0, 20.0]], dtype=F64) * (1 + torch.rand(batch, 3, generator=g, dtype=F64)))
-        objective.add(nlls.Between(xs[i], xs[j], nlls.SE2(tensor=measured.tensor.to(dtype), name=f"m{k}"),
-                                   cost_weight=nlls.DiagonalCostWeight(weight.to(dtype)), name=f"e{k}"))
+        objective.add(nlls.Between(xs[i], xs[j], nlls.SE2(tensor=measured.tensor.to(dtype), name=f"{tag}m{k}"),
+                                   cost_weight=nlls.DiagonalCostWeight(weight.to(dtype)), name=f"{tag}e{k}"))
     return objective, xs
 
 

@@ -33,10 +33,12 @@ differentiated along matrices of the same rank (the gauge symmetry holds for any
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..core.evaluation import Evaluator
 from ..core.manifold import Manifold
 from ..core.objective import Objective
 from ..solve.linear import LinearSolver, make_linear_solver
@@ -58,6 +60,9 @@ from .nullspace import (
 from .structure import name_list, variable_columns
 
 DENSE_MAX_DOF = 500  # linear_solver=None: dense up to this many unknowns, sparse beyond
+# per evaluator (one per objective structure): its linearizations and default solvers, which
+# hold the sparsity pattern and the symbolic analysis, shared by every Covariance of it
+_SHARED: "weakref.WeakKeyDictionary[Evaluator, Dict[str, Any]]" = weakref.WeakKeyDictionary()
 VariableLike = Union[Manifold, str]
 
 
@@ -80,6 +85,7 @@ class Covariance:
         ok: ``(B,)`` bool; a failed element (non-finite data, or a matrix that stays singular
             with the gauge variables fixed) has zero blocks, never NaN, and ``message`` says why.
         null_space_dim: ``(B,)`` the null directions found (``"pseudo_inverse"``; else 0).
+        kind: ``"dense"`` or ``"sparse"``, the path taken.
         message: one line on the result.
 
     Raises:
@@ -111,6 +117,7 @@ class Covariance:
             self.gauge = [self._variable(item, "gauge") for item in items]
         self.ok: Optional[torch.Tensor] = None
         self.null_space_dim: Optional[torch.Tensor] = None
+        self.kind: Optional[str] = None
         self.message = "not computed yet (call compute())"
         # (structure_version, kind, linearization, solver) of the current structure
         self._built: Optional[Tuple[int, str, Union[DenseLinearization, SparseLinearization], LinearSolver]] = None
@@ -148,12 +155,17 @@ class Covariance:
         version = self.objective.structure_version
         if self._built is None or self._built[0] != version:
             solver = self.linear_solver
+            shared = _SHARED.setdefault(evaluator, {})  # structures reused by later covariances
             if solver is None:
-                solver = make_linear_solver("dense_cholesky" if evaluator.dof <= DENSE_MAX_DOF else "sparse_cholesky")
+                name = "dense_cholesky" if evaluator.dof <= DENSE_MAX_DOF else "sparse_cholesky"
+                solver = shared.setdefault(name, make_linear_solver(name))
             kind = solver.linearization
-            linearization = (DenseLinearization if kind == "dense" else SparseLinearization)(evaluator)
+            if kind not in shared:
+                shared[kind] = (DenseLinearization if kind == "dense" else SparseLinearization)(evaluator)
+            linearization = shared[kind]
             solver.setup(linearization)
             self._built = (version, kind, linearization, solver)
+            self.kind = kind
         return self._built
 
     # ---- the work -----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Callable, Tuple, Union
 
+import numpy as np
 import torch
 
 from ..solve.systems import SparseMatrix
@@ -37,7 +38,7 @@ Matrix = Union[torch.Tensor, SparseMatrix]
 SHIFT = 1e-10  # the shift of the inverse iteration, relative to the scale (at least 100 thresholds)
 BLOCK = 8  # vectors of the inverse iteration to start with
 GUARD = 2  # non-null vectors kept in the block beside the null ones (it doubles to keep them)
-SETTLED = 1e-3  # relative change of the first non-null Ritz value at which the rounds stop
+SETTLED = 1e-2  # relative change of the first non-null Ritz value at which the rounds stop
 MAX_ROUNDS = 50
 
 
@@ -64,10 +65,20 @@ def diagonal(matrix: Matrix) -> torch.Tensor:
 
 
 def matmul(matrix: Matrix, x: torch.Tensor) -> torch.Tensor:
-    """``A X`` for ``X (B, D, m)``."""
+    """``A X`` for ``X (B, D, m)``. Sparse: column by column and differentiable while autograd
+    records; else, on the CPU, one SciPy CSR product per element (no graph needed there)."""
     if isinstance(matrix, torch.Tensor):
         return matrix @ x
-    return torch.stack([matrix.matvec(column) for column in x.unbind(-1)], dim=-1)
+    records = torch.is_grad_enabled() and (matrix.values.requires_grad or x.requires_grad)
+    if records or x.device.type != "cpu":
+        return torch.stack([matrix.matvec(column) for column in x.unbind(-1)], dim=-1)
+    import scipy.sparse
+
+    pattern, size = matrix.pattern, matrix.pattern.dof
+    values, dense_x = matrix.values.detach().to(torch.float64).numpy(), x.detach().to(torch.float64).numpy()
+    products = [scipy.sparse.csr_matrix((values[b], pattern.cols.numpy(), pattern.crow.numpy()),
+                                        shape=(size, size)) @ dense_x[b] for b in range(values.shape[0])]
+    return torch.from_numpy(np.stack(products)).to(x.dtype)
 
 
 def finite(matrix: Matrix) -> torch.Tensor:
@@ -120,10 +131,30 @@ def _random(batch: int, size: int, count: int, like: torch.Tensor, seed: int) ->
     return out.to(device=like.device, dtype=like.dtype)
 
 
+def orthonormalize(basis: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the span of ``basis (B, D, m)``, ``D >> m``: shifted Cholesky QR
+    followed by two plain ones (Fukaya et al., "Shifted Cholesky QR for computing the QR
+    factorization of ill-conditioned matrices", 2020), matrix products instead of Householder
+    steps; Householder QR where a Cholesky fails (a basis beyond ``1 / eps`` in condition)."""
+    size, width = basis.shape[-2:]
+    eye = torch.eye(width, dtype=basis.dtype, device=basis.device)
+    q = basis / basis.norm(dim=-2, keepdim=True).clamp_min(torch.finfo(basis.dtype).tiny)
+    for shifted in (True, False, False):
+        gram = q.mT @ q
+        if shifted:
+            gram = gram + 11 * (size * width + width * (width + 1)) * torch.finfo(basis.dtype).eps * (
+                gram.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] * eye)
+        factor, info = torch.linalg.cholesky_ex(gram)
+        if bool((info != 0).any()):
+            return torch.linalg.qr(basis).Q
+        q = torch.linalg.solve_triangular(factor, q.mT, upper=False).mT
+    return q
+
+
 def _ritz(matrix: Matrix, basis: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rayleigh-Ritz of ``A`` on the span of ``basis (B, D, m)``: ascending values ``(B, m)`` and
     their vectors ``(B, D, m)``."""
-    q = torch.linalg.qr(basis).Q
+    q = orthonormalize(basis)
     small = q.mT @ matmul(matrix, q)
     values, vectors = torch.linalg.eigh(0.5 * (small + small.mT))
     return values, q @ vectors
@@ -211,7 +242,7 @@ def choose_gauge(basis: torch.Tensor, count: torch.Tensor) -> Tuple[torch.Tensor
 def near_singular(matrix: Matrix, factorization, threshold: torch.Tensor, seed: int = 1) -> torch.Tensor:
     """``(B,)``: elements whose (factored) ``M`` has an eigenvalue at most ``threshold``.
 
-    Dense: the eigenvalues themselves. Sparse: three rounds of inverse iteration on two vectors
+    Dense: the eigenvalues themselves. Sparse: two rounds of inverse iteration on two vectors
     with the factorization of ``M`` itself (a near-null direction is amplified by the inverse of
     its tiny eigenvalue, so it dominates at once); its smallest Ritz value bounds the smallest
     eigenvalue from above."""
@@ -221,12 +252,12 @@ def near_singular(matrix: Matrix, factorization, threshold: torch.Tensor, seed: 
             return torch.linalg.eigvalsh(matrix)[:, 0] <= threshold
         ones = diagonal(matrix)
         x = _random(ones.shape[0], ones.shape[1], min(2, ones.shape[1]), ones, seed)
-        for _ in range(3):
-            x = torch.linalg.qr(solve_columns(factorization, x)[0]).Q
+        for _ in range(2):
+            x = orthonormalize(solve_columns(factorization, x)[0])
         values, _ = _ritz(matrix, x)
         return values[:, 0] <= threshold
 
 
-__all__ = ["Matrix", "SHIFT", "BLOCK", "GUARD", "SETTLED", "MAX_ROUNDS", "to_float64", "detach", "diagonal", "matmul",
-           "finite", "identity_where", "with_fixed", "solve_columns", "null_space_dense",
+__all__ = ["orthonormalize", "Matrix", "SHIFT", "BLOCK", "GUARD", "SETTLED", "MAX_ROUNDS", "to_float64", "detach",
+           "diagonal", "matmul", "finite", "identity_where", "with_fixed", "solve_columns", "null_space_dense",
            "null_space_iterative", "choose_gauge", "near_singular"]

@@ -69,3 +69,57 @@ def test_bad_arguments_name_the_key(kwargs, match):
 def test_capturable_unless_block_jacobi():
     assert nlls.ConjugateGradient(preconditioner="jacobi").capturable
     assert not nlls.ConjugateGradient().capturable
+
+
+def _unseen_problem():
+    """'ab': r = a x - 1 (b unseen); 'cd': r = (c + d) x (only the sum is seen)."""
+    x = torch.linspace(0.5, 1.5, 5, dtype=F64).repeat(2, 1)
+    ab = nlls.Vector(tensor=torch.ones(2, 2, dtype=F64), name="ab")
+    cd = nlls.Vector(tensor=torch.ones(2, 2, dtype=F64), name="cd")
+    objective = nlls.Objective()
+    data = nlls.Variable(x, name="x")
+    objective.add(nlls.AutoDiffCostFunction([ab], lambda v, a: v[0].tensor[:, :1] * a[0].tensor - 1.0, 5,
+                                            aux_vars=[data], name="fit"))
+    objective.add(nlls.AutoDiffCostFunction([cd], lambda v, a: (v[0].tensor[:, :1] + v[0].tensor[:, 1:]) * a[0].tensor
+                                            - 2.0, 5, aux_vars=[data], name="sum"))
+    return objective
+
+
+@pytest.mark.parametrize("preconditioner", [None, "jacobi", "block_jacobi"])
+def test_gauss_newton_with_cg_fails_on_an_unconstrained_coordinate_and_names_it(preconditioner):
+    objective = _unseen_problem()
+    info = nlls.GaussNewton(objective, linear_solver=nlls.ConjugateGradient(preconditioner=preconditioner)).optimize()
+    assert (info.status == nlls.Status.FAILED).all()
+    assert "conjugate gradient met a singular system" in info.message
+    assert "no residual depends on 'ab'[1]" in info.message
+    damped = _unseen_problem()  # Levenberg-Marquardt's damping makes the same systems solvable
+    info = nlls.LevenbergMarquardt(damped, linear_solver=nlls.ConjugateGradient(preconditioner=preconditioner)).optimize()
+    assert info.converged.all(), info.message
+
+
+def test_a_direction_without_curvature_fails_its_element_only():
+    objective = _unseen_problem()
+    objective.update({"ab": torch.ones(2, 2, dtype=F64)})
+    evaluator = nlls.GaussNewton(objective).prepare()
+    operator = JacobianLinearization(evaluator).linearize(evaluator.gather(), evaluator.aux()).A
+    columns = {var.name: 2 * k for k, var in enumerate(evaluator.blocks[0].variables)}
+    shift = torch.zeros(2, 4, dtype=F64)
+    shift[:, columns["ab"]: columns["ab"] + 2] = 1.0  # 'ab' damped: only 'cd' is singular
+    damped = operator.add_diagonal(shift)
+    rhs = torch.zeros(2, 4, dtype=F64)
+    rhs[:, columns["cd"]: columns["cd"] + 2] = 1.0  # in the range of the (c + d) block
+    rhs[1, columns["cd"] + 1] = -1.0  # element 1: along the null direction (1, -1) of that block
+    factorization = nlls.ConjugateGradient(preconditioner=None, max_iterations=20).factor(damped)
+    x, ok = factorization.solve(rhs)
+    assert ok.tolist() == [True, False] and (x[1] == 0).all()
+    assert factorization.converged[0]
+
+
+def test_an_inexact_solve_stays_ok_and_says_it_did_not_converge():
+    matrix, operator, g = _systems(damping=1e-4)
+    factorization = nlls.ConjugateGradient(max_iterations=2, preconditioner=None).factor(operator)
+    x, ok = factorization.solve(-g)
+    assert ok.all() and not factorization.converged.any()
+    factorization = nlls.ConjugateGradient(max_iterations=200).factor(operator)
+    factorization.solve(-g)
+    assert factorization.converged.all()
