@@ -365,3 +365,35 @@ def test_no_host_round_trip_inside_an_iteration():
     # nlls.check_capturable runs one solve (CPU included) and names any host read or uncapturable op
     objective, _ = exp_fit(3, seed=0)
     nlls.check_capturable(nlls.Dogleg(objective, max_iterations=4))
+
+
+class _PoisonedJacobian(nlls.CostFunction):
+    """``r = p - target``; element 1's Jacobian is NaN (its residual stays finite)."""
+
+    def __init__(self, p, target):
+        super().__init__(optim_vars=(p,), aux_vars=(target,), name="poisoned")
+        self.p, self.target = p, target
+
+    def dim(self):
+        return 2
+
+    def error(self):
+        return self.p.tensor - self.target.tensor
+
+    def jacobians(self):
+        eye = torch.eye(2, dtype=F64).repeat(self.p.tensor.shape[0], 1, 1)
+        eye[1] = float("nan")
+        return [eye], self.error()
+
+
+def test_an_element_whose_solve_always_fails_fails_alone():
+    p = nlls.Vector(tensor=torch.zeros(2, 2, dtype=F64), name="p")
+    target = nlls.Variable(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=F64), name="target")
+    objective = nlls.Objective()
+    objective.add(_PoisonedJacobian(p, target))
+    info = nlls.Dogleg(objective, max_iterations=30).optimize()
+    assert info.status.tolist() == [nlls.Status.CONVERGED, nlls.Status.FAILED]
+    assert info.failure[1] == nlls.solve.state.Failure.LINEAR_SOLVE
+    assert int(info.iterations[1]) == 9  # mu = 0, 1e-8, ..., 1e-1: nine solves, then it gives up
+    torch.testing.assert_close(p.tensor[0], target.tensor[0])
+    assert torch.all(p.tensor[1] == 0)
