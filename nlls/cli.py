@@ -2,6 +2,7 @@
 
     nlls solve [FILE] [--config CONFIG.yaml] [--output OUT] [--plot OUT.png]
                [--device cpu|cuda] [--dtype float64|float32] [--max-iterations N] [--quiet] [--json]
+               [--covariance [--gauge auto|first|pseudo_inverse]]
 
 ``FILE`` is a g2o (``VERTEX_SE2``/``EDGE_SE2``, ``VERTEX_SE3:QUAT``/``EDGE_SE3:QUAT``), TORO
 (``VERTEX2``/``EDGE2``, ``VERTEX3``/``EDGE3``) or BAL file, detected from its records; with no
@@ -18,7 +19,9 @@ anything is solved where they can be, print one line naming the file and line or
 exit with status 2. ``--output`` and ``--plot`` are written whole or not at all (a temporary
 file beside the destination, renamed on success), and only when the solve succeeded: after a
 failed solve (a batch element failed, or the final cost is not finite) an existing file is left
-as it was.
+as it was. ``--covariance`` adds the marginal standard deviations of the first and last poses;
+a solve that fails on singular normal equations prints :func:`nlls.diagnose`'s report
+(:mod:`nlls.cli_report`).
 """
 from __future__ import annotations
 
@@ -32,10 +35,11 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 
 import torch
 
+from . import cli_report
 from .io.files import atomic_path
 from .solve.checks import short_repr
 from .solve.linear.sparse import available_backends
-from .solve.state import IterationInfo, Status
+from .solve.state import Failure, IterationInfo, Status
 
 MAX_MESSAGE = 500  # characters of an error line
 EVERY_ITERATION = 10  # plain progress: a line for each of the first iterations...
@@ -96,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="print one JSON object on stdout and nothing else there: problem, format, sizes, "
                             "initial_cost, final_cost (null if not finite), iterations, converged, "
                             "status_counts, elapsed_s, optimizer, linear_solver, device, dtype, output, plot "
-                            "(null unless written); no progress")
+                            "(null unless written), covariance (with --covariance), diagnosis (when singular); "
+                            "no progress")
+    cli_report.add_options(solve)
     return parser
 
 
@@ -251,31 +257,6 @@ def _plot(path: str, before: torch.Tensor, after: torch.Tensor, title: str) -> N
         plt.close(fig)
 
 
-def _sizes(problem) -> Dict[str, Any]:
-    """The format and sizes of a problem read from a file, for ``--json``."""
-    from nlls import io
-
-    if isinstance(problem, io.BALProblem):
-        return {"format": "bal", "cameras": int(problem.cameras.shape[0]), "points": int(problem.points.shape[0]),
-                "observations": int(problem.observations.shape[0])}
-    return {"format": _pose_graph_format(problem.path), "dimension": problem.dimension,
-            "poses": len(problem.vertex_ids), "edges": len(problem.edges)}
-
-
-def _pose_graph_format(path: Optional[Path]) -> Optional[str]:
-    from nlls.io import g2o
-
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:  # type: ignore[arg-type]
-            for line in handle:
-                words = line.split()
-                if words and not words[0].startswith("#"):
-                    return "g2o" if words[0] in g2o.TAGS else "toro"
-    except (OSError, TypeError):
-        pass
-    return None
-
-
 def _number(value: torch.Tensor) -> Optional[float]:
     """A JSON number, or ``None`` (null) for NaN and inf: JSON has none."""
     number = float(value)
@@ -327,7 +308,7 @@ def solve(args) -> int:
     finite = bool(torch.isfinite(info.final_error).all())
     failed = not finite or bool((info.status == nlls.Status.FAILED).any())
     report: Dict[str, Any] = {
-        "problem": str(path), **_sizes(problem), "variables": len(objective.optim_vars),
+        "problem": str(path), **cli_report.sizes(problem), "variables": len(objective.optim_vars),
         "cost_functions": len(objective.cost_functions), "unknowns": unknowns,
         "initial_cost": _number(info.initial_error[0]), "final_cost": _number(info.final_error[0]),
         "iterations": int(info.iterations.max()), "converged": converged,
@@ -348,6 +329,10 @@ def solve(args) -> int:
     say(f"  optimizer        {report['optimizer']}")
     say(f"  linear solver    {report['linear_solver']}")
     say(f"  device, dtype    {device}, {args.dtype}")
+    if info.failure is not None and bool((info.failure == Failure.LINEAR_SOLVE).any()):
+        report["diagnosis"] = cli_report.diagnosis(objective, say)  # which variables leave it singular
+    if args.covariance and not failed:
+        report["covariance"] = cli_report.covariance(objective, problem, args.gauge, say)
     targets = [name for name in (args.output, args.plot) if name]
     if failed and targets:
         why = "the final cost is not finite" if not finite else "a batch element failed"
