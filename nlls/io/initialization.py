@@ -17,7 +17,7 @@ Poses are composed as homogeneous matrices in float64, one batched product per t
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -74,10 +74,9 @@ def _spanning_tree(index: np.ndarray, measured: np.ndarray, count: int) -> np.nd
 
     # the first edge between each pair of vertices, in either direction
     low, high = index.min(axis=1), index.max(axis=1)
-    _, first = np.unique(low * count + high, return_index=True)
+    keys, first = np.unique(low * count + high, return_index=True)
     graph = scipy.sparse.coo_matrix((np.ones(first.size), (low[first], high[first])),
                                     shape=(count, count)).tocsr()
-    edge_of: Dict[Tuple[int, int], int] = {(int(low[k]), int(high[k])): int(k) for k in first}
     _, labels = connected_components(graph, directed=False)
     roots = np.unique(labels, return_index=True)[1]  # the lowest index of each part
     parent = np.full(count, -1)
@@ -91,12 +90,13 @@ def _spanning_tree(index: np.ndarray, measured: np.ndarray, count: int) -> np.nd
     for v in visit.tolist():  # parents are visited first
         if parent[v] >= 0:
             depth[v] = depth[parent[v]] + 1
-    inverse = _inverse(measured)
-    relative = np.zeros((count,) + measured.shape[1:])
-    for v in np.nonzero(parent >= 0)[0].tolist():
-        p = int(parent[v])
-        k = edge_of[(min(p, v), max(p, v))]
-        relative[v] = measured[k] if index[k, 0] == p else inverse[k]
+    children = np.nonzero(parent >= 0)[0]
+    parents = parent[children]
+    edge = first[np.searchsorted(keys, np.minimum(parents, children) * count
+                                 + np.maximum(parents, children))]
+    forward = (index[edge, 0] == parents)[:, None, None]
+    relative = np.broadcast_to(np.eye(measured.shape[-1]), (count,) + measured.shape[1:]).copy()
+    relative[children] = np.where(forward, measured[edge], _inverse(measured[edge]))
     poses = np.broadcast_to(np.eye(measured.shape[-1]), relative.shape).copy()
     for level in range(1, int(depth.max(initial=0)) + 1):
         members = np.nonzero(depth == level)[0]
