@@ -14,6 +14,12 @@ differentiable operations and refers to ``x*`` through the layer's own output, s
 the solution) or ``"exact"`` (``dg/dx`` with the second-order residual terms, column by column
 from forward-mode derivatives of ``g``; needs a dense linear solver and cost functions with
 second derivatives).
+
+With box bounds (``Objective.set_bounds``) a coordinate that ends on its bound stays there for
+nearby data: its derivative is zero, and the optimality condition holds on the free coordinates
+only, ``g_F(x*, theta) = 0``. The backward solves the reduced system ``H_FF w_F = v_F`` (the
+bound coordinates' rows and columns replaced by the identity, their cotangent by zero, as the
+forward's steps do) and ``w`` is zero on the bound coordinates.
 """
 from __future__ import annotations
 
@@ -25,8 +31,10 @@ import torch
 
 from ..core.evaluation import State
 from ..core.variable import Variable
+from ..solve.bounds import at_bounds, coordinates, restrict
 from ..solve.guard import borrowed, donor_of
 from ..solve.state import Status
+from ..solve.systems import DenseSystem
 from .base import Backward
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
@@ -50,8 +58,9 @@ class ImplicitPieces:
     functions of the solution blocks and the aux tensors that require grad."""
 
     def __init__(self, optimizer: Optimizer, theta_vars: List[Variable], hessian: str, batch: int,
-                 healthy: Optional[torch.Tensor] = None):
+                 healthy: Optional[torch.Tensor] = None, bound: Optional[torch.Tensor] = None):
         self.optimizer = optimizer
+        self.bound = bound  # (B, D) bool: coordinates on a box bound (no derivative), or None
         # failed elements (healthy False) take no gradient, and compute with a healthy element's
         # inputs so that their NaN meets no zero cotangent (nlls.solve.guard)
         self.guard: Optional[Tuple[torch.Tensor, torch.Tensor]] = (
@@ -80,7 +89,8 @@ class ImplicitPieces:
     def matrix(self, state: State, thetas) -> torch.Tensor:
         state, aux = self.inputs(state, thetas)
         if self.hessian == "gauss_newton":
-            return self.linearization.linearize(state, aux).A
+            system = self.linearization.linearize(state, aux)
+            return system.A if self.bound is None else restrict(system, self.bound).A
         dof = self.evaluator.dof
         ref = state[0]
         zeros = torch.zeros(self.batch, dof, dtype=ref.dtype, device=ref.device)
@@ -94,7 +104,8 @@ class ImplicitPieces:
 
         columns = torch.func.vmap(column)(basis)  # (D, B, D): column k of H per element
         H = columns.permute(1, 2, 0)
-        return 0.5 * (H + H.mT)
+        H = 0.5 * (H + H.mT)
+        return H if self.bound is None else restrict(DenseSystem(H, zeros), self.bound).A
 
     def tangent_cotangent(self, state: State, grads) -> torch.Tensor:
         """Map cotangents on the solution tensors to the tangent: ``(d retract / d delta)^T v``."""
@@ -129,6 +140,8 @@ class ImplicitFunction(torch.autograd.Function):
         v = implicit.tangent_cotangent(guarded, grads)
         if healthy is not None:  # a failed element's solution is its start: no gradient
             v = torch.where(healthy[:, None], v, torch.zeros_like(v))
+        if implicit.bound is not None:  # a coordinate on its bound does not move
+            v = torch.where(implicit.bound, torch.zeros_like(v), v)
         H = implicit.matrix(state, thetas)
         w, ok = implicit.optimizer.linear_solver.factor(H).solve(v)
         unsolved = ~ok if healthy is None else ~ok & healthy
@@ -161,7 +174,7 @@ class Implicit(Backward):
     def check(self, optimizer, inputs, driver) -> None:
         if self.hessian != "exact":
             return
-        if optimizer.linear_solver.linearization != "dense":
+        if optimizer.linear_solver.linearization not in ("dense", "dense_jacobian"):  # dense_qr takes it
             raise ValueError(
                 f"hessian='exact' builds a dense Hessian and needs a dense linear solver; "
                 f"{optimizer.linear_solver!r} is not one (use hessian='gauss_newton')"
@@ -180,9 +193,8 @@ class Implicit(Backward):
         theta_vars = [v for v in optimizer.objective.aux_vars.values() if v.tensor.requires_grad]
         if not theta_vars or not torch.is_grad_enabled():
             return state, state.values
-        # (with both tolerances 0 the user asked for a fixed count: no element can "converge")
-        fixed_count = optimizer.rel_err_tolerance == 0 and optimizer.abs_err_tolerance == 0
-        running = 0 if fixed_count else int((state.status == Status.RUNNING).sum())
+        # (with every tolerance 0 the user asked for a fixed count: no element can "converge")
+        running = 0 if optimizer.fixed_count else int((state.status == Status.RUNNING).sum())
         if running:
             warnings.warn(
                 f"OptimizationLayer implicit backward: {running} of {state.status.numel()} batch "
@@ -191,8 +203,12 @@ class Implicit(Backward):
                 f"(raise max_iterations, or check info.converged)",
                 RuntimeWarning, stacklevel=5,  # the caller of the layer (through nn.Module.__call__)
             )
+        bound = None
+        if state.lower is not None and state.upper is not None:
+            x = coordinates(optimizer.evaluator, tuple(v.detach() for v in state.values))
+            bound = at_bounds(x, state.lower, state.upper) != 0
         pieces = ImplicitPieces(optimizer, theta_vars, self.hessian, state.error.shape[0],
-                                healthy=state.status != Status.FAILED)
+                                healthy=state.status != Status.FAILED, bound=bound)
         blocks = tuple(v.detach() for v in state.values)
         thetas = tuple(v.tensor for v in theta_vars)
         return state, ImplicitFunction.apply(pieces, len(blocks), *blocks, *thetas)

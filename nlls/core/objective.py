@@ -7,13 +7,13 @@ about how it is minimized: solvers read it (``nlls.core.evaluation``), and it ne
 from __future__ import annotations
 
 import copy as _copy
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
 from .cost_function import CostFunction
 from .evaluation import Evaluator
-from .manifold import Manifold
+from .manifold import Manifold, Vector
 from .variable import Variable
 
 
@@ -48,6 +48,8 @@ class Objective:
         self._structure_version = 0
         self._batch: Optional[int] = None  # the batch size found by the last check
         self._evaluator: Optional[Evaluator] = None  # evaluator(); not copied
+        #: box bounds by variable name: ``(lower, upper)``, each ``(1 or B, n)`` or ``None``
+        self.bounds: Dict[str, Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = {}
 
     # ---- building ---------------------------------------------------------------------------
     def add(self, cost_function: CostFunction) -> "Objective":
@@ -183,6 +185,73 @@ class Objective:
             for name, tensor in old.items():
                 known[name].tensor = tensor
             raise
+
+    def set_bounds(self, variable: Union[Manifold, str], lower=None, upper=None) -> None:
+        """Box bounds ``lower <= x <= upper`` on a vector variable's coordinates, per batch element.
+
+        Every optimizer keeps its iterates in the box (projected steps on an active set, see
+        :mod:`nlls.solve.bounds`); an initial value outside it is projected into it when a solve
+        starts; ``info.active_bounds`` says which coordinates end on a bound. The implicit backward
+        gives zero gradient along a coordinate on its bound. Bounds are data of the problem, not
+        solver settings: there is no configuration key for them.
+
+        Args:
+            variable: an optim variable of this objective (``nlls.Vector``, ``Point2``, ``Point3``)
+                or its name.
+            lower, upper: a number or a tensor broadcastable to ``(B, n)`` (``()``, ``(n,)``,
+                ``(1, n)`` or ``(B, n)``); ``-inf`` / ``+inf`` entries or ``None`` leave that side
+                open. Both ``None`` removes the variable's bounds.
+
+        Raises:
+            ValueError: an unknown variable, a variable that is not an optim variable here, a bound
+                of the wrong shape, NaN, or ``lower > upper`` somewhere.
+            TypeError: a variable that is not a vector (a Lie group: bound its parameters through a
+                vector variable instead).
+        """
+        name = variable if isinstance(variable, str) else getattr(variable, "name", None)
+        var = self.optim_vars.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str) or var is None or (not isinstance(variable, str) and var is not variable):
+            known = sorted(self.optim_vars)
+            raise ValueError(f"Objective.set_bounds: {name!r} is not an optim variable of this objective; "
+                             f"its optim variables: {known[:20]}{' ...' if len(known) > 20 else ''}")
+        if not isinstance(var, Vector):
+            raise TypeError(f"Objective.set_bounds: variable {name!r} is a {type(var).__name__}; box bounds "
+                            f"apply to vector variables (Vector, Point2, Point3)")
+        n = var.dof()
+        sides = [self._bound(name, side, value, n) for side, value in (("lower", lower), ("upper", upper))]
+        low, high = sides
+        if low is not None and high is not None:
+            bad = torch.nonzero((low > high).expand(torch.broadcast_shapes(low.shape, high.shape)))
+            if bad.numel():
+                element, index = bad[0].tolist()
+                raise ValueError(f"Objective.set_bounds: variable {name!r}: lower > upper at batch element "
+                                 f"{element}, coordinate {index}")
+        if low is None and high is None:
+            self.bounds.pop(name, None)
+        else:
+            self.bounds[name] = (low, high)
+
+    def _bound(self, name: str, side: str, value, n: int) -> Optional[torch.Tensor]:
+        if value is None:
+            return None
+        what = f"Objective.set_bounds: variable {name!r}: {side}"
+        if not isinstance(value, (torch.Tensor, int, float)) or isinstance(value, bool):
+            raise TypeError(f"{what} must be a number or a tensor, got {type(value).__name__}")
+        tensor = torch.as_tensor(value)
+        if tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{what} must be real numbers, got dtype {tensor.dtype}")
+        tensor = tensor.detach().to(dtype=self.dtype, device=self.device)
+        if tensor.ndim < 2:
+            tensor = tensor.reshape(1, -1) if tensor.ndim == 1 else tensor.reshape(1, 1)
+        batch = self.batch_size
+        if tensor.ndim != 2 or tensor.shape[1] not in (1, n) or tensor.shape[0] not in (1, batch):
+            raise ValueError(f"{what} has shape {tuple(value.shape) if isinstance(value, torch.Tensor) else ()}, "
+                             f"expected one broadcastable to ({batch}, {n})")
+        if bool(torch.isnan(tensor).any()):
+            raise ValueError(f"{what} contains NaN (use -inf / +inf or None for an open side)")
+        if bool((tensor == (torch.inf if side == "lower" else -torch.inf)).any()):
+            raise ValueError(f"{what} contains {'+' if side == 'lower' else '-'}inf: no value would be feasible")
+        return tensor.expand(tensor.shape[0], n).clone()
 
     # ---- reading ------------------------------------------------------------------------
     @property

@@ -6,6 +6,15 @@ even when some variable is unconstrained. ``D`` is the identity or, with ``diago
 Marquardt's ``diag(J^T J)`` (clamped below by 1e-6, as Ceres does), which makes the step invariant
 to the scale of each unknown.
 
+With ``jacobi_scaling`` (Ceres's default) the columns of ``J`` are scaled by
+``s_j = 1 / (1 + sqrt((J^T J)_jj))``, computed once at the start of the solve, and the damping is
+applied in the scaled space: ``D~ = clamp(diag(S J^T J S), 1e-6, 1e32)`` with ``diagonal_scaling``
+(Ceres's Levenberg-Marquardt), the identity without. Solving ``(S A S + lambda D~) y = -S g`` and
+unscaling ``delta = S y`` is the same as solving ``(A + lambda S^-1 D~ S^-1) delta = -g``, which is
+what is done (one damped system for every linear solver; Cholesky's accuracy does not depend on a
+diagonal scaling of the matrix). The scaling makes the damping of an unknown follow its own
+curvature at the start, so one damping value suits unknowns of very different scales.
+
 With ``adaptive_damping`` a step is judged by the ratio of the actual to the predicted decrease,
 ``rho = (e - e') / (-(g.delta + 0.5 delta^T A delta))``. It is accepted when ``rho`` exceeds
 ``min_relative_decrease`` and ``lambda`` is then scaled by ``max(1/3, 1 - (2 rho - 1)^3)``;
@@ -17,7 +26,7 @@ damping stays fixed and every finite step is taken (a damped Gauss-Newton, conve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
@@ -25,22 +34,28 @@ from ..core.objective import Objective
 from .checks import check_bool, check_number
 from .linear import LinearSolver
 from .optimizer import Optimizer
+from .termination import FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE
+
+MIN_DIAGONAL, MAX_DIAGONAL = 1e-6, 1e32  # Ceres's clamp of the scaled diagonal
 
 
 @dataclass
 class DampingState:
-    """Levenberg-Marquardt's state per batch element: the damping ``lambda`` and the factor by
-    which it grows at the next rejected step."""
+    """Levenberg-Marquardt's state per batch element: the damping ``lambda``, the factor by
+    which it grows at the next rejected step, and with ``jacobi_scaling`` the column scales
+    ``(B, D)`` (0 until the first step sets them)."""
 
     damping: torch.Tensor
     growth: torch.Tensor
+    scale: Optional[torch.Tensor] = None
 
 
 class LevenbergMarquardt(Optimizer):
     """Levenberg-Marquardt with per-element adaptive damping.
 
     ``objective``, ``linear_solver``, ``max_iterations``, ``step_size``, ``abs_err_tolerance``,
-    ``rel_err_tolerance`` and ``check_every`` are :class:`~nlls.solve.optimizer.Optimizer`'s.
+    ``rel_err_tolerance``, ``check_every``, ``function_tolerance``, ``gradient_tolerance`` and
+    ``parameter_tolerance`` are :class:`~nlls.solve.optimizer.Optimizer`'s.
 
     Args:
         damping: initial ``lambda``.
@@ -48,6 +63,8 @@ class LevenbergMarquardt(Optimizer):
         diagonal_scaling: damp with ``diag(J^T J)`` instead of the identity.
         min_relative_decrease: smallest ``rho`` for an accepted step.
         max_damping: past it an element stops (it cannot decrease further).
+        jacobi_scaling: damp in the space of Jacobian columns scaled to unit size (see the
+            module's description).
     """
 
     # the base's keyword arguments are restated (not **kwargs): one signature for users, editors and
@@ -59,24 +76,32 @@ class LevenbergMarquardt(Optimizer):
         max_iterations: int = 20,
         step_size: float = 1.0,
         abs_err_tolerance: float = 1e-10,
-        rel_err_tolerance: float = 1e-8,
+        rel_err_tolerance: Optional[float] = None,
         damping: float = 1e-3,
         adaptive_damping: bool = True,
         diagonal_scaling: bool = False,
         min_relative_decrease: float = 1e-3,
         max_damping: float = 1e16,
         check_every: int = 1,
+        function_tolerance: float = FUNCTION_TOLERANCE,
+        gradient_tolerance: float = GRADIENT_TOLERANCE,
+        parameter_tolerance: float = PARAMETER_TOLERANCE,
+        jacobi_scaling: bool = False,
     ):
         super().__init__(
             objective, linear_solver=linear_solver, max_iterations=max_iterations,
             step_size=step_size, abs_err_tolerance=abs_err_tolerance,
             rel_err_tolerance=rel_err_tolerance, check_every=check_every,
+            function_tolerance=function_tolerance, gradient_tolerance=gradient_tolerance,
+            parameter_tolerance=parameter_tolerance,
         )
         check_number(self, "damping", damping, minimum=0, open_minimum=True)
         check_number(self, "min_relative_decrease", min_relative_decrease, minimum=0)
         check_number(self, "max_damping", max_damping, minimum=damping, open_minimum=True)
         check_bool("LevenbergMarquardt", "adaptive_damping", adaptive_damping)
         check_bool("LevenbergMarquardt", "diagonal_scaling", diagonal_scaling)
+        check_bool("LevenbergMarquardt", "jacobi_scaling", jacobi_scaling)
+        self.jacobi_scaling = jacobi_scaling
         self.damping = float(damping)
         self.adaptive_damping = adaptive_damping
         self.diagonal_scaling = diagonal_scaling
@@ -84,8 +109,28 @@ class LevenbergMarquardt(Optimizer):
         self.max_damping = float(max_damping)
 
     def init_step_state(self, error) -> DampingState:
+        scale = error.new_zeros(error.shape[0], self.evaluator.dof) if self.jacobi_scaling else None
         return DampingState(damping=torch.full_like(error, self.damping),
-                            growth=torch.full_like(error, 2.0))
+                            growth=torch.full_like(error, 2.0), scale=scale)
+
+    def _scale(self, system, step_state: DampingState) -> Optional[torch.Tensor]:
+        """The column scales: those of the first step, set from this system where still 0."""
+        if step_state.scale is None:
+            return None
+        fresh = 1.0 / (1.0 + system.operator().diagonal().clamp_min(0.0).sqrt())
+        return torch.where(step_state.scale > 0, step_state.scale, fresh)
+
+    def damped(self, system, step_state: DampingState):
+        """``A + lambda D`` for the step, ``D`` as the settings say (see the module's description)."""
+        scale = self._scale(system, step_state)
+        if scale is None:
+            return system.damped(step_state.damping, self.diagonal_scaling)
+        operator = system.operator()
+        if self.diagonal_scaling:
+            diagonal = (operator.diagonal() * scale ** 2).clamp(MIN_DIAGONAL, MAX_DIAGONAL) / scale ** 2
+        else:
+            diagonal = scale ** -2
+        return operator.add_diagonal(step_state.damping[:, None] * diagonal)
 
     @property
     def checks_steps(self) -> bool:
@@ -95,8 +140,7 @@ class LevenbergMarquardt(Optimizer):
         return step_state.damping
 
     def compute_step(self, system, step_state: DampingState):
-        matrix = system.damped(step_state.damping, self.diagonal_scaling)
-        return self.linear_solver.factor(matrix).solve(-system.g)
+        return self.linear_solver.factor(self.damped(system, step_state)).least_squares_step(system.g)
 
     def accept(self, system, step_state: DampingState, delta, solved, error, new_error):
         finite = solved & torch.isfinite(new_error)
@@ -115,4 +159,4 @@ class LevenbergMarquardt(Optimizer):
         damping = torch.where(accept, damping * shrink, damping * growth)
         growth = torch.where(accept, torch.full_like(growth, 2.0), growth * 2.0)
         stalled = ~accept & (damping > self.max_damping)
-        return accept, torch.zeros_like(accept), stalled, DampingState(damping, growth)
+        return accept, torch.zeros_like(accept), stalled, DampingState(damping, growth, self._scale(system, step_state))

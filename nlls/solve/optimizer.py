@@ -3,17 +3,17 @@
 Every nonlinear least-squares method here repeats the same iteration, per batch element::
 
     linearize:  A = J^T J, g = J^T r at the current estimate x
+    converge?:  the gradient test (max-norm of g, projected into the box with bounds)
     step:       a step rule turns (A, g) into a tangent step delta     (GaussNewton, LM, ...)
-    try:        x' = x (+) step_size * delta, evaluate the error at x'
+    try:        x' = x (+) step_size * delta (clamped into the box), evaluate the error at x'
     accept:     the step rule says whether x' replaces x (and adapts its own state)
-    converge:   an accepted step with error <= abs_err_tolerance, or a relative change
-                |e - e'| <= rel_err_tolerance * e (of an accepted or rejected step), or an
-                increase of an error already eps times its start (rounding noise), ends that
-                element's run
+    converge?:  function, parameter and absolute-error tests of an accepted step; a step rule
+                that can decrease no further
 
-:class:`Optimizer` owns all of it but the step rule, through the documented protocol of
-:mod:`nlls.solve.state`: :meth:`~Optimizer.init`, :meth:`~Optimizer.step`,
-:meth:`~Optimizer.terminate` and :meth:`~Optimizer.postprocess`. Drivers
+The rules, their order and their defaults are in :mod:`nlls.solve.termination`; box bounds
+(``Objective.set_bounds``) in :mod:`nlls.solve.bounds`. :class:`Optimizer` owns all of it but the
+step rule, through the documented protocol of :mod:`nlls.solve.state`: :meth:`~Optimizer.init`,
+:meth:`~Optimizer.step`, :meth:`~Optimizer.terminate` and :meth:`~Optimizer.postprocess`. Drivers
 (:mod:`nlls.solve.drivers`: the eager loop, compiled chunks, CUDA graphs) and the backward modes
 of the layer use nothing else. Per-element decisions are boolean masks applied with
 ``torch.where``, so a step never reads a value back to the host; only ``terminate`` does.
@@ -30,6 +30,7 @@ import torch
 
 from ..core.evaluation import Evaluator
 from ..core.objective import Objective
+from .bounds import bounds_report, box_candidate, box_start, box_system, coordinates
 from .callbacks import call_back
 from .checks import check_bool, check_number
 from .drivers.base import Driver
@@ -37,8 +38,9 @@ from .drivers.select import select_driver
 from .guard import finite_start, finite_trial, guarded_inputs, recording, records
 from .linear import LinearSolver, make_linear_solver
 from .linearization import LINEARIZATIONS, Linearization
-from .report import classify_failures, solve_message
-from .state import Failure, OptimizerInfo, SolveState, Status, Values, flatten, select, unflatten
+from .report import classify_failures, print_iteration, solve_message
+from .state import Failure, OptimizerInfo, SolveState, Status, Termination, Values, flatten, select, unflatten
+from .termination import FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE, conclude, final_termination, set_tolerances
 from .tracing import is_compiling
 
 
@@ -51,14 +53,22 @@ class Optimizer:
         max_iterations: iterations at most.
         step_size: the step taken is ``step_size * delta``.
         abs_err_tolerance: an element whose error falls to this value has converged.
-        rel_err_tolerance: an element whose step changes the error by at most this fraction has
-            converged (raised to 100 machine epsilons of the dtype, as smaller changes are
-            rounding noise; exactly 0 switches the test off, for fixed iteration counts).
+        rel_err_tolerance: the older name of ``function_tolerance``; when given it sets it, and
+            exactly 0 switches every relative test off (function, gradient and parameter
+            tolerances), for fixed iteration counts, as it always did.
         check_every: iterations between the reads of "has every element stopped?" (a host
             sync). The default 1 comes from ``bench/bench_check_every.py`` (the reads cost little
             on the CPU, and a larger value runs solves that converge early for longer). Frozen
             elements make the results the same for every value; for fixed-count solves on CUDA,
             ``cuda_graph=True`` makes no reads at all.
+        function_tolerance: an accepted step that changes the cost by at most this fraction of it
+            ends the element's run (Ceres's rule; 0 switches it off).
+        gradient_tolerance: a max-norm of the gradient (projected into the box, with bounds) at
+            most this ends the run (0 switches it off).
+        parameter_tolerance: an accepted step of norm at most ``parameter_tolerance * (||x|| +
+            parameter_tolerance)`` ends the run (0 switches it off).
+
+    The rules and the measurements behind the defaults: :mod:`nlls.solve.termination`.
     """
 
     def __init__(
@@ -68,22 +78,25 @@ class Optimizer:
         max_iterations: int = 20,
         step_size: float = 1.0,
         abs_err_tolerance: float = 1e-10,
-        rel_err_tolerance: float = 1e-8,
+        rel_err_tolerance: Optional[float] = None,
         check_every: int = 1,
+        function_tolerance: float = FUNCTION_TOLERANCE,
+        gradient_tolerance: float = GRADIENT_TOLERANCE,
+        parameter_tolerance: float = PARAMETER_TOLERANCE,
     ):
         if not isinstance(objective, Objective):
             raise TypeError(f"{type(self).__name__}: objective must be an nlls.Objective, got {type(objective).__name__}")
         check_number(self, "max_iterations", max_iterations, integer=True, minimum=0)
         check_number(self, "step_size", step_size, minimum=0, open_minimum=True)
         check_number(self, "abs_err_tolerance", abs_err_tolerance, minimum=0)
-        check_number(self, "rel_err_tolerance", rel_err_tolerance, minimum=0)
         check_number(self, "check_every", check_every, integer=True, minimum=1)
         self.objective = objective
         self.linear_solver = make_linear_solver(linear_solver)
         self.max_iterations = int(max_iterations)
         self.step_size = float(step_size)
         self.abs_err_tolerance = float(abs_err_tolerance)
-        self.rel_err_tolerance = float(rel_err_tolerance)
+        self.function_tolerance = self.gradient_tolerance = self.parameter_tolerance = 0.0
+        set_tolerances(self, rel_err_tolerance, function_tolerance, gradient_tolerance, parameter_tolerance)
         self.check_every = int(check_every)
         self._evaluator: Optional[Evaluator] = None
         self._linearization: Optional[Linearization] = None
@@ -104,6 +117,17 @@ class Optimizer:
         """Judge the trial step: returns ``(accept (B,), failed (B,), stalled (B,), step_state)``.
         ``stalled`` elements cannot decrease further and stop as converged."""
         raise NotImplementedError(f"{type(self).__name__} defines no accept")
+
+    @property
+    def rel_err_tolerance(self) -> float:
+        """The older name of :attr:`function_tolerance` (read-only)."""
+        return self.function_tolerance
+
+    @property
+    def fixed_count(self) -> bool:
+        """Whether every stopping rule is off: a solve runs ``max_iterations`` iterations."""
+        return not (self.abs_err_tolerance or self.function_tolerance or self.gradient_tolerance
+                    or self.parameter_tolerance)
 
     def damping_of(self, step_state) -> Optional[torch.Tensor]:
         """The damping to show in verbose output, if the rule has one."""
@@ -176,7 +200,7 @@ class Optimizer:
         if verbose:
             print(f"{type(self).__name__} with {self.linear_solver!r}: batch {batch}, "
                   f"{evaluator.dof} unknowns, {len(evaluator.groups)} cost group(s)")
-            print(f"iteration   0  error {_fmt(state.error)}")
+            print_iteration(self, state)
         return state
 
     def initial_state(self, values: Values, aux, track_best_solution: bool = False,
@@ -184,16 +208,19 @@ class Optimizer:
         """The start of a solve from block values and aux data (as
         :meth:`~nlls.core.evaluation.Evaluator.gather` and ``aux`` give them): device work only,
         no host read-back, so compiled and captured solves run it too."""
+        values, lower, upper = box_start(self, self._built()[0], values)  # projected into the box
         error = self.error_at(values, aux)
         finite = torch.isfinite(error)
         active = finite & (error > self.abs_err_tolerance)
         status = torch.where(finite, torch.where(active, Status.RUNNING, Status.CONVERGED),
                              Status.FAILED).to(torch.int8)
         failure = (~finite).to(torch.int8) * Failure.NONFINITE_START  # NONE elsewhere (0)
+        termination = (finite & ~active).to(torch.int8) * Termination.ABSOLUTE_ERROR
         return SolveState(
             values=values, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
             step_state=self.init_step_state(error), initial_error=error, failure=failure,
+            termination=termination, lower=lower, upper=upper,
             best_values=values if track_best_solution else None,
             best_error=error if track_best_solution else None,
             history=[error] if track_err_history else None,
@@ -221,9 +248,14 @@ class Optimizer:
             guarded_inputs(state) if guard and (is_compiling() or not bool(state.active.all()))
             else (state.values, state.aux, state.error, state.step_state))
         system = linearization.linearize(values, aux)
+        system, gradient, x = box_system(evaluator, system, values, state.lower, state.upper)
+        small_gradient = gradient.abs().amax(dim=-1) <= self.gradient_tolerance
         delta, solved = self.compute_step(system, step_state_in)
         step = delta * self.step_size if self.step_size != 1.0 else delta
         candidate = evaluator.retract(values, step)
+        if x is not None:  # projected into the box
+            candidate, step = box_candidate(evaluator, candidate, x, step, state.lower, state.upper)
+            delta = step / self.step_size if self.step_size != 1.0 else step
         new_error = evaluator.error_metric(candidate, aux)
         if guard and (is_compiling() or not bool(torch.isfinite(new_error).all())):
             with torch.no_grad():  # the decisions, from the trial as it is
@@ -239,25 +271,33 @@ class Optimizer:
             accept, failed, stalled, step_state = self.accept(
                 system, step_state_in, delta, solved, error_in, new_error)
         active = state.active
+        running = active & (state.status == int(Status.RUNNING))  # (an int: see termination.fired)
+        small_gradient = small_gradient & running  # stops where it is: this step is not taken
+        accept = accept & ~small_gradient
         if not state.freeze_converged:  # truncated: converged elements' steps are taken, so that
             # the recorded iterations carry their dependence on the data (a damped Gauss-Newton step)
             accept = accept | ((state.status == Status.CONVERGED) & solved & torch.isfinite(new_error))
         accept = accept & active
-        failed = failed & active & ~accept
-        stalled = stalled & active & ~accept & ~failed
-        converged = (accept & (new_error <= self.abs_err_tolerance)) | self._relative_test(
-            state, new_error, accept, active & solved & torch.isfinite(new_error) & ~failed)
+        failed = failed & active & ~accept & ~small_gradient
+        stalled = stalled & active & ~accept & ~failed & ~small_gradient
+        rule, termination, plateau = conclude(
+            self, state, coordinates(evaluator, state.values) if x is None else x, gradient, running,
+            small_gradient=small_gradient, accept=accept & running, stalled=stalled & running,
+            new_error=new_error, step=step, tried=running & solved & torch.isfinite(new_error) & ~failed & ~accept)
         values = select(accept, candidate, state.values)
         error = torch.where(accept, new_error, state.error)
-        done = converged | stalled
-        status = torch.where(done, Status.CONVERGED, state.status)
-        status = torch.where(failed, Status.FAILED, status).to(torch.int8)
+        done = (rule > 0) & ~plateau  # (a rule fired; "!= an IntEnum" misleads torch.compile)
+        failed = failed | plateau
+        status = torch.where(failed, Status.FAILED, torch.where(done, Status.CONVERGED, state.status)).to(torch.int8)
+        failure = state.failure if state.failure is None else torch.where(
+            plateau, Failure.NO_DECREASE, state.failure).to(torch.int8)
         # without freeze_converged converged elements keep stepping (the truncated backward)
         new = SolveState(  # all fields spelled out: dataclasses.replace costs more per step
             values=values, aux=state.aux, error=error, status=status, step_state=step_state,
             active=active & ~failed & (~done if state.freeze_converged else True),
             iterations=state.iterations + active.long(), initial_error=state.initial_error,
-            failure=state.failure,  # a step's failure is classified in postprocess (no work per step)
+            failure=failure,  # other failures are classified in postprocess (no work per step)
+            termination=termination, lower=state.lower, upper=state.upper,
             best_values=state.best_values, best_error=state.best_error, history=state.history,
             freeze_converged=state.freeze_converged, iteration=state.iteration + 1,
             started=state.started, verbose=state.verbose, callback=state.callback,
@@ -272,23 +312,8 @@ class Optimizer:
         if state.history is not None:
             new.history = state.history + [error]
         if state.verbose:
-            self._print_iteration(new, step, active)
+            print_iteration(self, new, step, active)
         return new
-
-    def _relative_test(self, state: SolveState, new_error, accept, evaluated) -> torch.Tensor:
-        if self.rel_err_tolerance == 0:  # exactly 0 switches the relative tests off (fixed counts)
-            return torch.zeros_like(accept)
-        # a relative change below the dtype's resolution is rounding noise: never ask for less
-        eps = torch.finfo(new_error.dtype).eps
-        rel_tolerance = max(self.rel_err_tolerance, 100 * eps)
-        change = (state.error - new_error).abs()
-        # as in Ceres, a rejected step that changes the error by less than the relative
-        # tolerance also ends the run: the model has nothing left to gain
-        converged = evaluated & (change <= rel_tolerance * state.error)
-        # once the error is eps times its start, a step that raises it is rounding noise
-        # (a zero-residual solve at its floor): relative changes mean nothing from there on
-        at_floor = (new_error > state.error) & (new_error <= eps * state.initial_error)
-        return converged | (accept & at_floor)
 
     def terminate(self, state: SolveState) -> bool:
         """Whether the run is over: every element has stopped (a host read). Never true while
@@ -308,13 +333,15 @@ class Optimizer:
         running = state.status == Status.RUNNING
         status = torch.where(running, Status.MAX_ITERATIONS, state.status).to(torch.int8)
         state = classify_failures(self, state, status)
+        state = state.replace(termination=final_termination(state, status))
         if write_back:
             evaluator.scatter(state.values)
         info = OptimizerInfo(
             converged=status == Status.CONVERGED, iterations=state.iterations,
             initial_error=state.initial_error, final_error=state.error, status=status,
             linear_solver=repr(self.linear_solver), message=solve_message(self, state, status),
-            failure=state.failure, elapsed=time.perf_counter() - state.started,
+            failure=state.failure, termination=state.termination, elapsed=time.perf_counter() - state.started,
+            active_bounds=bounds_report(self, state),
         )
         if state.best_values is not None:
             info.best_solution = evaluator.as_dict(state.best_values)
@@ -371,20 +398,3 @@ class Optimizer:
         state = runner.solve(self, self.max_iterations, track_best_solution=track_best_solution,
                              track_err_history=track_err_history, verbose=verbose, callback=callback)
         return self.postprocess(state)
-
-    def _print_iteration(self, state: SolveState, step: torch.Tensor, active: torch.Tensor) -> None:
-        damping = self.damping_of(state.step_state)
-        step_norm = step.norm(dim=-1)[active]
-        print(
-            f"iteration {state.iteration:3d}  error {_fmt(state.error)}"
-            + (f"  damping {damping.mean().item():.2e}" if damping is not None else "")
-            + f"  step {step_norm.max().item() if step_norm.numel() else 0.0:.2e}"
-            + f"  active {int(active.sum())}/{state.active.numel()}"
-            + f"  time {1e3 * (time.perf_counter() - state.started):.1f} ms"
-        )
-
-
-def _fmt(error: torch.Tensor) -> str:
-    if error.numel() == 1:
-        return f"{error.item():.6e}"
-    return f"{error.mean().item():.6e} (mean of {error.numel()})"

@@ -42,6 +42,27 @@ class Failure(enum.IntEnum):
     NONFINITE_START = 1  # the initial cost is NaN or inf (data or initial values)
     NONFINITE_STEP = 2  # a step made the error NaN or inf (divergence, or out of a residual's domain)
     LINEAR_SOLVE = 3  # the linear system could not be solved (singular, or not positive definite)
+    NO_DECREASE = 4  # no step decreases the error although the point is not stationary (a plateau)
+
+
+class Termination(enum.IntEnum):
+    """Which rule stopped a batch element (``OptimizerInfo.termination``).
+
+    The first five end a run as converged (``Status.CONVERGED``), except that
+    ``NO_FURTHER_DECREASE`` away from a stationary point is a failure (``Failure.NO_DECREASE``);
+    see :mod:`nlls.solve.termination` for the rules and their order.
+    """
+
+    RUNNING = 0  # not stopped (yet)
+    FUNCTION_TOLERANCE = 1  # |cost change| <= function_tolerance * cost, on an accepted step
+    GRADIENT_TOLERANCE = 2  # max-norm of the (projected) gradient <= gradient_tolerance
+    PARAMETER_TOLERANCE = 3  # ||step|| <= parameter_tolerance * (||x|| + parameter_tolerance)
+    ABSOLUTE_ERROR = 4  # cost <= abs_err_tolerance
+    NO_FURTHER_DECREASE = 5  # damping past max_damping (or a trust radius below its minimum)
+    MAX_ITERATIONS = 6
+    LINEAR_SOLVER_FAILURE = 7
+    NONFINITE = 8  # the initial cost, or a step's, is NaN or inf
+    STOPPED_BY_CALLBACK = 9
 
 
 @dataclass
@@ -54,6 +75,10 @@ class OptimizerInfo:
         initial_error, final_error: ``(B,)`` objective values ``0.5 * sum ||w r||^2``.
         status: ``(B,)`` :class:`Status` codes.
         failure: ``(B,)`` :class:`Failure` codes: why an element failed (``NONE`` otherwise).
+        termination: ``(B,)`` int8 :class:`Termination` codes: the rule that stopped each element.
+        active_bounds: with box bounds (``Objective.set_bounds``), variable name -> ``(B, n)``
+            int8: ``-1`` at its lower bound with the gradient pushing outward, ``+1`` at its
+            upper bound likewise, ``0`` free; ``None`` without bounds.
         best_solution: name -> ``(B, ...)`` tensor of the lowest-error iterate, when tracked.
         best_error: ``(B,)`` error of ``best_solution``, when tracked.
         err_history: ``(B, iterations run + 1)`` error after each iteration, when tracked.
@@ -69,6 +94,8 @@ class OptimizerInfo:
     linear_solver: str
     message: str
     failure: Optional[torch.Tensor] = None
+    termination: Optional[torch.Tensor] = None
+    active_bounds: Optional[Dict[str, torch.Tensor]] = None
     best_solution: Optional[Dict[str, torch.Tensor]] = None
     best_error: Optional[torch.Tensor] = None
     err_history: Optional[torch.Tensor] = None
@@ -90,6 +117,9 @@ class SolveState:
         active: ``(B,)`` bool, the element still iterates.
         status: ``(B,)`` int8 :class:`Status` codes.
         failure: ``(B,)`` int8 :class:`Failure` codes.
+        termination: ``(B,)`` int8 :class:`Termination` codes of the rules that have fired.
+        lower, upper: ``(B, D)`` box bounds on the step's coordinates (vector variables only,
+            infinite elsewhere), or ``None`` without bounds.
         iterations: ``(B,)`` iterations each element has run.
         step_state: the step rule's own state (e.g. Levenberg-Marquardt's damping), a
             dataclass of ``(B,)`` tensors or ``None``.
@@ -115,6 +145,9 @@ class SolveState:
     step_state: Any
     initial_error: torch.Tensor
     failure: Optional[torch.Tensor] = None
+    termination: Optional[torch.Tensor] = None
+    lower: Optional[torch.Tensor] = None
+    upper: Optional[torch.Tensor] = None
     step_norm: Optional[torch.Tensor] = None
     best_values: Optional[Values] = None
     best_error: Optional[torch.Tensor] = None
@@ -145,7 +178,7 @@ class SolveState:
 
 #: the fields of :class:`SolveState` that device code reads and writes
 DEVICE_FIELDS = ("values", "error", "active", "status", "iterations", "step_state", "initial_error",
-                 "failure", "step_norm", "best_values", "best_error", "history")
+                 "failure", "termination", "lower", "upper", "step_norm", "best_values", "best_error", "history")
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""When a batch element stops: the convergence rules of every optimizer, per element.
+
+The rules are Ceres's (``Solver::Options``), applied per batch element with masks:
+
+* ``gradient_tolerance``: ``max_i |pg_i| <= gradient_tolerance``, ``pg`` the gradient ``J^T r`` on
+  the tangent (with box bounds the projected one, ``x - clamp(x - g)``). It is tested at the start
+  of an iteration on the gradient the linearization computes anyway: the element stops there
+  without taking that iteration's step (one iteration after the step that reached the point;
+  Ceres evaluates the gradient at the new point of an accepted step instead).
+* ``function_tolerance``: ``|cost - cost'| <= function_tolerance * cost`` for an accepted step,
+  or for a rejected one at a point stationary to working precision (see below).
+* ``parameter_tolerance``: ``||step|| <= parameter_tolerance * (||x|| + parameter_tolerance)`` for
+  an **accepted** step: ``||step||`` the norm of the tangent step taken (after projection into the
+  box), ``||x||`` the norm of every entry of the element's optim variables.
+* ``abs_err_tolerance``: ``cost <= abs_err_tolerance`` (at the start, or after an accepted step).
+* ``NO_FURTHER_DECREASE``: the step rule cannot decrease the cost any more (Levenberg-Marquardt's
+  damping past ``max_damping``, a trust region radius below its minimum).
+
+Ceres tests the function and parameter tolerances on rejected steps too. Here the parameter
+tolerance counts only accepted steps and the function tolerance only rejected steps at a
+stationary point: a rejected step's size and cost change say how large the damping has grown, not
+that the element has converged, and a plateau on which every step is rejected would otherwise end
+"converged" anywhere (at a minimum, where the model's decrease is below the cost's rounding, a
+rejected step ends the run at once, as in Ceres). Such an element reaches ``NO_FURTHER_DECREASE``. Ceres reports its analogue
+(the minimum trust region radius) as a convergence; here it is a convergence only at a point that
+is stationary to working precision by Dennis and Schnabel's scale-free test (*Numerical Methods
+for Unconstrained Optimization*, section 7.2), ``max_i |pg_i| max(|x_i|, 1) / max(cost, 1) <=
+eps^(1/3)``; elsewhere the element fails with ``Failure.NO_DECREASE`` and the message says so.
+
+When several rules fire in one iteration the first of gradient, absolute error, function,
+parameter, no further decrease is recorded. A tolerance of 0 switches its rule off; with every
+tolerance 0 a solve runs exactly ``max_iterations`` iterations.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from .checks import check_number
+from .state import Failure, SolveState, Status, Termination, Values
+
+#: the defaults, measured on the Moré-Garbow-Hillstrom problems (docs/guide/optimizers.md)
+FUNCTION_TOLERANCE = 1e-10
+GRADIENT_TOLERANCE = 1e-10
+PARAMETER_TOLERANCE = 1e-10
+
+_NAMES = {
+    Termination.FUNCTION_TOLERANCE: "function tolerance",
+    Termination.GRADIENT_TOLERANCE: "gradient tolerance",
+    Termination.PARAMETER_TOLERANCE: "parameter tolerance",
+    Termination.ABSOLUTE_ERROR: "absolute error",
+    Termination.NO_FURTHER_DECREASE: "no further decrease",
+}
+
+
+def set_tolerances(optimizer, rel_err_tolerance, function_tolerance: float, gradient_tolerance: float,
+                   parameter_tolerance: float) -> None:
+    """Check the tolerances and set them on ``optimizer``. ``rel_err_tolerance`` (the older name of
+    ``function_tolerance``) replaces it when given; exactly 0 there keeps its old meaning, no
+    relative test at all (function, gradient and parameter tolerances 0)."""
+    for name, value in (("function_tolerance", function_tolerance), ("gradient_tolerance", gradient_tolerance),
+                        ("parameter_tolerance", parameter_tolerance)):
+        check_number(optimizer, name, value, minimum=0)
+    if rel_err_tolerance is not None:
+        check_number(optimizer, "rel_err_tolerance", rel_err_tolerance, minimum=0)
+        if function_tolerance not in (FUNCTION_TOLERANCE, rel_err_tolerance):
+            raise ValueError(f"{type(optimizer).__name__}: rel_err_tolerance is the older name of "
+                             f"function_tolerance; give one of them, not both "
+                             f"({rel_err_tolerance!r} and {function_tolerance!r})")
+        function_tolerance = rel_err_tolerance
+        if rel_err_tolerance == 0:
+            gradient_tolerance = parameter_tolerance = 0.0
+    optimizer.function_tolerance = float(function_tolerance)
+    optimizer.gradient_tolerance = float(gradient_tolerance)
+    optimizer.parameter_tolerance = float(parameter_tolerance)
+
+
+def values_norm(values: Values) -> torch.Tensor:
+    """``(B,)`` Euclidean norm of every entry of the element's variable blocks ``(N, B, ...)``."""
+    total = None
+    for block in values:
+        squares = block.pow(2).reshape(block.shape[0], block.shape[1], -1).sum(dim=(0, 2))
+        total = squares if total is None else total + squares
+    assert total is not None, "an objective with optim variables has blocks"
+    return total.sqrt()
+
+
+def stationary(x: torch.Tensor, gradient: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` whether the point is stationary to working precision (Dennis and Schnabel's
+    relative gradient ``max_i |g_i| max(|x_i|, 1) / max(cost, 1) <= eps^(1/3)``)."""
+    relative = (gradient.abs() * x.abs().clamp_min(1.0)).amax(dim=-1) / error.clamp_min(1.0)
+    return relative <= torch.finfo(error.dtype).eps ** (1.0 / 3.0)
+
+
+def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_error, step,
+          values_size, settled) -> torch.Tensor:
+    """``(B,)`` int8: the :class:`Termination` of the first rule that fired in this iteration
+    (``RUNNING`` where none did), from the masks of the iteration (see the module's description)."""
+    code = torch.zeros_like(state.status)  # RUNNING
+    rules = [(stalled, Termination.NO_FURTHER_DECREASE)]
+    if optimizer.parameter_tolerance > 0:
+        tolerance = optimizer.parameter_tolerance
+        rules.append((accept & (step.norm(dim=-1) <= tolerance * (values_size + tolerance)),
+                      Termination.PARAMETER_TOLERANCE))
+    if optimizer.function_tolerance > 0:
+        change = (state.error - new_error).abs()
+        rules.append(((accept | settled) & (change <= optimizer.function_tolerance * state.error),
+                      Termination.FUNCTION_TOLERANCE))
+    rules.append((accept & (new_error <= optimizer.abs_err_tolerance), Termination.ABSOLUTE_ERROR))
+    if optimizer.gradient_tolerance > 0:
+        rules.append((small_gradient, Termination.GRADIENT_TOLERANCE))
+    for mask, rule in rules:  # the last assignment wins: the list runs from the lowest priority
+        code = torch.where(mask, int(rule), code)  # (a plain int: torch.compile mistraces IntEnum here)
+    return code.to(torch.int8)
+
+
+def conclude(optimizer, state: SolveState, x: torch.Tensor, gradient: torch.Tensor, running: torch.Tensor,
+             **masks) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rule, termination, plateau)`` of an iteration: the rule that fired (:func:`fired`, with
+    ``masks``), the elements' termination codes so far (the first rule that fired stays), and the
+    stalled elements that are not stationary (:func:`stationary`): they fail."""
+    still = stationary(x, gradient, state.error)
+    rule = fired(optimizer, state, values_size=values_norm(state.values), settled=masks.pop("tried") & still, **masks)
+    plateau = masks["stalled"] & ~still
+    termination = rule if state.termination is None else torch.where(
+        running & (rule > 0), rule, state.termination).to(torch.int8)
+    return rule, termination, plateau
+
+
+def final_termination(state: SolveState, status: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` int8 termination codes at the end of a run: the rule that fired, else what the
+    status and failure say (out of iterations, stopped, a non-finite cost, a linear solve)."""
+    termination = state.termination if state.termination is not None else torch.zeros_like(status)
+    failure = state.failure if state.failure is not None else torch.zeros_like(status)
+    unset = termination == Termination.RUNNING
+    by_failure = torch.where(failure == Failure.LINEAR_SOLVE, Termination.LINEAR_SOLVER_FAILURE,
+                             torch.where(failure == Failure.NO_DECREASE, Termination.NO_FURTHER_DECREASE,
+                                         Termination.NONFINITE))
+    by_status = torch.where(status == Status.MAX_ITERATIONS, Termination.MAX_ITERATIONS,
+                            torch.where(status == Status.STOPPED, Termination.STOPPED_BY_CALLBACK,
+                                        torch.where(status == Status.FAILED, by_failure, Termination.RUNNING)))
+    # an element stopped by a callback keeps the callback as its reason even if a rule fired later
+    stopped = status == Status.STOPPED
+    return torch.where(unset | stopped, by_status, termination).to(torch.int8)
+
+
+def converged_reasons(termination: torch.Tensor, status: torch.Tensor) -> str:
+    """``"2 gradient tolerance, 1 function tolerance"``: the rules that ended the converged
+    elements, most frequent first ("" when none converged)."""
+    converged = termination[status == Status.CONVERGED].long()
+    counts = torch.bincount(converged, minlength=len(Termination)).tolist()
+    parts: List[str] = [f"{counts[code]} {name}" for code, name in
+                        sorted(_NAMES.items(), key=lambda item: -counts[item[0]]) if counts[code]]
+    return ", ".join(parts)
