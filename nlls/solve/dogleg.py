@@ -84,7 +84,8 @@ class Dogleg(Optimizer):
     Args:
         initial_radius: the trust radius at the start.
         max_radius: the radius never grows beyond it.
-        min_radius: an element whose radius falls below it stops as converged.
+        min_radius: an element whose radius falls below it can decrease no further and stops
+            (converged where the point is stationary; see :mod:`nlls.solve.termination`).
         diagonal_scaling: measure steps by ``||D delta||``, ``D^2 = diag(J^T J)`` (clamped below
             by 1e-6), instead of ``||delta||``.
         min_relative_decrease: smallest ratio of actual to predicted decrease for an accepted step.
@@ -206,7 +207,7 @@ class Dogleg(Optimizer):
         kept = torch.where(has_model & (ratio < SHRINK_BELOW), shrunk,
                            torch.where(has_model & (ratio > GROW_ABOVE),
                                        torch.maximum(radius, 3.0 * step_norm), radius))
-        # a void step (the solve failed) leaves the radius and raises mu; a rejected one halves it
+        # a void step (the solve failed) leaves the radius and raises mu; a rejected one shrinks it
         radius = torch.where(accept, kept.clamp_max(self.max_radius),
                              torch.where(solved, shrunk, radius))
         mu = torch.where(solved, torch.where(accept & (mu > 0), (mu / (MU_GROWTH / 2)).clamp_min(MIN_MU), mu),
