@@ -18,7 +18,7 @@ class GaussNewton(Optimizer):
 
     def compute_step(self, system, step_state):
         factorization = self.linear_solver.factor(system.A)
-        return factorization.solve(-system.g)
+        return factorization.least_squares_step(system.g)
 
     def accept(self, system, step_state, delta, solved, error, new_error):
         accept = solved & torch.isfinite(new_error)

@@ -14,10 +14,11 @@ linearization  ``factor(matrix)`` receives                   built by
 ``"dense"``    a ``(B, D, D)`` tensor                        ``DenseLinearization``
 ``"sparse"``   a :class:`~nlls.solve.systems.SparseMatrix`    ``SparseLinearization``
 ``"jacobian"`` a :class:`~nlls.solve.systems.JacobianOperator` ``JacobianLinearization``
+``"dense_jacobian"`` a :class:`~nlls.solve.systems.DenseJacobian` ``DenseJacobianLinearization``
 =============  ===========================================  ===============================
 
 The implicit backward with ``hessian="exact"`` builds a dense ``(B, D, D)`` matrix and needs a
-``"dense"`` solver.
+``"dense"`` solver (or ``DenseQR``, which also factors a dense square matrix).
 
 Failure is data, not an exception: ``Factorization.ok`` is ``(B,)`` and failed batch elements
 get a zero solution (never NaN); the optimizer records them in its info, with the solver's
@@ -51,6 +52,13 @@ class Factorization:
             ``(x (B, D), ok (B,))``; failed elements have ``x = 0`` and ``ok = False``.
         """
         raise NotImplementedError
+
+    def least_squares_step(self, g: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The step ``x = -M^{-1} g`` of the system that was factored, ``g (B, D)`` its gradient
+        ``J^T r``; what the optimizers call for their step. By default ``solve(-g)``; a
+        factorization of ``J`` itself (``DenseQR``) solves the least-squares problem from ``r``
+        instead, which loses fewer digits when ``J`` is ill-conditioned."""
+        return self.solve(-g)
 
 
 class LinearSolver:
