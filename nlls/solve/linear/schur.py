@@ -226,13 +226,17 @@ class Schur(LinearSolver):
 
     def setup(self, linearization) -> None:
         """Choose the eliminated columns from the linearization's evaluator (or take the given
-        ones); the structure of each pattern is analysed at its first ``factor``."""
+        ones) and analyse the structure of its pattern (another pattern handed to ``factor`` is
+        analysed there, once)."""
         self._structures = {}
         self.sparse.setup(linearization)
         if isinstance(self.eliminate, torch.Tensor):
             self.columns, self.eliminated = self._given_columns(), "given columns"
         else:
             self.columns, self.eliminated = eliminated_columns(linearization.evaluator, self.eliminate)
+        pattern = getattr(linearization, "pattern", None)
+        if isinstance(pattern, SparsePattern):
+            self.structure(pattern)
 
     def _given_columns(self) -> torch.Tensor:
         columns = self.eliminate
