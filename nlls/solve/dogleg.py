@@ -215,6 +215,6 @@ class Dogleg(Optimizer):
         failed = ~solved & (mu >= MAX_MU)
         # a rejected step whose predicted decrease is at the cost's rounding level: the ratio is
         # noise, and smaller radii predict less (a point stationary to working precision)
-        noise = predicted <= NOISE * torch.finfo(error.dtype).eps * error.abs()
+        noise = predicted.abs() <= NOISE * torch.finfo(error.dtype).eps * error.abs()
         stalled = ~accept & ((radius < self.min_radius) | (solved & noise))
         return accept, failed, stalled, TrustRegionState(radius, mu)

@@ -397,3 +397,13 @@ def test_an_element_whose_solve_always_fails_fails_alone():
     assert int(info.iterations[1]) == 9  # mu = 0, 1e-8, ..., 1e-1: nine solves, then it gives up
     torch.testing.assert_close(p.tensor[0], target.tensor[0])
     assert torch.all(p.tensor[1] == 0)
+
+
+@pytest.mark.parametrize("solver", ["dense_cholesky", "dense_qr"])
+def test_box_bounds_reach_the_constrained_minimum(solver):
+    # Rosenbrock with x <= 0.5: the minimum is on the bound, (0.5, 0.25)
+    objective, p = _rosenbrock([[-1.2, 1.0], [0.0, 0.0]])
+    objective.set_bounds(p, lower=torch.tensor([[-2.0, -2.0]], dtype=F64), upper=torch.tensor([[0.5, 2.0]], dtype=F64))
+    info = nlls.Dogleg(objective, linear_solver=solver, max_iterations=100).optimize()
+    assert bool(info.converged.all()), info.message
+    torch.testing.assert_close(p.tensor, torch.tensor([[0.5, 0.25]], dtype=F64).repeat(2, 1), rtol=0, atol=1e-8)
