@@ -102,10 +102,11 @@ class _SchurFactorization(Factorization):
         kept = torch.where(finite, kept, torch.zeros_like(kept))
         factor, block_ok = _safe_cholesky(blocks)
         self.inverse = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
-        # Z^T = L^{-1} F^T per coupling class: (K, B, d, s)
-        self.zt = [_rows(self.inverse, c.point, batch, d, d) @ f.mT for c, f in zip(st.classes, couplings)]
-        # each with a zero coupling appended: the padding of the pair buckets
-        padded = [torch.cat([z, z.new_zeros(1, *z.shape[1:])]) for z in self.zt]
+        # Z^T = L^{-1} F^T per coupling class: (K + 1, B, d, s), the last one zero (the padding:
+        # its point is the zero block appended to the inverses)
+        inverses = torch.cat([self.inverse, self.inverse.new_zeros(1, batch, d, d)])
+        padded = [_rows(inverses, c.point, batch, d, d) @ f.mT for c, f in zip(st.classes, couplings)]
+        self.zt = [z[:-1] for z in padded]
         reduced = values.new_zeros(batch, st.size).index_add(1, st.rr_positions, kept.t())
         for bucket in st.buckets:
             reduced = reduced - _pair_sum(padded[bucket.c1], padded[bucket.c2], bucket, st.size)
@@ -142,12 +143,12 @@ class _SchurFactorization(Factorization):
         y = (self.inverse @ b_e.permute(0, 2, 1)[..., None])[..., 0]  # L^{-1} b_E: (nE, B, d)
         b_r = columns.index_select(0, st.kept)  # (nR, B)
         for c, zt in zip(st.classes, self.zt):  # b_R - A_RE A_EE^{-1} b_E
-            moved = (zt.mT @ _rows(y, c.point, batch, d)[..., None])[..., 0]  # (K, B, s)
+            moved = (zt.mT @ _rows(y, c.point[:-1], batch, d)[..., None])[..., 0]  # (K, B, s)
             b_r = b_r.index_add(0, c.rows.reshape(-1), -moved.transpose(1, 2).reshape(-1, batch))
         x_r = self._solve_reduced(b_r.t()).t()  # (nR, B)
         for c, zt in zip(st.classes, self.zt):  # L^{-1} (b_E - A_ER x_R)
             local = _rows(x_r, c.rows, batch).transpose(1, 2)  # (K, B, s)
-            y = y.index_add(0, c.point, -(zt @ local[..., None])[..., 0])
+            y = y.index_add(0, c.point[:-1], -(zt @ local[..., None])[..., 0])
         x_e = (self.inverse.mT @ y[..., None])[..., 0].transpose(1, 2).reshape(-1, batch)
         x = rhs.new_zeros(self.dof, batch).index_copy(0, st.kept, x_r).index_copy(0, st.eliminated, x_e).t()
         ok = self.ok & torch.isfinite(x).all(dim=-1)
@@ -166,7 +167,8 @@ def _pair_sum(zt1: torch.Tensor, zt2: torch.Tensor, bucket, size: int) -> torch.
         first, second = bucket.first[start:start + chunk], bucket.second[start:start + chunk]
         n = first.shape[0]
         left = _rows(flat1, first, batch, d, s1).permute(2, 0, 1, 3, 4).reshape(batch, n, width * d, s1)
-        right = _rows(flat2, second, batch, d, s2).permute(2, 0, 1, 3, 4).reshape(batch, n, width * d, s2)
+        right = left if bucket.same else _rows(flat2, second, batch, d, s2).permute(
+            2, 0, 1, 3, 4).reshape(batch, n, width * d, s2)
         blocks.append((left.mT @ right).reshape(batch, -1))
     flat = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
     out = zt1.new_zeros(batch, size).index_add(1, bucket.positions, flat)

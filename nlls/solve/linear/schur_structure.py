@@ -18,8 +18,8 @@ Everything here is index arithmetic on the pattern (CPU, once); the numbers are 
   ``p``; only ``u <= v`` is computed. The pairs of one *destination block* ``(u, v)`` are listed
   side by side, so the block is one matrix product ``[Z_up1 .. Z_upn] [Z_vp1 .. Z_vpn]^T`` (a
   few large products instead of one tiny product per pair: torch runs tiny batched products
-  slowly on the CPU). Destination blocks with about as many pairs (the next power of two) share
-  one batched product, the missing pairs padded with a zero coupling. A destination block is
+  slowly on the CPU). Destination blocks with about as many pairs (rounded up by at most a
+  quarter) share one batched product, the missing pairs padded with a zero coupling. A destination block is
   written at its place in ``S`` and, for ``u < v``, transposed at ``(v, u)``.
 * **Storage of S.** ``"dense"``: ``nR x nR`` row-major; ``"sparse"``: the values of a
   :class:`~nlls.solve.systems.SparsePattern` of ``S`` (kept-kept entries of ``A`` and the
@@ -35,9 +35,10 @@ from ..systems import SparsePattern
 
 
 class CouplingClass:
-    """The couplings ``F_k`` of the kept blocks of one size ``s``: ``index (K, s, d)`` positions
-    in the values (``nnz``: an entry the pattern lacks, read as zero), ``point (K,)`` the
-    eliminated variable, ``rows (K, s)`` the kept columns in the reduced numbering."""
+    """The couplings ``F_k`` of the kept blocks of one size ``s``: ``index (K + 1, s, d)``
+    positions in the values (``nnz``: an entry the pattern lacks, read as zero), ``point (K + 1,)``
+    the eliminated variable, ``rows (K, s)`` the kept columns in the reduced numbering. The last
+    coupling is the padding: its point ``nE`` has a zero inverse block, so its ``Z`` is zero."""
 
     def __init__(self, size: int, index: torch.Tensor, point: torch.Tensor, rows: torch.Tensor):
         self.size, self.index, self.point, self.rows = size, index, point, rows
@@ -53,6 +54,7 @@ class PairBucket:
                  positions: torch.Tensor, mirror: torch.Tensor, mirror_positions: torch.Tensor):
         self.c1, self.c2, self.first, self.second = c1, c2, first, second
         self.positions, self.mirror, self.mirror_positions = positions, mirror, mirror_positions
+        self.same = c1 == c2 and torch.equal(first, second)  # one gather serves both sides
 
 
 class SchurStructure:
@@ -129,8 +131,12 @@ class SchurStructure:
             k = local[which[mine]]
             index[(k * size + offset[re_rows[mine]]) * d + e_off[re_cols[mine]]] = re[mine]
             block_rows = starts[coupling_u[members]][:, None] + torch.arange(size)
-            self.classes.append(CouplingClass(size, index.reshape(-1, size, d), coupling_p[members],
-                                              block_rows))
+            # a last coupling: the entries of the first one, with the zero block num_e as point,
+            # so its Z is zero (the padding of the pair buckets)
+            index = index.reshape(-1, size, d)
+            self.classes.append(CouplingClass(
+                size, torch.cat([index, index[:1]]),
+                torch.cat([coupling_p[members], torch.tensor([num_e])]), block_rows))
         first_all, second_all = _pairs(coupling_u, coupling_p, num_e)
         self.pattern = None
         grouped: List[Tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -169,8 +175,8 @@ class SchurStructure:
             j = (starts[d2][:, None, None] + torch.arange(s2)[None, None, :]).expand(-1, s1, s2)
             positions = self._positions(i, j)
             mirror_positions = self._positions(j, i)
-            pads = (self.classes[c1].index.shape[0], self.classes[c2].index.shape[0])
-            for blocks, slots in _buckets(dest, d1.numel()):
+            pads = (self.classes[c1].index.shape[0] - 1, self.classes[c2].index.shape[0] - 1)
+            for blocks, slots in _buckets(dest, d1.numel(), d1 == d2):
                 chosen = torch.nonzero(d1[blocks] != d2[blocks]).flatten()
                 self.buckets.append(PairBucket(
                     c1, c2, _padded(first, slots, pads[0]), _padded(second, slots, pads[1]),
@@ -283,16 +289,22 @@ def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
     return first[keep], second[keep]
 
 
-def _buckets(dest: torch.Tensor, num_dest: int):
-    """Destination blocks grouped by their count of pairs rounded up to a power of two:
+def _buckets(dest: torch.Tensor, num_dest: int, diagonal: torch.Tensor):
+    """Destination blocks grouped by their count of pairs rounded up to a quarter of its power
+    of two (four widths an octave, at most a quarter padding), blocks on the diagonal of ``S``
+    apart (their pairs are ``(k, k)``: one gather serves both sides):
     ``(blocks (n,), slots (n, L))`` per group, ``slots`` the pair indices of each block (-1
     where a block has fewer than ``L``)."""
     order = torch.argsort(dest, stable=True)
     counts = torch.bincount(dest, minlength=num_dest)
     begin = torch.cumsum(counts, 0) - counts
-    width = 2 ** torch.ceil(torch.log2(counts.clamp_min(1).double())).long()
-    for size in torch.unique(width).tolist():
-        blocks = torch.nonzero(width == size).flatten()
+    counts1 = counts.clamp_min(1)
+    step = 2 ** (torch.floor(torch.log2(counts1.double())).long() - 2).clamp_min(0)
+    width = (counts1 + step - 1) // step * step  # at most a quarter more than the count
+    key = 2 * width + diagonal.long()
+    for value in torch.unique(key).tolist():
+        blocks = torch.nonzero(key == value).flatten()
+        size = value // 2
         within = torch.arange(size)
         where = begin[blocks][:, None] + within
         slots = torch.where(within < counts[blocks][:, None], order[where.clamp_max(max(dest.numel() - 1, 0))],
