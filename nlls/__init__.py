@@ -42,6 +42,10 @@ __all__ = [
     "Optimizer", "OptimizerInfo", "SparseCholesky", "Status",
 ]
 
+from .solve import Termination  # noqa: E402
+
+__all__ += ["Termination"]
+
 from .layer import BackwardMode, OptimizationLayer  # noqa: E402
 
 __all__ += ["BackwardMode", "OptimizationLayer"]
@@ -54,6 +58,13 @@ __all__ += ["CauchyLoss", "HuberLoss", "RobustCostFunction", "RobustLoss",
             "LieGroup", "SO2", "SE2", "SO3", "SE3", "Between", "Difference"]
 __all__ += ["ArctanLoss", "ScaledLoss", "SoftLOneLoss", "TolerantLoss", "TukeyLoss"]
 
+from .solve import DenseQR, Dogleg  # noqa: E402
+
+__all__ += ["DenseQR", "Dogleg"]
+from .solve.linear import Schur  # noqa: E402
+
+__all__ += ["Schur"]
+
 from .config import Config, ConfigError, build_optimizer, load_config  # noqa: E402
 
 __all__ += ["Config", "ConfigError", "build_optimizer", "load_config"]
@@ -65,3 +76,7 @@ from .checking import check_gradients, check_jacobians  # noqa: E402
 from .core.ragged import pad_ragged  # noqa: E402
 
 __all__ += ["check_gradients", "check_jacobians", "pad_ragged"]
+from .diagnostics import Diagnosis, diagnose  # noqa: E402
+from .uncertainty import Covariance  # noqa: E402
+
+__all__ += ["Covariance", "Diagnosis", "diagnose"]

@@ -26,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import yaml
 
@@ -34,6 +34,7 @@ from .backward import BACKWARD_MODES, HESSIANS
 from .core.objective import Objective
 from .io.files import write_text_atomic
 from .solve.checks import short_repr
+from .solve.dogleg import Dogleg
 from .solve.gauss_newton import GaussNewton
 from .solve.levenberg_marquardt import LevenbergMarquardt
 from .solve.linear import LINEAR_SOLVERS
@@ -44,12 +45,25 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and what is allowed."""
 
 
-OPTIMIZERS = {"gauss_newton": GaussNewton, "levenberg_marquardt": LevenbergMarquardt}
-_LM_ONLY = ("damping", "adaptive_damping", "diagonal_scaling", "min_relative_decrease", "max_damping")
+OPTIMIZERS = {"gauss_newton": GaussNewton, "levenberg_marquardt": LevenbergMarquardt, "dogleg": Dogleg}
+_LM_ONLY = ("damping", "adaptive_damping", "diagonal_scaling", "min_relative_decrease", "max_damping",
+            "jacobi_scaling")
+# the keys of one optimizer (or a few): each optimizer takes its own and the base's
+_OWN_KEYS = {"levenberg_marquardt": _LM_ONLY,
+             "dogleg": ("initial_radius", "max_radius", "min_radius", "diagonal_scaling", "min_relative_decrease")}
+
+
+def _foreign_keys(name: str) -> Dict[str, List[str]]:
+    """The optimizer-specific keys ``name`` does not take, each with the optimizers that do."""
+    owners: Dict[str, List[str]] = {}
+    for optimizer, keys in _OWN_KEYS.items():
+        for key in keys:
+            owners.setdefault(key, []).append(optimizer)
+    return {key: names for key, names in owners.items() if name not in names}
 
 
 # the defaults are the constructors' own (stated once, there)
-_DEFAULTS = {name: p.default for cls in (LevenbergMarquardt, Optimizer)
+_DEFAULTS = {name: p.default for cls in (Dogleg, LevenbergMarquardt, Optimizer)
              for name, p in inspect.signature(cls.__init__).parameters.items()
              if p.default is not inspect.Parameter.empty}
 
@@ -66,13 +80,20 @@ class OptimizerConfig:
     max_iterations: int = field(default=_DEFAULTS["max_iterations"], metadata=_number(int, 0))
     step_size: float = field(default=_DEFAULTS["step_size"], metadata=_number(float, 0, True))
     abs_err_tolerance: float = field(default=_DEFAULTS["abs_err_tolerance"], metadata=_number(float, 0))
-    rel_err_tolerance: float = field(default=_DEFAULTS["rel_err_tolerance"], metadata=_number(float, 0))
+    rel_err_tolerance: Optional[float] = field(default=_DEFAULTS["rel_err_tolerance"], metadata=_number(float, 0))
     check_every: int = field(default=_DEFAULTS["check_every"], metadata=_number(int, 1))
+    function_tolerance: float = field(default=_DEFAULTS["function_tolerance"], metadata=_number(float, 0))
+    gradient_tolerance: float = field(default=_DEFAULTS["gradient_tolerance"], metadata=_number(float, 0))
+    parameter_tolerance: float = field(default=_DEFAULTS["parameter_tolerance"], metadata=_number(float, 0))
     damping: float = field(default=_DEFAULTS["damping"], metadata=_number(float, 0, True))
     adaptive_damping: bool = field(default=_DEFAULTS["adaptive_damping"], metadata={"kind": bool})
     diagonal_scaling: bool = field(default=_DEFAULTS["diagonal_scaling"], metadata={"kind": bool})
     min_relative_decrease: float = field(default=_DEFAULTS["min_relative_decrease"], metadata=_number(float, 0))
     max_damping: float = field(default=_DEFAULTS["max_damping"], metadata=_number(float, 0, True))
+    jacobi_scaling: bool = field(default=_DEFAULTS["jacobi_scaling"], metadata={"kind": bool})
+    initial_radius: float = field(default=_DEFAULTS["initial_radius"], metadata=_number(float, 0, True))
+    max_radius: float = field(default=_DEFAULTS["max_radius"], metadata=_number(float, 0, True))
+    min_radius: float = field(default=_DEFAULTS["min_radius"], metadata=_number(float, 0))
 
 
 @dataclass
@@ -103,9 +124,8 @@ class Config:
     def to_dict(self) -> Dict[str, Any]:
         linear = {"name": self.linear_solver.name, **self.linear_solver.options}
         optimizer = dataclasses.asdict(self.optimizer)
-        if optimizer["name"] != "levenberg_marquardt":
-            for key in _LM_ONLY:
-                optimizer.pop(key)
+        for key in _foreign_keys(optimizer["name"]):
+            optimizer.pop(key)
         backward = dataclasses.asdict(self.backward)
         if backward["num_iterations"] is None:
             backward.pop("num_iterations")
@@ -189,16 +209,18 @@ def load_config(source: Union[str, Path, Mapping[str, Any], Config, None]) -> Co
                           f"backward; got {type(source).__name__}")
     _check_keys(source, ("optimizer", "linear_solver", "backward"), "", where)
     optimizer = _read_section(OptimizerConfig, source.get("optimizer"), "optimizer", where)
-    if optimizer.name != "levenberg_marquardt":
-        for key in _LM_ONLY:
-            if key in (source.get("optimizer") or {}):
-                raise ConfigError(f"{where}: optimizer.{key} applies to levenberg_marquardt only, "
-                                  f"not {optimizer.name}")
+    for key, owners in _foreign_keys(optimizer.name).items():
+        if key in (source.get("optimizer") or {}):
+            raise ConfigError(f"{where}: optimizer.{key} applies to {' and '.join(owners)} only, "
+                              f"not {optimizer.name}")
     linear = _read_linear_solver(source.get("linear_solver"), where)
     backward = _read_section(BackwardConfig, source.get("backward"), "backward", where)
     if optimizer.name == "levenberg_marquardt" and optimizer.max_damping <= optimizer.damping:
         raise ConfigError(f"{where}: optimizer.max_damping ({optimizer.max_damping!r}) must be > "
                           f"optimizer.damping ({optimizer.damping!r})")
+    if optimizer.name == "dogleg" and not optimizer.min_radius < optimizer.initial_radius <= optimizer.max_radius:
+        raise ConfigError(f"{where}: optimizer.min_radius ({optimizer.min_radius!r}) < initial_radius "
+                          f"({optimizer.initial_radius!r}) <= max_radius ({optimizer.max_radius!r}) must hold")
     if backward.num_iterations is not None and backward.mode != "truncated":
         raise ConfigError(f"{where}: backward.num_iterations applies to mode truncated only")
     if backward.mode == "truncated" and backward.num_iterations is None:
@@ -300,8 +322,7 @@ def build_optimizer(objective: Objective, config: Union[str, Path, Mapping, Conf
     cfg = load_config(config)
     opt = cfg.optimizer
     kwargs = {f.name: getattr(opt, f.name) for f in dataclasses.fields(opt) if f.name != "name"}
-    if opt.name != "levenberg_marquardt":
-        for key in _LM_ONLY:
-            kwargs.pop(key)
+    for key in _foreign_keys(opt.name):
+        kwargs.pop(key)
     solver = LINEAR_SOLVERS[cfg.linear_solver.name](**cfg.linear_solver.options)
     return OPTIMIZERS[opt.name](objective, linear_solver=solver, **kwargs)

@@ -49,7 +49,7 @@ def test_defaults_and_build():
     ({"optimizer": {"max_iterations": -1}}, r"optimizer.max_iterations must be >= 0, got -1"),
     ({"optimizer": {"step_size": 0}}, r"optimizer.step_size must be > 0"),
     ({"optimizer": {"adaptive_damping": "yes"}}, r"optimizer.adaptive_damping must be true or false"),
-    ({"optimizer": {"name": "newton"}}, r"optimizer.name must be one of gauss_newton, levenberg_marquardt; got 'newton'"),
+    ({"optimizer": {"name": "newton"}}, r"optimizer.name must be one of gauss_newton, levenberg_marquardt, dogleg; got 'newton'"),
     ({"optimizer": {"name": "gauss_newton", "damping": 1.0}}, r"optimizer.damping applies to levenberg_marquardt only"),
     ({"linear_solver": {"name": "qr"}}, r"linear_solver.name must be one of dense_cholesky, dense_lu"),
     ({"linear_solver": {"name": "dense_lu", "pivot": True}}, r"unknown key 'linear_solver.pivot'"),

@@ -7,6 +7,8 @@ from typing import Dict, Type, Union
 from .base import SINGULAR_ADVICE, Factorization, LinearSolver
 from .cg import ConjugateGradient
 from .dense import DenseCholesky, DenseLU
+from .qr import DenseQR
+from .schur import Schur
 from .sparse import SparseCholesky
 
 LINEAR_SOLVERS: Dict[str, Type[LinearSolver]] = {
@@ -14,6 +16,8 @@ LINEAR_SOLVERS: Dict[str, Type[LinearSolver]] = {
     DenseLU.name: DenseLU,
     SparseCholesky.name: SparseCholesky,
     ConjugateGradient.name: ConjugateGradient,
+    DenseQR.name: DenseQR,
+    Schur.name: Schur,
 }
 
 
@@ -22,9 +26,9 @@ def register_linear_solver(cls: Type[LinearSolver]) -> Type[LinearSolver]:
     and the YAML ``linear_solver.name`` key; returns the class (usable as a decorator)."""
     if not (isinstance(cls, type) and issubclass(cls, LinearSolver)) or not cls.name:
         raise TypeError(f"register_linear_solver expects a LinearSolver subclass with a name, got {cls!r}")
-    if cls.linearization not in ("dense", "sparse", "jacobian"):
-        raise ValueError(f"{cls.__name__}.linearization must be 'dense', 'sparse' or 'jacobian', "
-                         f"got {cls.linearization!r}")
+    if cls.linearization not in ("dense", "sparse", "jacobian", "dense_jacobian"):
+        raise ValueError(f"{cls.__name__}.linearization must be 'dense', 'sparse', 'jacobian' or "
+                         f"'dense_jacobian', got {cls.linearization!r}")
     LINEAR_SOLVERS[cls.name] = cls
     return cls
 
@@ -47,5 +51,5 @@ def make_linear_solver(spec: Union[str, LinearSolver]) -> LinearSolver:
 
 
 __all__ = ["Factorization", "LinearSolver", "SINGULAR_ADVICE", "register_linear_solver", "DenseCholesky", "DenseLU",
-           "SparseCholesky", "ConjugateGradient", "LINEAR_SOLVERS",
+           "SparseCholesky", "ConjugateGradient", "DenseQR", "Schur", "LINEAR_SOLVERS",
            "make_linear_solver"]
