@@ -70,7 +70,9 @@ def test_w10000_first_and_last_marginals():
     rhs[last, np.arange(3)] = 1.0
     expected = scipy.sparse.linalg.spsolve(reduced, rhs)[last]
     assert (got[:3, :3] == 0).all()
-    np.testing.assert_allclose(got[3:, 3:], expected, rtol=1e-8, atol=0)
+    # A_ff's condition number is about 1e9 (its smallest eigenvalue 1.4e-9 of the largest diagonal
+    # entry): two factorizations agree to about 1e9 machine epsilons
+    np.testing.assert_allclose(got[3:, 3:], expected, rtol=1e-6, atol=0)
     pinv = nlls.Covariance(objective).compute()
     assert pinv.ok.all() and int(pinv.null_space_dim) == 3
     joint = pinv.joint([names[0], names[-1]])[0]
