@@ -1,0 +1,190 @@
+"""Termination rules, per batch element: each rule fires on a problem built for it, one batch holds
+elements stopped by different rules, the message counts them, a plateau is never "converged", the
+older rel_err_tolerance keeps its meaning, and compiled solves stop as eager ones do."""
+import pytest
+import torch
+
+import nlls
+from nlls import Termination
+from nlls.solve.state import Failure, Status
+from tests.problems import QuadFit, exp_data, exp_error, quad_data, rosenbrock_error
+
+F64 = torch.float64
+OFF = dict(abs_err_tolerance=0.0, function_tolerance=0.0, gradient_tolerance=0.0, parameter_tolerance=0.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _quad(batch=3, noise=0.05):
+    x, y, _ = quad_data(batch, noise=noise)
+    ab = nlls.Vector(tensor=torch.zeros(batch, 2, dtype=F64), name="ab")
+    obj = nlls.Objective()
+    obj.add(QuadFit(ab, nlls.Variable(x, name="x"), nlls.Variable(y, name="y")))
+    return obj
+
+
+def _exp(batch=4, start=(1.0, 1.0, 0.0), seed=0):
+    x, y, truth = exp_data(batch, seed=seed)
+    p = nlls.Vector(tensor=torch.tensor([start], dtype=F64).repeat(batch, 1), name="p")
+    obj = nlls.Objective()
+    obj.add(nlls.AutoDiffCostFunction((p,), exp_error, x.shape[1],
+                                      aux_vars=(nlls.Variable(x, name="x"), nlls.Variable(y, name="y")), name="exp"))
+    return obj, x, y
+
+
+def _codes(info):
+    return [Termination(int(t)) for t in info.termination]
+
+
+# ---- each rule, alone ------------------------------------------------------------------------
+def test_gradient_tolerance_stops_gauss_newton_at_the_answer():
+    # a linear problem: one step lands on the answer, the next iteration sees a zero gradient
+    info = nlls.GaussNewton(_quad(), **{**OFF, "gradient_tolerance": 1e-10}, max_iterations=50).optimize()
+    assert _codes(info) == [Termination.GRADIENT_TOLERANCE] * 3 and info.iterations.tolist() == [2, 2, 2]
+    assert info.message == "3/3 converged: 3 gradient tolerance"
+
+
+def test_function_tolerance_stops_an_accepted_step_that_changes_the_cost_little():
+    obj, _, _ = _exp()
+    info = nlls.LevenbergMarquardt(obj, **{**OFF, "function_tolerance": 1e-6}, max_iterations=100).optimize()
+    assert _codes(info) == [Termination.FUNCTION_TOLERANCE] * 4, info.message
+
+
+def test_parameter_tolerance_stops_a_small_step():
+    obj, _, _ = _exp()
+    info = nlls.LevenbergMarquardt(obj, **{**OFF, "parameter_tolerance": 1e-6}, max_iterations=100).optimize()
+    assert _codes(info) == [Termination.PARAMETER_TOLERANCE] * 4, info.message
+
+
+def test_absolute_error_at_the_start_and_after_a_step():
+    obj = _quad(noise=0.0)  # zero residual at the answer
+    info = nlls.GaussNewton(obj, **{**OFF, "abs_err_tolerance": 1e-20}, max_iterations=10).optimize()
+    assert _codes(info) == [Termination.ABSOLUTE_ERROR] * 3 and info.iterations.tolist() == [1, 1, 1]
+    info = nlls.GaussNewton(obj, **{**OFF, "abs_err_tolerance": 1e-20}, max_iterations=10).optimize()
+    assert _codes(info) == [Termination.ABSOLUTE_ERROR] * 3 and info.iterations.tolist() == [0, 0, 0]
+
+
+
+
+class WrongJacobian(nlls.CostFunction):
+    """r = p - 3 with the Jacobian's sign flipped: every model step goes uphill, far from the minimum."""
+
+    def __init__(self, p):
+        super().__init__(optim_vars=(p,), name="wrong")
+        self.p = p
+
+    def dim(self):
+        return self.p.dof()
+
+    def error(self):
+        return self.p.tensor - 3.0
+
+    def jacobians(self):
+        eye = torch.eye(self.dim(), dtype=self.p.tensor.dtype).expand(self.p.tensor.shape[0], -1, -1)
+        return [-eye], self.error()
+
+
+def test_no_further_decrease_at_a_stationary_point_is_a_convergence():
+    # 1e-7 from the minimum with a wrong-signed Jacobian: every step is rejected, the damping passes
+    # max_damping, and the point is stationary to working precision (relative gradient 3e-7)
+    p = nlls.Vector(tensor=torch.full((2, 2), 3.0 + 1e-7, dtype=F64), name="p")
+    obj = nlls.Objective()
+    obj.add(WrongJacobian(p))
+    info = nlls.LevenbergMarquardt(obj, **OFF, max_damping=1e4, max_iterations=100).optimize()
+    assert _codes(info) == [Termination.NO_FURTHER_DECREASE] * 2 and info.converged.all(), info.message
+    assert info.message == "2/2 converged: 2 no further decrease"
+
+
+def test_a_plateau_away_from_a_stationary_point_fails_instead_of_converging():
+    p = nlls.Vector(tensor=torch.zeros(2, 2, dtype=F64), name="p")
+    obj = nlls.Objective()
+    obj.add(WrongJacobian(p))
+    info = nlls.LevenbergMarquardt(obj, max_iterations=200).optimize()
+    assert not info.converged.any()
+    assert (info.status == Status.FAILED).all() and (info.failure == Failure.NO_DECREASE).all()
+    assert _codes(info) == [Termination.NO_FURTHER_DECREASE] * 2
+    assert "2 stalled: no step decreases the error although the point is not stationary" in info.message
+    assert torch.equal(p.tensor, torch.zeros(2, 2, dtype=F64))  # no step was taken
+
+
+# ---- one batch, several rules ------------------------------------------------------------------
+def test_one_batch_reports_each_elements_rule_and_counts_them():
+    obj, x, y = _exp(batch=5)
+    y = y.clone()
+    y[1, 3] = float("nan")  # non-finite data
+    obj.update({"y": y})
+    # element 2 starts on a zero-residual answer: its data are made exact
+    p0 = obj.optim_vars["p"].tensor.clone()
+    with torch.no_grad():
+        y[2] = exp_error((nlls.Vector(tensor=p0[2:3], name="q"),),
+                         (nlls.Variable(x[2:3], name="u"), nlls.Variable(torch.zeros_like(y[2:3]), name="v")))[0]
+    obj.update({"y": y})
+    stop = torch.tensor([False, False, False, True, False])
+    info = nlls.LevenbergMarquardt(obj, max_iterations=3).optimize(callback=lambda i: stop if i.iteration == 1 else None)
+    codes = _codes(info)
+    assert codes[1] == Termination.NONFINITE and codes[2] == Termination.ABSOLUTE_ERROR
+    assert codes[3] == Termination.STOPPED_BY_CALLBACK
+    assert codes[0] == codes[4] == Termination.MAX_ITERATIONS
+    assert info.message.startswith("1/5 converged: 1 absolute error; 2 reached max_iterations=3")
+    assert "1 stopped by the callback" in info.message and "1 failed at the start" in info.message
+
+
+def test_a_singular_system_is_a_linear_solver_failure():
+    p = nlls.Vector(tensor=torch.zeros(2, 2, dtype=F64), name="p")
+    free = nlls.Vector(tensor=torch.zeros(2, 1, dtype=F64), name="free")
+    obj = nlls.Objective()
+    obj.add(nlls.AutoDiffCostFunction((p, free), lambda o, a: o[0].tensor - 1.0 + 0 * o[1].tensor[:, :1], 2, name="c"))
+    info = nlls.GaussNewton(obj).optimize()
+    assert _codes(info) == [Termination.LINEAR_SOLVER_FAILURE] * 2
+
+
+def test_converged_elements_of_hard_problems_are_stationary():
+    # Rosenbrock from spread starts: whatever rule stops an element as converged, it is at the minimum
+    # (abs_err_tolerance=1e-10, the default, stops a zero-residual problem at a cost of 1e-10, some
+    # 1e-5 from its minimum: it is switched off here)
+    starts = torch.tensor([[-1.2, 1.0], [2.0, 2.0], [-3.0, -4.0], [0.0, 5.0]], dtype=F64)
+    p = nlls.Vector(tensor=starts, name="p")
+    obj = nlls.Objective()
+    obj.add(nlls.AutoDiffCostFunction((p,), rosenbrock_error, 2, name="rosenbrock"))
+    info = nlls.LevenbergMarquardt(obj, abs_err_tolerance=0.0, max_iterations=500).optimize()
+    assert info.converged.all(), info.message
+    torch.testing.assert_close(p.tensor, torch.ones_like(starts), rtol=0, atol=1e-8)
+
+
+# ---- the older name, fixed counts, compiled solves ----------------------------------------------
+def test_rel_err_tolerance_is_the_older_name_of_function_tolerance():
+    obj = _quad()
+    assert nlls.LevenbergMarquardt(obj, rel_err_tolerance=1e-6).function_tolerance == 1e-6
+    assert nlls.LevenbergMarquardt(obj, function_tolerance=1e-7).rel_err_tolerance == 1e-7
+    with pytest.raises(ValueError, match="rel_err_tolerance is the older name of function_tolerance; give one"):
+        nlls.LevenbergMarquardt(obj, rel_err_tolerance=1e-6, function_tolerance=1e-7)
+    # exactly 0 kept its meaning: no relative test at all, a fixed count with abs_err_tolerance=0
+    opt = nlls.GaussNewton(obj, rel_err_tolerance=0, abs_err_tolerance=0, max_iterations=7)
+    assert opt.fixed_count
+    info = opt.optimize()
+    assert info.iterations.tolist() == [7, 7, 7] and not info.converged.any()
+
+
+def test_gauss_newton_at_the_answer_of_a_residual_problem_stops():
+    # the issue's case: tight relative tolerance, cost rounding noise above it; the gradient or
+    # parameter tolerance ends the run instead of max_iterations
+    obj, _, _ = _exp(batch=4, seed=1)
+    info = nlls.GaussNewton(obj, abs_err_tolerance=0.0, rel_err_tolerance=1e-15, max_iterations=300).optimize()
+    assert info.converged.all() and (info.iterations < 100).all(), info.message
+
+
+def test_compiled_solves_stop_by_the_same_rules():
+    results = []
+    for compile in (False, True):
+        obj, _, _ = _exp(batch=6, seed=3)
+        info = nlls.LevenbergMarquardt(obj, max_iterations=40, check_every=3).optimize(compile=compile)
+        results.append(info)
+    eager, compiled = results
+    assert torch.equal(eager.termination, compiled.termination) and torch.equal(eager.iterations, compiled.iterations)
+    assert eager.converged.all() and (eager.iterations < 40).all()
