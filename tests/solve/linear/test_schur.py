@@ -299,3 +299,15 @@ def test_layer_gradients_equal_the_sparse_solver(mode):
         grads.append(torch.autograd.grad(loss, uv)[0])
     assert grads[0].abs().max() > 1e-4
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("reduced", ["dense", "sparse"])
+def test_cuda_equals_cpu(reduced):
+    A, points = random_ba_system(batch=3, seed=13)
+    rhs = torch.randn(3, A.shape[1], dtype=F64)
+    x_cpu, ok_cpu = Schur(eliminate=points, reduced=reduced).factor(A).solve(rhs)
+    on_gpu = SparseMatrix(A.pattern, A.values.cuda())
+    x_gpu, ok_gpu = Schur(eliminate=points, reduced=reduced).factor(on_gpu).solve(rhs.cuda())
+    assert x_gpu.device.type == "cuda" and ok_gpu.cpu().tolist() == ok_cpu.tolist()
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu, rtol=1e-9, atol=1e-10)
