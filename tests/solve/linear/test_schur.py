@@ -311,3 +311,13 @@ def test_cuda_equals_cpu(reduced):
     x_gpu, ok_gpu = Schur(eliminate=points, reduced=reduced).factor(on_gpu).solve(rhs.cuda())
     assert x_gpu.device.type == "cuda" and ok_gpu.cpu().tolist() == ok_cpu.tolist()
     torch.testing.assert_close(x_gpu.cpu(), x_cpu, rtol=1e-9, atol=1e-10)
+
+
+def test_yaml_configuration():
+    config = nlls.load_config({"optimizer": {"name": "levenberg_marquardt", "max_iterations": 5},
+                               "linear_solver": {"name": "schur", "eliminate": "Point3", "reduced": "dense"}})
+    optimizer = nlls.build_optimizer(bal_problem(cameras=3, points=10).objective(), config)
+    optimizer.prepare()
+    assert optimizer.linear_solver.eliminated == "Point3 x 10"
+    with pytest.raises(nlls.ConfigError, match="reduced"):
+        nlls.load_config({"linear_solver": {"name": "schur", "reduced": "banded"}})
