@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
                             "status_counts, elapsed_s, optimizer, linear_solver, device, dtype, output, plot "
                             "(null unless written), covariance (with --covariance), diagnosis (when singular); "
                             "no progress")
+    solve.add_argument("--initialization", choices=("spanning_tree", "chain"),
+                       help="pose graphs without VERTEX records: initial poses from a spanning tree of the "
+                            "edges (default) or by chaining consecutive edges as GTSAM does")
+    solve.add_argument("--information-order", choices=("auto", "toro", "g2o"),
+                       help="2-D pose graphs: the order of the information fields (default auto: the "
+                            "format's own, the other one when only it is positive definite)")
     cli_report.add_options(solve)
     return parser
 
@@ -278,7 +284,13 @@ def solve(args) -> int:
             raise UserError(f"--max-iterations must be >= 0, got {args.max_iterations}")
         config.optimizer.max_iterations = args.max_iterations
     started = time.perf_counter()
-    problem = io.read(path)
+    options = {"initialization": args.initialization, "information_order": args.information_order}
+    try:
+        problem = io.read(path, **options)
+    except ValueError as error:  # a pose-graph option for a BAL file (a malformed file is a FormatError)
+        if isinstance(error, io.FormatError):
+            raise
+        raise UserError(str(error).removeprefix("read: ")) from None
     writer = None
     if args.output:
         writer = getattr(problem, "write_g2o", None)
@@ -294,6 +306,8 @@ def solve(args) -> int:
     if text:
         print(f"{path}: {len(objective.optim_vars)} variables, {len(objective.cost_functions)} "
               f"cost functions, {unknowns} unknowns (read in {1e3 * build_time:.0f} ms)")
+        for note in getattr(problem, "notes", ()):  # what the reader decided where the file left a choice
+            print(f"{path}: {note}")
     progress = Progress(sys.stderr, optimizer.max_iterations) if text else None
     try:
         info = optimizer.optimize(callback=progress) if progress is not None else optimizer.optimize()

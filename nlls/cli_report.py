@@ -40,7 +40,9 @@ def sizes(problem) -> Dict[str, Any]:
         return {"format": "bal", "cameras": int(problem.cameras.shape[0]), "points": int(problem.points.shape[0]),
                 "observations": int(problem.observations.shape[0])}
     return {"format": pose_graph_format(problem.path), "dimension": problem.dimension,
-            "poses": len(problem.vertex_ids), "edges": len(problem.edges)}
+            "poses": len(problem.vertex_ids), "edges": len(problem.edges),
+            "initialization": problem.initialization, "information_order": problem.information_order,
+            "reader_notes": list(problem.notes)}
 
 
 def pose_graph_format(path: Optional[Path]) -> Optional[str]:

@@ -235,3 +235,32 @@ def test_error_lines_are_bounded(tmp_path, capsys):
     assert main(["solve", "--device", long_name]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and len(err) < 700
+
+
+def _edge_only_w100(tmp_path):
+    source = nlls.io.bundled_dataset()
+    path = tmp_path / "w100-edges.graph"
+    path.write_text("".join(line for line in source.read_text().splitlines(keepends=True)
+                            if not line.startswith("VERTEX")))
+    return path
+
+
+def test_an_edge_only_file_solves_and_says_how_it_was_initialized(tmp_path, capsys):
+    import json
+
+    path = _edge_only_w100(tmp_path)
+    assert main(["solve", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["initialization"] == "spanning_tree" and report["converged"]
+    assert report["final_cost"] == pytest.approx(0.5689, rel=1e-3)  # GTSAM's optimum of w100
+    assert report["information_order"] in ("toro", "g2o")
+    assert main(["solve", str(path), "--initialization", "chain", "--max-iterations", "0", "--json"]) in (0, 1)
+    chained = json.loads(capsys.readouterr().out)
+    assert chained["initialization"] == "chain" and chained["initial_cost"] > 10 * report["initial_cost"]
+
+
+def test_reader_options_are_refused_for_bal_files(capsys):
+    if not DATA.is_dir():
+        pytest.skip("shared datasets not found")
+    assert main(["solve", str(DATA / "dubrovnik-3-7-pre.txt"), "--initialization", "chain"]) == 2
+    assert "initialization applies to pose graphs" in capsys.readouterr().err

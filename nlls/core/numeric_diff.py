@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from .cost_function import CostWeightLike, ErrorFunction, ErrorFunctionCostFunction
-from .ragged import MaskLike
 from .manifold import Manifold, Vector
+from .ragged import MaskLike
 from .variable import Variable
 
 SCHEMES = ("central", "forward")

@@ -21,8 +21,9 @@ Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``
 On CPU ``"auto"`` takes the first of QDLDL, CHOLMOD and SuperLU that is installed, the fastest
 first as measured by ``bench/bench_sparse_factor.py``: on the normal matrix of the 10,000-pose
 ``w10000.graph`` a factorization and solve take about 0.33 of SuperLU's time with QDLDL, 0.42
-with CHOLMOD built on OpenBLAS and 0.62 on the reference BLAS; on CUDA it is cuDSS. (cholespy is not offered: it aborts the whole process on a matrix that is not positive
-definite, which Gauss-Newton meets on any problem with a gauge freedom.)
+with CHOLMOD built on OpenBLAS and 0.62 on the reference BLAS; on CUDA it is cuDSS. (cholespy is
+not offered: it aborts the whole process on a matrix that is not positive definite, which
+Gauss-Newton meets on any problem with a gauge freedom.)
 Solves are differentiable (a custom autograd function whose backward solves with the same
 factorization), including second derivatives. An element whose matrix cannot be factored gets a
 zero solution and ``ok = False``; cuDSS factors and solves in one call and reports no failure,
