@@ -126,8 +126,7 @@ class Optimizer:
     @property
     def fixed_count(self) -> bool:
         """Whether every stopping rule is off: a solve runs ``max_iterations`` iterations."""
-        return not (self.abs_err_tolerance or self.function_tolerance or self.gradient_tolerance
-                    or self.parameter_tolerance)
+        return not any((self.abs_err_tolerance, self.function_tolerance, self.gradient_tolerance, self.parameter_tolerance))
 
     def damping_of(self, step_state) -> Optional[torch.Tensor]:
         """The damping to show in verbose output, if the rule has one."""

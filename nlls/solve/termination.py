@@ -42,7 +42,7 @@ from .state import Failure, SolveState, Status, Termination, Values
 
 #: the defaults, measured on the Moré-Garbow-Hillstrom problems (docs/guide/optimizers.md)
 FUNCTION_TOLERANCE = 1e-10
-GRADIENT_TOLERANCE = 1e-10
+GRADIENT_TOLERANCE = 1e-12
 PARAMETER_TOLERANCE = 1e-10
 
 _NAMES = {
