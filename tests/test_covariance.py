@@ -243,3 +243,38 @@ def test_numeric_diff_refuses_a_gradient_but_computes_without_one():
         marginal = nlls.Covariance(objective).marginal(ab)
     A = np.stack([x[0].numpy(), np.ones(5)], 1)
     np.testing.assert_allclose(marginal[0].numpy(), np.linalg.inv(A.T @ A), rtol=1e-6)
+
+
+def _bundle_adjustment(cameras, points, tmp_path):
+    """A small synthetic BAL scene solved to its minimum (bench/problems_bal_synthetic.py)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import problems_bal_synthetic as scenes
+    finally:
+        sys.path.pop(0)
+    path = scenes.scene_file(cameras, points, seed=1, directory=tmp_path)
+    objective = nlls.io.read(path).objective()
+    info = nlls.LevenbergMarquardt(objective, linear_solver="schur", max_iterations=50).optimize()
+    assert bool(info.converged.all())
+    return objective
+
+
+def test_bundle_adjustment_covariance_through_the_schur_complement(tmp_path):
+    """The Schur complement (points eliminated) gives the dense covariance, with the similarity
+    gauge found by the pseudo-inverse (7 directions) or fixed by a camera and a point; and it is
+    the automatic choice for a large bundle adjustment."""
+    objective = _bundle_adjustment(6, 60, tmp_path)
+    variables = list(objective.optim_vars.values())
+    chosen = [variables[2], variables[-1]]
+    for gauge in ("pseudo_inverse", [variables[0], variables[1]]):
+        dense = nlls.Covariance(objective, linear_solver="dense_cholesky", gauge=gauge).compute()
+        schur = nlls.Covariance(objective, linear_solver="schur", gauge=gauge).compute()
+        assert bool(schur.ok.all()) and schur.null_space_dim.tolist() == dense.null_space_dim.tolist()
+        expected = dense.joint(chosen)
+        torch.testing.assert_close(schur.joint(chosen), expected, rtol=0, atol=1e-10 * float(expected.abs().max()))
+    assert dense.null_space_dim.tolist() == [0] and schur.null_space_dim.tolist() == [0]
+    large = _bundle_adjustment(8, 200, tmp_path)  # 672 unknowns, 600 of them in points
+    cov = nlls.Covariance(large, gauge=[next(iter(large.optim_vars.values()))]).compute()
+    assert "Schur" in repr(cov._built[3]) and cov.kind == "sparse"

@@ -42,6 +42,7 @@ from ..core.evaluation import Evaluator
 from ..core.manifold import Manifold
 from ..core.objective import Objective
 from ..solve.linear import LinearSolver, make_linear_solver
+from ..solve.linear.schur_columns import independent_blocks
 from ..solve.linearization import DenseLinearization, SparseLinearization
 from .nullspace import (
     Matrix,
@@ -72,9 +73,11 @@ class Covariance:
     Args:
         objective: the problem, at the point of interest (typically after ``optimize()``, or with
             a layer's solution written in by ``objective.update(solution)``).
-        linear_solver: ``None`` (dense up to ``DENSE_MAX_DOF`` unknowns, sparse beyond), or a name
-            or instance of a linear solver whose linearization is ``"dense"`` (``"dense_cholesky"``,
-            ``"dense_lu"``) or ``"sparse"`` (``"sparse_cholesky"``); its factorization is used.
+        linear_solver: ``None`` (dense up to ``DENSE_MAX_DOF`` unknowns; beyond, ``"schur"`` when
+            variables that no cost function links hold most unknowns, as a bundle adjustment's
+            points do, else ``"sparse_cholesky"``), or a name or instance of a linear solver whose
+            linearization is ``"dense"`` (``"dense_cholesky"``, ``"dense_lu"``) or ``"sparse"``
+            (``"sparse_cholesky"``, ``"schur"``); its factorization is used.
         gauge: ``"pseudo_inverse"``, or an optim variable (object or name) or a list of them
             held fixed.
         min_reciprocal_condition_number: eigenvalues at most this times the largest diagonal
@@ -157,7 +160,8 @@ class Covariance:
             solver = self.linear_solver
             shared = _SHARED.setdefault(evaluator, {})  # structures reused by later covariances
             if solver is None:
-                name = "dense_cholesky" if evaluator.dof <= DENSE_MAX_DOF else "sparse_cholesky"
+                name = ("dense_cholesky" if evaluator.dof <= DENSE_MAX_DOF
+                        else "schur" if _mostly_independent(evaluator) else "sparse_cholesky")
                 solver = shared.setdefault(name, make_linear_solver(name))
             kind = solver.linearization
             if kind not in shared:
@@ -280,6 +284,16 @@ class Covariance:
     def __repr__(self) -> str:
         gauge = self.gauge if isinstance(self.gauge, str) else [v.name for v in self.gauge]
         return f"Covariance(linear_solver={self.linear_solver!r}, gauge={gauge!r})"
+
+
+def _mostly_independent(evaluator) -> bool:
+    """Whether variables that no cost function links (a Schur complement eliminates them) hold
+    most of the unknowns."""
+    blocks = independent_blocks(evaluator)
+    if not blocks:
+        return False
+    largest = max(evaluator.blocks[b].size for b in blocks)
+    return 2 * largest > evaluator.dof
 
 
 def _check_gradients(evaluator, values, aux) -> None:
