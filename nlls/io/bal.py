@@ -30,6 +30,7 @@ from ..core.objective import Objective
 from ..core.variable import Variable
 from ..geometry.so3 import SO3
 from ._text import PathLike, Records, Source, assemble, no_gc_pauses
+from .files import write_text_atomic
 
 
 def rodrigues(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -153,6 +154,57 @@ class BALProblem:
                 for k, (i, j) in enumerate(self.observations.tolist())
             ]
             return assemble(cost_functions, dtype)
+
+    def current_values(self, objective: Optional[Objective] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The cameras and points ``objective`` holds (``c{i}``, ``p{j}``), this problem's own for
+        those it lacks (unobserved points; or all of them when ``objective`` is ``None``).
+
+        Returns:
+            ``(cameras (C, 9), points (P, 3))``, float64 on the CPU.
+
+        Raises:
+            ValueError: a variable ``c{i}`` or ``p{j}`` of another size or with a batch size other
+                than 1 (select one batch element before writing); the message names it.
+        """
+        cameras, points = self.cameras.clone(), self.points.clone()
+        if objective is None:
+            return cameras, points
+        for prefix, out, dof in (("c", cameras, 9), ("p", points, 3)):
+            for k in range(out.shape[0]):
+                var = objective.optim_vars.get(f"{prefix}{k}")
+                if var is None:
+                    continue
+                if var.batch_size != 1 or tuple(var.tensor.shape[1:]) != (dof,):
+                    raise ValueError(f"BALProblem: variable '{prefix}{k}' must have shape (1, {dof}) "
+                                     f"(select one batch element before writing), got {var!r}")
+                out[k] = var.tensor[0].detach().to(device="cpu", dtype=torch.float64)
+        return cameras, points
+
+    def write_bal(self, path: PathLike, objective: Optional[Objective] = None) -> None:
+        """Save the problem in BAL format with the cameras and points ``objective`` holds.
+
+        The layout is the one of the BAL files (and of :func:`read_bal`): the header, one
+        ``camera point u v`` line per observation (as read), then the 9 camera and the 3 point
+        parameters one per line. Numbers have 17 significant digits, so reading the file back
+        gives the same problem exactly.
+
+        Args:
+            path: the file to write (replaced if it exists; written whole or not at all: a
+                failure midway leaves an existing file as it was).
+            objective: typically ``self.objective()`` after ``optimize()``; ``None`` writes this
+                problem's own values.
+
+        Raises:
+            ValueError: see :meth:`current_values`.
+            OSError: naming ``path``, when it cannot be written.
+        """
+        cameras, points = self.current_values(objective)
+        pairs = np.asarray(self.observations).reshape(-1, 2).tolist()
+        uv = self.measurements.detach().to(device="cpu", dtype=torch.float64).numpy()
+        lines = [f"{cameras.shape[0]} {points.shape[0]} {len(pairs)}"]
+        lines += [f"{i} {j} {u:.16e} {v:.16e}" for (i, j), (u, v) in zip(pairs, uv.tolist())]
+        lines += [f"{value:.16e}" for value in torch.cat([cameras.flatten(), points.flatten()]).tolist()]
+        write_text_atomic(path, "\n".join(lines) + "\n")
 
     def __repr__(self) -> str:
         source = f", path={str(self.path)!r}" if self.path is not None else ""
