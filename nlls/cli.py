@@ -6,8 +6,12 @@
 
 ``FILE`` is a g2o (``VERTEX_SE2``/``EDGE_SE2``, ``VERTEX_SE3:QUAT``/``EDGE_SE3:QUAT``), TORO
 (``VERTEX2``/``EDGE2``, ``VERTEX3``/``EDGE3``) or BAL file, detected from its records; with no
-``FILE`` the 2-D pose graph bundled with the package (GTSAM's ``w100.graph``) is solved. The
-solver is Levenberg-Marquardt with the sparse Cholesky solver unless ``--config`` says otherwise.
+``FILE`` the 2-D pose graph bundled with the package (GTSAM's ``w100.graph``) is solved. Without
+``--config`` the solver is chosen by the kind of problem: pose graphs :data:`DEFAULT_CONFIG`
+(Levenberg-Marquardt, sparse Cholesky), BAL files :data:`BAL_CONFIG` (the settings of
+``configs/bundle_adjustment.yaml``: Levenberg-Marquardt with Ceres's scaling and tolerances, the
+points eliminated by the Schur complement). ``--output`` writes a pose graph in g2o format, a BAL
+problem in BAL format; ``--plot`` draws trajectories or the cameras and points (:mod:`nlls.cli_plot`).
 
 Progress goes to stderr, driven by the optimizer's callback (``optimize(callback=...)``): a
 tqdm bar when tqdm is installed (``pip install "nlls[cli]"``) and stderr is a terminal, else
@@ -35,8 +39,8 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 
 import torch
 
-from . import cli_report
-from .io.files import atomic_path
+from . import cli_plot, cli_report
+from .cli_report import UserError
 from .solve.checks import short_repr
 from .solve.linear.sparse import available_backends
 from .solve.state import Failure, IterationInfo, Status
@@ -54,10 +58,21 @@ DEFAULT_CONFIG = {
     },
     "linear_solver": {"name": "sparse_cholesky"},
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported in one line, no traceback."""
+#: BAL files without --config: configs/bundle_adjustment.yaml (tests/test_cli_bal.py keeps them equal)
+BAL_CONFIG = {
+    "optimizer": {
+        "name": "levenberg_marquardt",
+        "max_iterations": 200,
+        "abs_err_tolerance": 1e-10,
+        "function_tolerance": 1e-6,
+        "gradient_tolerance": 1e-10,
+        "parameter_tolerance": 1e-8,
+        "damping": 1e-4,
+        "diagonal_scaling": True,
+        "jacobi_scaling": True,
+    },
+    "linear_solver": {"name": "schur", "eliminate": "Point3"},
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,8 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                 "nothing is written), 2 bad input (checked before solving where possible)."),
     )
     solve.add_argument("file", nargs="?", help="problem file; default: the bundled 2-D pose graph w100.graph")
-    solve.add_argument("--config", help="YAML solver configuration (see configs/); default: LM + sparse Cholesky")
-    solve.add_argument("--output", help="write the optimized pose graph here, in g2o format")
+    solve.add_argument("--config", help="YAML solver configuration (see configs/); default: LM + sparse Cholesky "
+                                        "for pose graphs, configs/bundle_adjustment.yaml's settings for BAL files")
+    solve.add_argument("--output", help="write the optimized problem here: a pose graph in g2o format, a BAL "
+                                        "problem in BAL format")
     solve.add_argument("--plot", help="save a before/after plot here, format from the extension (needs "
                                       "matplotlib: pip install \"nlls[plot]\"; checked before solving)")
     solve.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -99,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     solve.add_argument("--json", action="store_true",
                        help="print one JSON object on stdout and nothing else there: problem, format, sizes, "
                             "initial_cost, final_cost (null if not finite), iterations, converged, "
-                            "status_counts, elapsed_s, optimizer, linear_solver, device, dtype, output, plot "
+                            "status_counts, elapsed_s, config, optimizer, linear_solver, device, dtype, output, plot "
                             "(null unless written), covariance (with --covariance), diagnosis (when singular); "
                             "no progress")
     solve.add_argument("--initialization", choices=("spanning_tree", "chain"),
@@ -214,55 +231,6 @@ def _check_backend(solver, device: torch.device) -> None:
                         f"on {device.type}: {', '.join(available_backends(device))}")
 
 
-def _check_plot(path: str) -> None:
-    """Refuse ``--plot`` before anything is solved when matplotlib is missing or the extension
-    names no image format it writes."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError('--plot needs matplotlib, which is not installed: pip install "nlls[plot]"') from None
-    matplotlib.use("Agg")
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    image_format = Path(path).suffix[1:].lower() or "png"
-    formats = FigureCanvasBase.get_supported_filetypes()
-    if image_format not in formats:
-        raise UserError(f"--plot {short_repr(path)}: unknown image format {image_format!r}; one of "
-                        f"{', '.join(sorted(formats))}")
-
-
-def _translations(problem_objective) -> torch.Tensor:
-    """``(N, 2|3)`` positions of the pose variables (first batch element)."""
-    points = []
-    for var in problem_objective.optim_vars.values():
-        if hasattr(var, "translation"):
-            points.append(var.translation()[0].detach().cpu())
-        elif var.dof() == 3:
-            points.append(var.tensor[0].detach().cpu())
-    return torch.stack(points) if points else torch.zeros(0, 2)
-
-
-def _plot(path: str, before: torch.Tensor, after: torch.Tensor, title: str) -> None:
-    _check_plot(path)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    for ax, points, label in ((axes[0], before, "initial"), (axes[1], after, "optimized")):
-        style = "-" if points.shape[0] < 5000 else ","
-        ax.plot(points[:, 0].numpy(), points[:, 1].numpy(), style, lw=0.8, ms=2)
-        ax.set_title(f"{label}")
-        ax.set_aspect("equal", adjustable="datalim")
-    fig.suptitle(title)
-    image_format = Path(path).suffix[1:].lower() or "png"
-    try:
-        with atomic_path(path) as temporary:
-            fig.savefig(temporary, format=image_format, dpi=110, bbox_inches="tight")
-    except OSError as exc:
-        raise UserError(f"--plot: cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
-
-
 def _number(value: torch.Tensor) -> Optional[float]:
     """A JSON number, or ``None`` (null) for NaN and inf: JSON has none."""
     number = float(value)
@@ -277,12 +245,10 @@ def solve(args) -> int:
     dtype = getattr(torch, args.dtype)
     path = Path(args.file) if args.file else io.bundled_dataset()
     if args.plot:
-        _check_plot(args.plot)
-    config = nlls.load_config(args.config) if args.config else nlls.load_config(DEFAULT_CONFIG)
-    if args.max_iterations is not None:
-        if args.max_iterations < 0:
-            raise UserError(f"--max-iterations must be >= 0, got {args.max_iterations}")
-        config.optimizer.max_iterations = args.max_iterations
+        cli_plot.check_plot(args.plot)
+    if args.max_iterations is not None and args.max_iterations < 0:
+        raise UserError(f"--max-iterations must be >= 0, got {args.max_iterations}")
+    config = nlls.load_config(args.config) if args.config else None  # a bad file refused before reading
     started = time.perf_counter()
     options = {"initialization": args.initialization, "information_order": args.information_order}
     try:
@@ -291,20 +257,21 @@ def solve(args) -> int:
         if isinstance(error, io.FormatError):
             raise
         raise UserError(str(error).removeprefix("read: ")) from None
-    writer = None
-    if args.output:
-        writer = getattr(problem, "write_g2o", None)
-        if writer is None:
-            raise UserError(f"--output: writing is supported for pose graphs (g2o), not for {path.name}")
+    bal = isinstance(problem, io.BALProblem)
+    if config is None:
+        config = nlls.load_config(BAL_CONFIG if bal else DEFAULT_CONFIG)
+    if args.max_iterations is not None:
+        config.optimizer.max_iterations = args.max_iterations
+    writer = problem.write_bal if isinstance(problem, io.BALProblem) else problem.write_g2o
     objective = problem.objective(dtype=dtype, device=device)
     build_time = time.perf_counter() - started
-    before = _translations(objective)
+    before = cli_plot.snapshot(problem, objective) if args.plot else None
     optimizer = nlls.build_optimizer(objective, config)
     _check_backend(optimizer.linear_solver, device)
     unknowns = optimizer.prepare().dof
     text = not (args.quiet or args.json)  # the summary (stdout) and progress (stderr)
     if text:
-        print(f"{path}: {len(objective.optim_vars)} variables, {len(objective.cost_functions)} "
+        print(f"{path}: {len(objective.optim_vars)} variables, {objective.size()} "
               f"cost functions, {unknowns} unknowns (read in {1e3 * build_time:.0f} ms)")
         for note in getattr(problem, "notes", ()):  # what the reader decided where the file left a choice
             print(f"{path}: {note}")
@@ -323,12 +290,14 @@ def solve(args) -> int:
     failed = not finite or bool((info.status == nlls.Status.FAILED).any())
     report: Dict[str, Any] = {
         "problem": str(path), **cli_report.sizes(problem), "variables": len(objective.optim_vars),
-        "cost_functions": len(objective.cost_functions), "unknowns": unknowns,
+        "cost_functions": objective.size(), "unknowns": unknowns,
         "initial_cost": _number(info.initial_error[0]), "final_cost": _number(info.final_error[0]),
         "iterations": int(info.iterations.max()), "converged": converged,
         "status_counts": {status.name.lower(): int((info.status == status).sum())
                           for status in Status if status != Status.RUNNING},
-        "message": info.message, "elapsed_s": info.elapsed, "optimizer": type(optimizer).__name__,
+        "message": info.message, "elapsed_s": info.elapsed,
+        "config": args.config or ("default: bundle adjustment" if bal else "default: pose graph"),
+        "optimizer": type(optimizer).__name__,
         "linear_solver": repr(optimizer.linear_solver), "device": str(device), "dtype": args.dtype,
         "output": None, "plot": None,
     }
@@ -340,6 +309,7 @@ def solve(args) -> int:
     say(f"  iterations       {report['iterations']}")
     say(f"  time             {1e3 * info.elapsed:.1f} ms")
     say(f"  converged        {'yes' if converged else 'no'} ({info.message})")
+    say(f"  configuration    {report['config']}")
     say(f"  optimizer        {report['optimizer']}")
     say(f"  linear solver    {report['linear_solver']}")
     say(f"  device, dtype    {device}, {args.dtype}")
@@ -354,7 +324,7 @@ def solve(args) -> int:
         if args.json:
             print(json.dumps(report))
         return 1
-    if writer is not None:
+    if args.output:
         try:
             writer(args.output, objective)
         except OSError as exc:
@@ -362,8 +332,8 @@ def solve(args) -> int:
         report["output"] = args.output
         say(f"  written to       {args.output}")
     if args.plot:
-        _plot(args.plot, before, _translations(objective), f"{path.name}: cost {info.initial_error[0].item():.4g}"
-              f" -> {info.final_error[0].item():.4g}")
+        title = f"{path.name}: cost {info.initial_error[0].item():.4g} -> {info.final_error[0].item():.4g}"
+        cli_plot.plot(args.plot, problem, before, cli_plot.snapshot(problem, objective), title)
         report["plot"] = args.plot
         say(f"  plot             {args.plot}")
     if args.json:

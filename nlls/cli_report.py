@@ -18,6 +18,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+
+class UserError(Exception):
+    """A problem with the user's input: ``nlls solve`` reports it in one line, no traceback, and
+    exits with status 2."""
+
+
 TANGENT_ORDER = {"SE2": "x, y, theta", "SE3": "tx, ty, tz, rx, ry, rz"}
 GAUGES = ("auto", "first", "pseudo_inverse")
 
