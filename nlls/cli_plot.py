@@ -201,6 +201,6 @@ def plot_bal(path: str, before: Tuple[torch.Tensor, torch.Tensor], after: Tuple[
         ax.set_aspect("equal", adjustable="box")
         ax.set_xlabel("first principal axis of the initial points")
         ax.set_ylabel("second principal axis")
-        ax.legend(loc="upper right", fontsize=8, markerscale=1.5)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, markerscale=1.5)
     fig.suptitle(title)
     _save(fig, path)
