@@ -81,15 +81,6 @@ def test_malformed_file_and_bad_config_name_line_and_key(tmp_path, capsys):
     assert "optimizer.max_iter" in err and err.count("\n") == 1
 
 
-def test_output_for_bal_is_refused_before_solving(tmp_path, capsys):
-    bal = tmp_path / "tiny.bal"
-    bal.write_text((DATA / "dubrovnik-3-7-pre.txt").read_text() if DATA.is_dir() else "")
-    if not DATA.is_dir():
-        pytest.skip("shared datasets not found")
-    assert main(["solve", str(bal), "--output", str(tmp_path / "x.bal")]) == 2
-    assert "writing is supported for pose graphs" in capsys.readouterr().err
-
-
 def test_nlls_console_script_is_installed():
     script = Path(sys.executable).parent / "nlls"
     if not script.exists():
