@@ -30,7 +30,8 @@ import torch
 
 from ..core.evaluation import Evaluator
 from ..core.objective import Objective
-from .bounds import bounds_report, box_candidate, box_start, box_system, coordinates
+from . import termination as rules
+from .bounds import bounds_report, box_candidate, box_start, box_system
 from .callbacks import call_back
 from .checks import check_bool, check_number
 from .drivers.base import Driver
@@ -40,7 +41,6 @@ from .linear import LinearSolver, make_linear_solver
 from .linearization import LINEARIZATIONS, Linearization
 from .report import classify_failures, print_iteration, solve_message
 from .state import Failure, OptimizerInfo, SolveState, Status, Termination, Values, flatten, select, unflatten
-from .termination import FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE, conclude, final_termination, set_tolerances
 from .tracing import is_compiling
 
 
@@ -80,9 +80,9 @@ class Optimizer:
         abs_err_tolerance: float = 1e-10,
         rel_err_tolerance: Optional[float] = None,
         check_every: int = 1,
-        function_tolerance: float = FUNCTION_TOLERANCE,
-        gradient_tolerance: float = GRADIENT_TOLERANCE,
-        parameter_tolerance: float = PARAMETER_TOLERANCE,
+        function_tolerance: float = rules.FUNCTION_TOLERANCE,
+        gradient_tolerance: float = rules.GRADIENT_TOLERANCE,
+        parameter_tolerance: float = rules.PARAMETER_TOLERANCE,
     ):
         if not isinstance(objective, Objective):
             raise TypeError(f"{type(self).__name__}: objective must be an nlls.Objective, got {type(objective).__name__}")
@@ -96,7 +96,7 @@ class Optimizer:
         self.step_size = float(step_size)
         self.abs_err_tolerance = float(abs_err_tolerance)
         self.function_tolerance = self.gradient_tolerance = self.parameter_tolerance = 0.0
-        set_tolerances(self, rel_err_tolerance, function_tolerance, gradient_tolerance, parameter_tolerance)
+        rules.set_tolerances(self, rel_err_tolerance, function_tolerance, gradient_tolerance, parameter_tolerance)
         self.check_every = int(check_every)
         self._evaluator: Optional[Evaluator] = None
         self._linearization: Optional[Linearization] = None
@@ -248,7 +248,7 @@ class Optimizer:
             else (state.values, state.aux, state.error, state.step_state))
         system = linearization.linearize(values, aux)
         system, gradient, x = box_system(evaluator, system, values, state.lower, state.upper)
-        small_gradient = gradient.abs().amax(dim=-1) <= self.gradient_tolerance
+        gradient_norm, small_gradient = rules.gradient_test(self, gradient, state.active)
         delta, solved = self.compute_step(system, step_state_in)
         step = delta * self.step_size if self.step_size != 1.0 else delta
         candidate = evaluator.retract(values, step)
@@ -279,17 +279,18 @@ class Optimizer:
         accept = accept & active
         failed = failed & active & ~accept & ~small_gradient
         stalled = stalled & active & ~accept & ~failed & ~small_gradient
-        rule, termination, plateau = conclude(
-            self, state, coordinates(evaluator, state.values) if x is None else x, gradient, running,
+        rule, termination, plateau = rules.conclude(
+            self, state, gradient_norm, running,
             small_gradient=small_gradient, accept=accept & running, stalled=stalled & running,
             new_error=new_error, step=step, tried=running & solved & torch.isfinite(new_error) & ~failed & ~accept)
         values = select(accept, candidate, state.values)
         error = torch.where(accept, new_error, state.error)
-        done = (rule > 0) & ~plateau  # (a rule fired; "!= an IntEnum" misleads torch.compile)
-        failed = failed | plateau
+        done = rule > 0  # (a rule fired; "!= an IntEnum" misleads torch.compile)
+        failure = state.failure
+        if plateau is not None:
+            done, failed = done & ~plateau, failed | plateau
+            failure = None if failure is None else torch.where(plateau, Failure.NO_DECREASE, failure).to(torch.int8)
         status = torch.where(failed, Status.FAILED, torch.where(done, Status.CONVERGED, state.status)).to(torch.int8)
-        failure = state.failure if state.failure is None else torch.where(
-            plateau, Failure.NO_DECREASE, state.failure).to(torch.int8)
         # without freeze_converged converged elements keep stepping (the truncated backward)
         new = SolveState(  # all fields spelled out: dataclasses.replace costs more per step
             values=values, aux=state.aux, error=error, status=status, step_state=step_state,
@@ -332,7 +333,7 @@ class Optimizer:
         running = state.status == Status.RUNNING
         status = torch.where(running, Status.MAX_ITERATIONS, state.status).to(torch.int8)
         state = classify_failures(self, state, status)
-        state = state.replace(termination=final_termination(state, status))
+        state = state.replace(termination=rules.final_termination(state, status))
         if write_back:
             evaluator.scatter(state.values)
         info = OptimizerInfo(

@@ -33,7 +33,7 @@ tolerance 0 a solve runs exactly ``max_iterations`` iterations.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -42,7 +42,7 @@ from .state import Failure, SolveState, Status, Termination, Values
 
 #: the defaults, measured on the Moré-Garbow-Hillstrom problems (docs/guide/optimizers.md)
 FUNCTION_TOLERANCE = 1e-10
-GRADIENT_TOLERANCE = 1e-12
+GRADIENT_TOLERANCE = 1e-13
 PARAMETER_TOLERANCE = 1e-10
 
 _NAMES = {
@@ -86,11 +86,22 @@ def values_norm(values: Values) -> torch.Tensor:
     return total.sqrt()
 
 
-def stationary(x: torch.Tensor, gradient: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` whether the point is stationary to working precision (Dennis and Schnabel's
-    relative gradient ``max_i |g_i| max(|x_i|, 1) / max(cost, 1) <= eps^(1/3)``)."""
-    relative = (gradient.abs() * x.abs().clamp_min(1.0)).amax(dim=-1) / error.clamp_min(1.0)
+def stationary(size: torch.Tensor, gradient_norm: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` whether the point is stationary to working precision: Dennis and Schnabel's relative
+    gradient with one scale for every coordinate, ``max_i |g_i| max(||x||, 1) / max(cost, 1) <=
+    eps^(1/3)`` (``size`` the norm of ``x``, ``gradient_norm`` the max-norm of the gradient)."""
+    relative = gradient_norm * size.clamp_min(1.0) / error.clamp_min(1.0)
     return relative <= torch.finfo(error.dtype).eps ** (1.0 / 3.0)
+
+
+def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor):
+    """``(gradient_norm, small_gradient)``: the max-norm ``(B,)`` of the (projected) gradient when a
+    rule needs it (else ``None``) and where it is at most ``gradient_tolerance``."""
+    needed = optimizer.gradient_tolerance > 0 or optimizer.checks_steps
+    gradient_norm = gradient.abs().amax(dim=-1) if needed else None
+    if optimizer.gradient_tolerance > 0 and gradient_norm is not None:
+        return gradient_norm, gradient_norm <= optimizer.gradient_tolerance
+    return gradient_norm, torch.zeros_like(active)
 
 
 def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_error, step,
@@ -105,7 +116,8 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_
                       Termination.PARAMETER_TOLERANCE))
     if optimizer.function_tolerance > 0:
         change = (state.error - new_error).abs()
-        rules.append(((accept | settled) & (change <= optimizer.function_tolerance * state.error),
+        taken = accept if settled is None else accept | settled
+        rules.append((taken & (change <= optimizer.function_tolerance * state.error),
                       Termination.FUNCTION_TOLERANCE))
     rules.append((accept & (new_error <= optimizer.abs_err_tolerance), Termination.ABSOLUTE_ERROR))
     if optimizer.gradient_tolerance > 0:
@@ -115,14 +127,18 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_
     return code.to(torch.int8)
 
 
-def conclude(optimizer, state: SolveState, x: torch.Tensor, gradient: torch.Tensor, running: torch.Tensor,
-             **masks) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def conclude(optimizer, state: SolveState, gradient_norm: Optional[torch.Tensor], running: torch.Tensor,
+             **masks) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``(rule, termination, plateau)`` of an iteration: the rule that fired (:func:`fired`, with
     ``masks``), the elements' termination codes so far (the first rule that fired stays), and the
-    stalled elements that are not stationary (:func:`stationary`): they fail."""
-    still = stationary(x, gradient, state.error)
-    rule = fired(optimizer, state, values_size=values_norm(state.values), settled=masks.pop("tried") & still, **masks)
-    plateau = masks["stalled"] & ~still
+    stalled elements that are not stationary (:func:`stationary`): they fail (``None`` for a step
+    rule that takes every step, ``optimizer.checks_steps`` false: it never stalls)."""
+    tried = masks.pop("tried")
+    can_stall = optimizer.checks_steps and gradient_norm is not None
+    size = values_norm(state.values) if optimizer.parameter_tolerance > 0 or can_stall else None
+    still = stationary(size, gradient_norm, state.error) if can_stall and size is not None and gradient_norm is not None else None
+    rule = fired(optimizer, state, values_size=size, settled=None if still is None else tried & still, **masks)
+    plateau = None if still is None else masks["stalled"] & ~still
     termination = rule if state.termination is None else torch.where(
         running & (rule > 0), rule, state.termination).to(torch.int8)
     return rule, termination, plateau
