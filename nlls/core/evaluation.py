@@ -30,110 +30,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .cost_function import CostFunction
-from .cost_weight import CostWeight
+from .cost_groups import Block, CostGroup, MemberNames, twin
 from .manifold import Manifold
-from .stacking import identity_splits, signature
-from .variable import Variable
+from .stacking import PreStacked, identity_splits, signature, stacked_data
+
+__all__ = ["Block", "CostGroup", "Evaluator", "State", "twin"]
 
 State = Tuple[torch.Tensor, ...]  # one (N, B, *shape) tensor per block
-
-
-class _Block:
-    """Optim variables of one type and shape; their values are one ``(N, B, *shape)`` tensor."""
-
-    def __init__(self, cls, event_shape, variables: List[Manifold], offset: int):
-        self.cls = cls
-        self.event_shape = event_shape
-        self.variables = variables
-        self.dof = cls.dof_of(event_shape)
-        self.offset = offset  # first tangent column of the block in the solver's step
-
-    @property
-    def size(self) -> int:
-        return len(self.variables) * self.dof
-
-
-class _Slot:
-    """One variable position of a cost group: a placeholder and where its data comes from."""
-
-    def __init__(self, placeholder: Variable, members: List[Variable]):
-        self.placeholder = placeholder
-        self.members = members
-        self.block: Optional[int] = None  # optim slots: block index
-        self.index: Optional[torch.Tensor] = None  # optim slots: (K,) rows of the block
-        self.whole_block = False  # index is arange(N): no gather needed
-        self._index_on: Dict[torch.device, torch.Tensor] = {}
-
-    def index_on(self, device: torch.device) -> torch.Tensor:
-        """``index`` on ``device``, copied there once: no host-to-device copy per iteration
-        (which would also be illegal inside a CUDA graph capture)."""
-        index = self._index_on.get(device)
-        if index is None:
-            assert self.index is not None, "index_on is for optim slots, whose index the evaluator sets"
-            index = self._index_on[device] = self.index.to(device)
-        return index
-
-
-class _Group:
-    """Cost functions of one signature, evaluated as one stacked call."""
-
-    def __init__(self, members: List[CostFunction]):
-        self.members = members
-        first = members[0]
-        self.dim = first.dim()
-        self.dofs = [v.dof() for v in first.optim_vars]
-        mapping: Dict[int, Variable] = {}
-        self.optim_slots: List[_Slot] = []
-        self.aux_slots: List[_Slot] = []
-        slot_of: Dict[int, int] = {}
-        for position, var in enumerate(first.stack_variables()):
-            if id(var) in mapping:  # the same variable twice in one cost function
-                continue
-            placeholder = var.with_tensor(var.tensor)
-            mapping[id(var)] = placeholder
-            slot = _Slot(placeholder, [m.stack_variables()[position] for m in members])
-            if position < len(first.optim_vars):
-                slot_of[id(var)] = len(self.optim_slots)
-                self.optim_slots.append(slot)
-            else:
-                self.aux_slots.append(slot)
-        # the optim slot of each of the first member's optim variables, in order
-        self.slot_of_position = [slot_of[id(v)] for v in first.optim_vars]
-        self.twin = twin(first, mapping)
-        self.checked = False
-        self.offsets: torch.Tensor  # (K, sum dofs) tangent columns per member, set by the evaluator
-
-    @property
-    def size(self) -> int:
-        return len(self.members)
-
-    def describe(self) -> str:
-        more = f" (and {self.size - 1} more of its kind)" if self.size > 1 else ""
-        return f"cost function {self.members[0].name!r}{more}"
-
-
-def twin(obj, mapping: Dict[int, Variable]):
-    """A shallow copy of ``obj`` (a cost function) in which every variable found in ``mapping``
-    (by id) is replaced by its stand-in, nested cost functions and weights copied alike."""
-    twin = object.__new__(type(obj))
-    twin.__dict__.update({k: _remap(v, mapping) for k, v in vars(obj).items()})
-    return twin
-
-
-def _remap(value, mapping):
-    if isinstance(value, Variable):
-        return mapping.get(id(value), value)
-    if isinstance(value, CostWeight):
-        return twin(value, mapping)
-    if isinstance(value, CostFunction):  # wrappers (e.g. robust losses) hold their inner cost
-        return twin(value, mapping)
-    if isinstance(value, tuple):
-        return tuple(_remap(v, mapping) for v in value)
-    if isinstance(value, list):
-        return [_remap(v, mapping) for v in value]
-    if isinstance(value, dict):
-        return {k: _remap(v, mapping) for k, v in value.items()}
-    return value
 
 
 class Evaluator:
@@ -155,11 +58,11 @@ class Evaluator:
         by_kind: Dict[tuple, List[Manifold]] = {}
         for var in objective.optim_vars.values():
             by_kind.setdefault((type(var), var.event_shape), []).append(var)
-        self.blocks: List[_Block] = []
+        self.blocks: List[Block] = []
         self._where: Dict[int, Tuple[int, int]] = {}  # id(var) -> (block, row)
         offset = 0
         for (cls, shape), variables in by_kind.items():
-            block = _Block(cls, shape, variables, offset)
+            block = Block(cls, shape, variables, offset)
             for row, var in enumerate(variables):
                 self._where[id(var)] = (len(self.blocks), row)
             self.blocks.append(block)
@@ -167,11 +70,15 @@ class Evaluator:
         self.dof = offset
         # groups of cost functions
         by_sig: Dict[tuple, List[CostFunction]] = {}
+        self.groups = []
         for cf in objective.cost_functions.values():
-            by_sig.setdefault(signature(cf), []).append(cf)
+            if isinstance(cf, PreStacked):  # already one group: no signature per member
+                self.groups.append(CostGroup(MemberNames(cf, int(cf.stacked_sources()[1][0][1].numel())), cf))
+            else:
+                by_sig.setdefault(signature(cf), []).append(cf)
         for message in identity_splits(by_sig):
             warnings.warn(message, UserWarning, stacklevel=2)
-        self.groups = [_Group(members) for members in by_sig.values()]
+        self.groups += [CostGroup(members) for members in by_sig.values()]
         for group in self.groups:
             self._index_group(group)
         self.dim = sum(g.dim * g.size for g in self.groups)
@@ -179,21 +86,27 @@ class Evaluator:
         self._aux_cache = None
         self._order: Optional[Dict[torch.device, Optional[torch.Tensor]]] = None
 
-    def _index_group(self, group: _Group) -> None:
+    def _index_group(self, group: CostGroup) -> None:
         columns = []
         for slot in group.optim_slots:
             rows = [self._where[id(v)] for v in slot.members]
             block_index = rows[0][0]
             slot.block = block_index
-            index = [row for _, row in rows]
             block = self.blocks[block_index]
-            slot.index = torch.tensor(index, dtype=torch.long)
-            slot.whole_block = index == list(range(len(block.variables)))
+            index = torch.tensor([row for _, row in rows], dtype=torch.long)
+            if slot.source_index is not None:  # pre-stacked: members are the sequence indexed
+                if any(b != block_index for b, _ in rows):
+                    raise ValueError(f"{group.describe()}: the variables of one position must be of "
+                                     f"one type and shape")
+                index = index[slot.source_index]
+            slot.index = index
+            slot.whole_block = len(index) == len(block.variables) and bool(
+                (index == torch.arange(len(index))).all())
             start = block.offset + slot.index * block.dof
             columns.append(start[:, None] + torch.arange(block.dof))
         # columns of every member's Jacobian in the step, in twin's optim-var order
         dofs_by_position = []
-        first = group.members[0]
+        first = group.first
         seen: Dict[int, int] = {}
         for var in first.optim_vars:
             seen.setdefault(id(var), len(seen))
@@ -249,7 +162,9 @@ class Evaluator:
             for slot in group.aux_slots:
                 tensors = [v.tensor for v in slot.members]
                 shape = slot.members[0].event_shape
-                if len(tensors) == 1:
+                if slot.stacked:
+                    per_slot.append(stacked_data(tensors[0], batch))
+                elif len(tensors) == 1:
                     per_slot.append(tensors[0].expand(batch, *shape))
                 else:
                     per_slot.append(torch.cat([t.expand(batch, *shape) for t in tensors]))
@@ -269,7 +184,7 @@ class Evaluator:
         return tuple(out)
 
     # ---- evaluation ----------------------------------------------------------------------
-    def _load(self, group: _Group, state: State, aux: List[torch.Tensor]) -> int:
+    def _load(self, group: CostGroup, state: State, aux: List[torch.Tensor]) -> int:
         batch = state[0].shape[1] if state else aux[0].shape[0] // group.size
         for slot in group.optim_slots:
             assert slot.block is not None, "the evaluator sets the block of every optim slot"
@@ -281,7 +196,7 @@ class Evaluator:
             slot.placeholder.tensor = tensor
         return batch
 
-    def _check_error(self, group: _Group, error: torch.Tensor, batch: int, dtype: torch.dtype) -> None:
+    def _check_error(self, group: CostGroup, error: torch.Tensor, batch: int, dtype: torch.dtype) -> None:
         if not isinstance(error, torch.Tensor) or error.dtype != dtype:
             kind = f"dtype {error.dtype}" if isinstance(error, torch.Tensor) else type(error).__name__
             raise TypeError(f"{group.describe()}: error is {kind}, expected a {dtype} tensor (B={batch}, dim={group.dim})")
@@ -330,9 +245,9 @@ class Evaluator:
         where: Dict[int, Tuple[int, int]] = {}  # id(cf) -> (first column, dim)
         start = 0
         for group in self.groups:
-            for k, cf in enumerate(group.members):
-                where[id(cf)] = (start + k * group.dim, group.dim)
-            start += group.size * group.dim
+            for cf, count in group.sources:
+                where[id(cf)] = (start, count * group.dim)
+                start += count * group.dim
         firsts, dims = (torch.tensor(column) for column in zip(
             *(where[id(cf)] for cf in self.objective.cost_functions.values())))
         ends = torch.cumsum(dims, 0)  # cost function i fills columns [ends_i - dims_i, ends_i)
@@ -372,13 +287,13 @@ class Evaluator:
             with torch.no_grad():
                 self.jacobians(state, aux)
 
-    def _check_jacobians(self, group: _Group, jacobians: Sequence[torch.Tensor], batch: int):
+    def _check_jacobians(self, group: CostGroup, jacobians: Sequence[torch.Tensor], batch: int):
         if len(jacobians) != len(group.dofs):
             raise ValueError(
                 f"{group.describe()}: jacobians() returned {len(jacobians)} Jacobians for "
                 f"{len(group.dofs)} optim variables"
             )
-        for var, jac, dof in zip(group.members[0].optim_vars, jacobians, group.dofs):
+        for var, jac, dof in zip(group.first.optim_vars, jacobians, group.dofs):
             expected = (group.size * batch, group.dim, dof)
             if tuple(jac.shape) != expected:
                 got = (jac.shape[0] // group.size,) + tuple(jac.shape[1:])

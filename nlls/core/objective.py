@@ -14,6 +14,7 @@ import torch
 from .cost_function import CostFunction
 from .evaluation import Evaluator
 from .manifold import Manifold, Vector
+from .stacking import PreStacked
 from .variable import Variable
 
 
@@ -283,8 +284,8 @@ class Objective:
         return sum(cf.dim() for cf in self.cost_functions.values())
 
     def size(self) -> int:
-        """Number of cost functions."""
-        return len(self.cost_functions)
+        """Number of factors: cost functions, a ``FactorGroup`` counting each of its factors."""
+        return sum(cf.count if isinstance(cf, PreStacked) else 1 for cf in self.cost_functions.values())
 
     def error(self) -> torch.Tensor:
         """The weighted residual of every cost function, concatenated: ``(B, dim())``.

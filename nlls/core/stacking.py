@@ -108,6 +108,30 @@ class Stackable:
         )
 
 
+class PreStacked:
+    """A cost function that is already many members of one kind (a
+    :class:`~nlls.core.factor_group.FactorGroup`): the evaluation takes it as one group of
+    :meth:`stacked_sources` instead of computing a signature per member."""
+
+    #: the number of members
+    count: int
+
+    def stacked_sources(self):
+        """``(template, [(variables, index (E,)) per optim position], [data (B or 1, E, ...) per
+        aux position])``."""
+        raise NotImplementedError
+
+    def member_name(self, k: int) -> str:
+        """The name of member ``k`` in messages."""
+        raise NotImplementedError
+
+
+def stacked_data(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """Group data ``(B or 1, E, *shape)`` as the evaluation's member-major rows ``(E * B, *shape)``."""
+    count, shape = tensor.shape[1], tensor.shape[2:]
+    return tensor.expand(batch, count, *shape).transpose(0, 1).reshape(count * batch, *shape)
+
+
 def _value_key(value, positions: Dict[int, int], owner: type, path: str):
     if isinstance(value, _CONSTANTS):
         return value
