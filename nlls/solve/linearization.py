@@ -115,7 +115,9 @@ class SparseLinearization(Linearization):
 
     def __init__(self, evaluator: Evaluator):
         super().__init__(evaluator)
-        self.pattern = SparsePattern(evaluator.dof, [g.offsets for g in evaluator.groups])
+        starts = torch.cat([b.offset + torch.arange(len(b.variables) + (k == len(evaluator.blocks) - 1)) * b.dof
+                            for k, b in enumerate(evaluator.blocks)])
+        self.pattern = SparsePattern(evaluator.dof, [g.offsets for g in evaluator.groups], starts)
 
     def linearize(self, state: State, aux) -> SparseSystem:
         parts = self.evaluator.jacobians(state, aux)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Tuple, Union
 
+import numpy as np
 import torch
 
 
@@ -94,19 +95,60 @@ class SparsePattern:
     Computed once per objective structure from the columns each cost function touches; holds
     CSR arrays, the positions of the diagonal, and per cost group the scatter index of every
     entry of its members' ``J^T J`` blocks into the values.
+
+    The pattern is found at the level of variables (``starts``: the first column of each variable,
+    then ``dof``; default: every column its own variable): the distinct pairs of variables that
+    share a member, each expanded to its dense ``dof_a x dof_b`` block at closed-form positions
+    (numpy on the host, no loop over members, no sort of scalar entries).
+
+    Args:
+        dof: the number of columns ``D``.
+        columns: per cost group a ``(K, Dg)`` integer tensor of every member's columns.
+        starts: optional ``(V + 1,)`` increasing column boundaries of the variables.
     """
 
-    def __init__(self, dof: int, columns):
+    def __init__(self, dof: int, columns, starts=None):
         self.dof = dof
-        flats = [(c[:, :, None] * dof + c[:, None, :]).reshape(-1) for c in columns]
-        diagonal = torch.arange(dof) * (dof + 1)  # keep the diagonal even where nothing touches it
-        unique = torch.unique(torch.cat(flats + [diagonal]))  # sorted: row-major CSR order
-        self.rows = torch.div(unique, dof, rounding_mode="floor")
-        self.cols = unique % dof
-        self.nnz = unique.numel()
-        self.crow = torch.searchsorted(self.rows, torch.arange(dof + 1))
-        self.diagonal = torch.searchsorted(unique, diagonal)
-        self.scatter = [torch.searchsorted(unique, f) for f in flats]
+        bounds = np.arange(dof + 1) if starts is None else np.asarray(starts, dtype=np.int64)
+        nvar = len(bounds) - 1
+        vdof = np.diff(bounds)
+        var_of = np.repeat(np.arange(nvar), vdof)
+        groups = [np.asarray(c, dtype=np.int64).reshape(len(c), -1) for c in columns]
+        reps = [_representatives(c, var_of, bounds) for c in groups]
+        keys = [np.arange(nvar) * (nvar + 1)]  # every diagonal block, touched or not
+        keys += [(v[:, :, None] * nvar + v[:, None, :]).ravel() for v, _ in reps]
+        pairs = np.sort(np.concatenate(keys))  # by row variable, then column variable
+        pairs = pairs[np.append(True, pairs[1:] != pairs[:-1])]
+        pa, pb = pairs // nvar, pairs % nvar
+        width = np.bincount(pa, weights=vdof[pb], minlength=nvar).astype(np.int64)  # row length
+        db = vdof[pb]
+        before = np.cumsum(db) - db
+        colstart = before - before[np.searchsorted(pa, pa)]  # first column of a pair in its row
+        rowblock = vdof * width
+        base = np.cumsum(rowblock) - rowblock  # first entry of each variable's rows
+        self.nnz = int(rowblock.sum())
+        counts = vdof[pa] * db
+        pair = np.repeat(np.arange(len(pairs)), counts)
+        local = np.arange(self.nnz) - np.repeat(np.cumsum(counts) - counts, counts)
+        r, c = local // db[pair], local % db[pair]
+        position = base[pa[pair]] + r * width[pa[pair]] + colstart[pair] + c
+        rows, cols = np.empty(self.nnz, dtype=np.int64), np.empty(self.nnz, dtype=np.int64)
+        rows[position] = bounds[pa[pair]] + r
+        cols[position] = bounds[pb[pair]] + c
+        self.rows, self.cols = torch.from_numpy(rows), torch.from_numpy(cols)
+        self.crow = torch.from_numpy(np.append(base[var_of] + (np.arange(dof) - bounds[var_of]) * width[var_of],
+                                               self.nnz))
+        own = np.searchsorted(pairs, np.arange(nvar) * (nvar + 1))
+        coord = np.arange(dof) - bounds[var_of]
+        self.diagonal = torch.from_numpy(base[var_of] + coord * width[var_of] + colstart[own[var_of]] + coord)
+        self.scatter = []
+        for c, (v, slot) in zip(groups, reps):
+            index = np.searchsorted(pairs, v[:, :, None] * nvar + v[:, None, :])  # (K, P, P)
+            index = index[:, slot[:, None], slot[None, :]]  # (K, Dg, Dg)
+            va = var_of[c]
+            u = c - bounds[va]
+            flat = base[va][:, :, None] + (u * width[va])[:, :, None] + colstart[index] + u[:, None, :]
+            self.scatter.append(torch.from_numpy(flat.reshape(-1)))
         self._device_cache: Dict[str, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor]]] = {}
 
     def on(self, device: torch.device):
@@ -121,6 +163,20 @@ class SparsePattern:
 
     def __repr__(self) -> str:
         return f"SparsePattern(dof={self.dof}, nnz={self.nnz})"
+
+
+def _representatives(columns: np.ndarray, var_of: np.ndarray, bounds: np.ndarray):
+    """``(variables (K, P), slot (Dg,))``: the variables each member touches and, per column
+    position, which of them it belongs to. When every member lays its columns out alike (each
+    cost group does: one slot after another) ``P`` is the number of slots; otherwise every column
+    stands for itself."""
+    variables = var_of[columns]
+    if columns.shape[0] and columns.shape[1]:
+        coord = columns - bounds[variables]
+        first = coord[0] == 0
+        if (coord == coord[0]).all() and (variables[:, first][:, np.cumsum(first) - 1] == variables).all():
+            return variables[:, first], np.cumsum(first) - 1
+    return variables, np.arange(columns.shape[1])
 
 
 class SparseMatrix:

@@ -1,0 +1,56 @@
+"""SparsePattern from variable blocks equals the scalar pattern of J^T J found entry by entry (the
+sorted distinct entries of every member's dense block, the diagonal always kept)."""
+import numpy as np
+import pytest
+import torch
+
+from nlls.solve.systems import SparsePattern
+
+
+def _reference(dof, columns):
+    """CSR arrays, diagonal and scatter positions from the scalar entries, by brute force."""
+    flats = [(c[:, :, None] * dof + c[:, None, :]).reshape(-1) for c in columns]
+    diagonal = torch.arange(dof) * (dof + 1)
+    unique = torch.unique(torch.cat(flats + [diagonal]))
+    rows = torch.div(unique, dof, rounding_mode="floor")
+    return dict(rows=rows, cols=unique % dof, crow=torch.searchsorted(rows, torch.arange(dof + 1)),
+                diagonal=torch.searchsorted(unique, diagonal),
+                scatter=[torch.searchsorted(unique, f) for f in flats], nnz=unique.numel())
+
+
+def _assert_same(pattern, reference):
+    assert pattern.nnz == reference["nnz"]
+    for name in ("rows", "cols", "crow", "diagonal"):
+        assert torch.equal(getattr(pattern, name), reference[name]), name
+    assert all(torch.equal(a, b) for a, b in zip(pattern.scatter, reference["scatter"]))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_arbitrary_columns_every_column_its_own_variable(seed):
+    rng = np.random.default_rng(seed)
+    dof = int(rng.integers(3, 30))
+    columns = [torch.from_numpy(rng.integers(0, dof, (int(rng.integers(1, 6)), int(rng.integers(1, 5)))))
+               for _ in range(3)]
+    _assert_same(SparsePattern(dof, columns), _reference(dof, columns))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_variables_of_two_sizes_linked_by_members(seed):
+    """Cameras of 3 and points of 2 columns: unary members on each, pairs, a pair in reverse."""
+    rng = np.random.default_rng(seed)
+    n3, n2 = int(rng.integers(1, 8)), int(rng.integers(1, 8))
+    starts = np.concatenate([np.arange(n3) * 3, n3 * 3 + np.arange(n2 + 1) * 2])
+    dof = int(starts[-1])
+
+    def columns_of(variables):
+        return np.concatenate([np.arange(starts[v], starts[v + 1]) for v in variables])
+
+    columns = [torch.from_numpy(np.stack([columns_of([v]) for v in range(n3)])),
+               torch.from_numpy(np.stack([columns_of([v]) for v in range(n3, n3 + n2)]))]
+    for reverse in (False, True):
+        k = int(rng.integers(1, 6))
+        pairs = zip(rng.integers(0, n3, k), rng.integers(n3, n3 + n2, k))
+        columns.append(torch.from_numpy(np.stack([columns_of([b, a] if reverse else [a, b]) for a, b in pairs])))
+    reference = _reference(dof, columns)
+    _assert_same(SparsePattern(dof, columns, starts), reference)
+    _assert_same(SparsePattern(dof, columns), reference)
