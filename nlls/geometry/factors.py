@@ -23,15 +23,20 @@ evaluates thousands of them as one stacked call (:mod:`nlls.core.evaluation`).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..core.cost_function import CostFunction, CostWeightLike
+from ..core.cost_weight import CostWeight, DiagonalCostWeight, MatrixCostWeight, ScaleCostWeight
+from ..core.factor_group import FactorGroup
 from ..core.manifold import Manifold, Vector, broadcast_batch
-from ..core.variable import Variable
+from ..core.variable import Variable, as_tensor
 from .lie_group import LieGroup
 from .numerics import eye
+
+#: data of many factors: a tensor or Variable ``(B or 1, E, ...)``
+GroupData = Union[torch.Tensor, Variable]
 
 
 def _check_data(owner: CostFunction, role: str, data, variable: Manifold) -> None:
@@ -60,6 +65,55 @@ def _check_variable(owner: CostFunction, variable) -> None:
             f"{type(owner).__name__} {owner.name!r}: variable {variable.name!r} must be a Lie "
             f"group (SO2, SE2, SO3, SE3) or a Vector/Point, got {type(variable).__name__}"
         )
+
+
+def _group_data(what: str, value: GroupData, role: str, name: str) -> Variable:
+    if isinstance(value, Variable):
+        return value
+    tensor = as_tensor(value, f"{what}: {role}")
+    if tensor.ndim < 2:
+        raise ValueError(f"{what}: {role} must have shape (B or 1, E, ...), got {tuple(tensor.shape)}")
+    return Variable(tensor, name=name)
+
+
+def _stand_in(variables: Sequence[Manifold], what: str, role: str) -> Manifold:
+    """A shape carrier for a template: the first variable's type, dtype and device."""
+    if isinstance(variables, Variable) or not len(variables):
+        raise TypeError(f"{what}: {role} must be a non-empty sequence of variables")
+    first = variables[0]
+    out = first.with_tensor(first.tensor[:1])
+    out._name = f"{what}.{role}"
+    return out
+
+
+def _data_stand_in(like: Manifold, data: Variable, what: str, role: str) -> Variable:
+    """A stand-in for one factor's data (``data[:1, 0]``): of ``like``'s group for Lie groups."""
+    if data.ndim < 2:
+        raise ValueError(f"{what}: {role} {data.name!r} must have shape (B or 1, E, ...), got "
+                         f"{tuple(data.shape)}")
+    one = data.tensor[:1, 0]
+    if isinstance(like, LieGroup):
+        return type(like).from_tensor(one, f"{what}.{role}")
+    return Variable(one, name=f"{what}.{role}")
+
+
+def _group_weight(what: str, weights: Optional[GroupData], count: int,
+                  name: str) -> Tuple[Optional[CostWeight], List[Variable]]:
+    """The template's weight and the group's weight data: ``(B or 1, E)`` a scale per factor,
+    ``(B or 1, E, dim)`` a diagonal, ``(B or 1, E, dim, dim)`` a square-root information matrix."""
+    if weights is None:
+        return None, []
+    data = _group_data(what, weights, "weights", name)
+    if data.ndim == 2 and not isinstance(weights, Variable):
+        data = Variable(data.tensor[..., None], name=data.name)
+    if data.ndim not in (3, 4) or data.shape[1] != count:
+        raise ValueError(f"{what}: weights {data.name!r} must have shape (B or 1, {count}), (B or 1, "
+                         f"{count}, dim) or (B or 1, {count}, dim, dim), got {tuple(data.shape)}")
+    one = Variable(data.tensor[:1, 0], name=f"{what}.weights")
+    if data.ndim == 4:
+        return MatrixCostWeight(one), [data]
+    weight = ScaleCostWeight(one) if data.shape[2] == 1 else DiagonalCostWeight(one)
+    return weight, [data]
 
 
 def _identity_jacobian(like: torch.Tensor, dof: int, sign: float = 1.0) -> torch.Tensor:
@@ -95,6 +149,31 @@ class Difference(CostFunction):
 
     def dim(self) -> int:
         return self.var.dof()
+
+    @classmethod
+    def many(cls, variables: Sequence[Manifold], index, targets: GroupData,
+             weights: Optional[GroupData] = None, name: Optional[str] = None) -> FactorGroup:
+        """``E`` priors at once, ``error_k = targets_k.local(variables[index[k]])``, as one
+        :class:`~nlls.FactorGroup`.
+
+        Args:
+            variables: ``N`` optim variables of one type and shape.
+            index: ``(E,)`` integer positions in ``variables``.
+            targets: ``(B or 1, E, *shape)`` tensor or Variable (``<name>_targets`` for a tensor).
+            weights: ``None``, or per factor a scale ``(B or 1, E)``, a diagonal
+                ``(B or 1, E, dof)`` or a square-root information matrix ``(B or 1, E, dof, dof)``
+                (tensor or Variable, ``<name>_weights`` for a tensor; a Variable scale is
+                ``(B or 1, E, 1)``).
+            name: the group's name.
+        """
+        group = name if name is not None else "Difference_many"
+        what = f"Difference.many {group!r}"
+        stand_in = _stand_in(variables, what, "variables")
+        target = _group_data(what, targets, "targets", f"{group}_targets")
+        count = int(as_tensor(index, f"{what}: index").numel())
+        weight, weight_data = _group_weight(what, weights, count, f"{group}_weights")
+        template = cls(stand_in, _data_stand_in(stand_in, target, what, "targets"), weight, name=what)
+        return FactorGroup(template, [(variables, index)], [target, *weight_data], name=name)
 
     def _inputs(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return broadcast_batch(self.target.tensor, self.var.tensor, self.name)
@@ -154,6 +233,39 @@ class Between(CostFunction):
 
     def dim(self) -> int:
         return self.var1.dof()
+
+    @classmethod
+    def many(cls, variables: Sequence[Manifold], i, j, measurements: GroupData,
+             weights: Optional[GroupData] = None, name: Optional[str] = None) -> FactorGroup:
+        """``E`` relative measurements at once, ``error_k = measurements_k.local(
+        variables[i[k]].between(variables[j[k]]))``, as one :class:`~nlls.FactorGroup`: one object
+        instead of ``E`` cost functions, evaluated as one stacked call.
+
+        Args:
+            variables: ``N`` optim variables of one type and shape (poses, say).
+            i, j: ``(E,)`` integer positions in ``variables`` of each factor's two variables.
+            measurements: ``(B or 1, E, *shape)`` tensor or Variable (``<name>_measurements`` for
+                a tensor): one measured ``x_i^-1 x_j`` per factor.
+            weights: ``None``, or per factor a scale ``(B or 1, E)``, a diagonal
+                ``(B or 1, E, dof)`` or a square-root information matrix ``(B or 1, E, dof, dof)``
+                (tensor or Variable, ``<name>_weights`` for a tensor; a Variable scale is
+                ``(B or 1, E, 1)``). A tensor that requires grad makes every weight learnable.
+            name: the group's name.
+
+        Raises:
+            TypeError, ValueError: shapes or types that do not fit; the message names the group.
+        """
+        group = name if name is not None else "Between_many"
+        what = f"Between.many {group!r}"
+        first = _stand_in(variables, what, "var1")
+        second = _stand_in(variables, what, "var2")
+        measured = _group_data(what, measurements, "measurements", f"{group}_measurements")
+        count = int(as_tensor(i, f"{what}: i").numel())
+        weight, weight_data = _group_weight(what, weights, count, f"{group}_weights")
+        template = cls(first, second, _data_stand_in(first, measured, what, "measurements"), weight,
+                       name=what)
+        return FactorGroup(template, [(variables, i), (variables, j)], [measured, *weight_data],
+                           name=name)
 
     def _inputs(self):
         x1, x2 = broadcast_batch(self.var1.tensor, self.var2.tensor, self.name)

@@ -27,6 +27,7 @@ import torch
 
 from ..core.cost_weight import MatrixCostWeight
 from ..core.objective import Objective
+from ..core.variable import Variable, from_rows
 from ..geometry.factors import Between
 from ..geometry.se2 import SE2
 from ..geometry.se3 import SE3
@@ -104,15 +105,21 @@ class PoseGraph:
         return SE2 if self.dimension == 2 else SE3
 
     def objective(self, dtype: torch.dtype = torch.float64,
-                  device: Optional[torch.device] = None) -> Objective:
-        """The objective: one variable ``x{id}`` per vertex, one ``Between`` ``e{k}`` per edge.
+                  device: Optional[torch.device] = None, vectorized: bool = True) -> Objective:
+        """The objective: one variable ``x{id}`` per vertex and the edges' ``Between`` factors.
 
-        Edge ``k`` holds its measurement in aux variable ``z{k}`` and its weight
-        ``S = chol(Omega)^T`` in ``S{k}``. Vertices without edges are left out.
+        By default the edges are one :class:`~nlls.FactorGroup` ``edges`` (``Between.many``) whose
+        measurements are the aux variable ``z`` ``(1, E, *shape)`` and whose weights
+        ``S = chol(Omega)^T`` are ``S`` ``(1, E, dof, dof)``, edge ``k`` at row ``k``: replacing
+        ``S`` (``Objective.update`` or a layer input) sets every edge's weight at once. With
+        ``vectorized=False`` edge ``k`` is its own ``Between`` ``e{k}`` with measurement ``z{k}``
+        and weight ``S{k}`` (one object per edge; slower to build). Vertices without edges are
+        left out.
 
         Args:
             dtype: dtype of every tensor.
             device: device of every tensor (default CPU).
+            vectorized: one group for the edges (default) or one cost function per edge.
 
         Returns:
             A new objective, batch size 1; building it does not change this graph.
@@ -122,8 +129,21 @@ class PoseGraph:
         measurements = self.edges.measurements.to(dtype=dtype, device=device, copy=True)
         weights = self._sqrt_information.to(dtype=dtype, device=device, copy=True)
         with no_gc_pauses():
-            variables = [group.from_tensor(poses[k:k + 1], f"x{i}")
-                         for k, i in enumerate(self.vertex_ids.tolist())]
+            variables = from_rows(group, poses, [f"x{i}" for i in self.vertex_ids.tolist()])
+            objective = Objective(dtype=dtype)
+            if not len(self.edges):
+                return objective
+            if vectorized:
+                index = torch.from_numpy(np.ascontiguousarray(self._index, dtype=np.int64))
+                used = np.zeros(len(variables), dtype=bool)
+                used[self._index.ravel()] = True
+                if not used.all():  # vertices without edges are left out
+                    rows = np.cumsum(used) - 1
+                    index = torch.from_numpy(rows[self._index])
+                    variables = [v for v, keep in zip(variables, used.tolist()) if keep]
+                return objective.add(Between.many(
+                    variables, index[:, 0], index[:, 1], Variable(measurements[None], "z"),
+                    Variable(weights[None], "S"), name="edges"))
             cost_functions = [
                 Between(variables[a], variables[b],
                         group.from_tensor(measurements[k:k + 1], f"z{k}"),

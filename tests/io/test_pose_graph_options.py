@@ -206,7 +206,7 @@ def test_toro_edge3_information_is_rotation_first_with_gtsams_cost(tmp_path):
     swap = [3, 4, 5, 0, 1, 2]
     assert torch.equal(problem.edges.information[0], torch.from_numpy(_INFO[swap][:, swap]))
     # by hand: 0.5 r^T Omega r with r = (rotation, translation) of Log(Z^-1 x0^-1 x1)
-    residual = problem.objective().cost_functions["e0"].error()[0].numpy()  # (t, w) order
+    residual = problem.objective(vectorized=False).cost_functions["e0"].error()[0].numpy()  # (t, w) order
     by_hand = 0.5 * residual[swap] @ _INFO @ residual[swap]
     assert _cost(problem) == pytest.approx(by_hand, rel=1e-12)
     # written as g2o (translation first) and read back: the same cost
