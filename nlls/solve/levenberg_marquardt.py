@@ -150,12 +150,14 @@ class LevenbergMarquardt(Optimizer):
         predicted = system.quadratic_decrease(delta * self.step_size)
         actual = error - new_error
         ratio = actual / torch.where(predicted > 0, predicted, torch.ones_like(predicted))
-        # below the cost's rounding (a few eps of it) the cost cannot judge a step the model says
-        # descends: it is taken as a good one, so that the parameters converge to the precision of
-        # the gradient rather than of the cost (sqrt(eps)); the tolerances then end the run
-        resolution = RESOLUTION * torch.finfo(error.dtype).eps * error.abs()
-        unresolved = (predicted > 0) & (predicted <= resolution) & (actual.abs() <= resolution)
-        ratio = torch.where(unresolved, torch.ones_like(ratio), ratio)
+        if self.gradient_tolerance > 0 or self.parameter_tolerance > 0:
+            # below the cost's rounding (a few eps of it) the cost cannot judge a step the model
+            # says descends: it is taken as a good one, so that the parameters converge to the
+            # precision of the gradient rather than of the cost (sqrt(eps)), and the gradient or
+            # parameter tolerance ends the run (without them, the damping grows past max_damping)
+            resolution = RESOLUTION * torch.finfo(error.dtype).eps * error.abs()
+            unresolved = (predicted > 0) & (predicted <= resolution) & (actual.abs() <= resolution)
+            ratio = torch.where(unresolved, torch.ones_like(ratio), ratio)
         # a step the model predicts no decrease for (at a minimum, g = 0) is taken when it does
         # not increase the error
         accept = finite & torch.where(

@@ -53,9 +53,9 @@ class Optimizer:
         max_iterations: iterations at most.
         step_size: the step taken is ``step_size * delta``.
         abs_err_tolerance: an element whose error falls to this value has converged.
-        rel_err_tolerance: the older name of ``function_tolerance``; when given it sets it, and
-            exactly 0 switches every relative test off (function, gradient and parameter
-            tolerances), for fixed iteration counts, as it always did.
+        rel_err_tolerance: the older name of ``function_tolerance``; when given it sets it and
+            caps the gradient and parameter tolerances (exactly 0 switches every relative test
+            off, for fixed iteration counts, as it always did).
         check_every: iterations between the reads of "has every element stopped?" (a host
             sync). The default 1 comes from ``bench/bench_check_every.py`` (the reads cost little
             on the CPU, and a larger value runs solves that converge early for longer). Frozen

@@ -8,7 +8,10 @@ The rules are Ceres's (``Solver::Options``), applied per batch element with mask
   without taking that iteration's step (one iteration after the step that reached the point;
   Ceres evaluates the gradient at the new point of an accepted step instead).
 * ``function_tolerance``: ``|cost - cost'| <= function_tolerance * cost`` for an accepted step,
-  or for a rejected one at a point stationary to working precision (see below).
+  or for a rejected one at a point stationary to working precision (see below); a tolerance below
+  100 machine epsilons of the dtype counts as 100 of them (smaller changes are rounding noise,
+  and a run must not stop at an iteration the noise picks); the gradient and parameter
+  tolerances give more precision than the cost can.
 * ``parameter_tolerance``: ``||step|| <= parameter_tolerance * (||x|| + parameter_tolerance)`` for
   an **accepted** step: ``||step||`` the norm of the tangent step taken (after projection into the
   box), ``||x||`` the norm of every entry of the element's optim variables.
@@ -57,8 +60,9 @@ _NAMES = {
 def set_tolerances(optimizer, rel_err_tolerance, function_tolerance: float, gradient_tolerance: float,
                    parameter_tolerance: float) -> None:
     """Check the tolerances and set them on ``optimizer``. ``rel_err_tolerance`` (the older name of
-    ``function_tolerance``) replaces it when given; exactly 0 there keeps its old meaning, no
-    relative test at all (function, gradient and parameter tolerances 0)."""
+    ``function_tolerance``) replaces it when given, and the gradient and parameter tolerances are
+    lowered to it where larger: a run asked to be tight stays so, and exactly 0 keeps its old meaning,
+    no relative test at all (function, gradient and parameter tolerances 0)."""
     for name, value in (("function_tolerance", function_tolerance), ("gradient_tolerance", gradient_tolerance),
                         ("parameter_tolerance", parameter_tolerance)):
         check_number(optimizer, name, value, minimum=0)
@@ -69,8 +73,9 @@ def set_tolerances(optimizer, rel_err_tolerance, function_tolerance: float, grad
                              f"function_tolerance; give one of them, not both "
                              f"({rel_err_tolerance!r} and {function_tolerance!r})")
         function_tolerance = rel_err_tolerance
-        if rel_err_tolerance == 0:
-            gradient_tolerance = parameter_tolerance = 0.0
+        # it asked for a relative precision: the newer rules are no looser (a tight solve stays tight)
+        gradient_tolerance = min(gradient_tolerance, rel_err_tolerance)
+        parameter_tolerance = min(parameter_tolerance, rel_err_tolerance)
     optimizer.function_tolerance = float(function_tolerance)
     optimizer.gradient_tolerance = float(gradient_tolerance)
     optimizer.parameter_tolerance = float(parameter_tolerance)
@@ -117,7 +122,10 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_
     if optimizer.function_tolerance > 0:
         change = (state.error - new_error).abs()
         taken = accept if settled is None else accept | settled
-        rules.append((taken & (change <= optimizer.function_tolerance * state.error),
+        # a relative change below 100 eps is rounding noise: a lower tolerance would make the
+        # iteration that stops depend on the noise (and the solve jump with its data)
+        tolerance = max(optimizer.function_tolerance, 100 * torch.finfo(new_error.dtype).eps)
+        rules.append((taken & (change <= tolerance * state.error),
                       Termination.FUNCTION_TOLERANCE))
     rules.append((accept & (new_error <= optimizer.abs_err_tolerance), Termination.ABSOLUTE_ERROR))
     if optimizer.gradient_tolerance > 0:
