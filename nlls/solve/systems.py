@@ -125,30 +125,22 @@ class SparsePattern:
         before = np.cumsum(db) - db
         colstart = before - before[np.searchsorted(pa, pa)]  # first column of a pair in its row
         rowblock = vdof * width
-        base = np.cumsum(rowblock) - rowblock  # first entry of each variable's rows
         self.nnz = int(rowblock.sum())
-        counts = vdof[pa] * db
-        pair = np.repeat(np.arange(len(pairs)), counts)
-        local = np.arange(self.nnz) - np.repeat(np.cumsum(counts) - counts, counts)
-        r, c = local // db[pair], local % db[pair]
-        position = base[pa[pair]] + r * width[pa[pair]] + colstart[pair] + c
-        rows, cols = np.empty(self.nnz, dtype=np.int64), np.empty(self.nnz, dtype=np.int64)
-        rows[position] = bounds[pa[pair]] + r
-        cols[position] = bounds[pb[pair]] + c
-        self.rows, self.cols = torch.from_numpy(rows), torch.from_numpy(cols)
-        self.crow = torch.from_numpy(np.append(base[var_of] + (np.arange(dof) - bounds[var_of]) * width[var_of],
-                                               self.nnz))
+        # CSR rows: row (a, r) holds the columns of a's pairs in order, the same for every r of a
+        row_length = width[var_of]
+        crow = np.zeros(dof + 1, dtype=np.int64)
+        np.cumsum(row_length, out=crow[1:])
+        segment = np.cumsum(width) - width  # where a's columns start in the list of pair columns
+        pair_columns = np.repeat(bounds[pb] - np.cumsum(db) + db, db) + np.arange(int(db.sum()))
+        shift = np.repeat(crow[:-1] - segment[var_of], row_length)
+        self.rows = torch.from_numpy(np.repeat(np.arange(dof), row_length))
+        self.cols = torch.from_numpy(pair_columns[np.arange(self.nnz) - shift])
+        self.crow = torch.from_numpy(crow)
         own = np.searchsorted(pairs, np.arange(nvar) * (nvar + 1))
         coord = np.arange(dof) - bounds[var_of]
-        self.diagonal = torch.from_numpy(base[var_of] + coord * width[var_of] + colstart[own[var_of]] + coord)
-        self.scatter = []
-        for c, (v, slot) in zip(groups, reps):
-            index = np.searchsorted(pairs, v[:, :, None] * nvar + v[:, None, :])  # (K, P, P)
-            index = index[:, slot[:, None], slot[None, :]]  # (K, Dg, Dg)
-            va = var_of[c]
-            u = c - bounds[va]
-            flat = base[va][:, :, None] + (u * width[va])[:, :, None] + colstart[index] + u[:, None, :]
-            self.scatter.append(torch.from_numpy(flat.reshape(-1)))
+        self.diagonal = torch.from_numpy(crow[:-1] + colstart[own[var_of]] + coord)
+        self.scatter = [torch.from_numpy(_scatter(c, v, slot, pairs, nvar, var_of, bounds, crow, colstart))
+                        for c, (v, slot) in zip(groups, reps)]
         self._device_cache: Dict[str, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor]]] = {}
 
     def on(self, device: torch.device):
@@ -163,6 +155,23 @@ class SparsePattern:
 
     def __repr__(self) -> str:
         return f"SparsePattern(dof={self.dof}, nnz={self.nnz})"
+
+
+def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colstart) -> np.ndarray:
+    """The positions in the values of every entry of a group's ``(K, Dg, Dg)`` blocks, flat:
+    found per pair of slots (runs of columns of one variable) on ``(K, P, P)`` pair indices and
+    broadcast over the slots' coordinates (no gather of ``K * Dg * Dg`` entries)."""
+    k, width = columns.shape
+    start = colstart[np.searchsorted(pairs, variables[:, :, None] * nvar + variables[:, None, :])]  # (K, P, P)
+    row = crow[columns]  # (K, Dg): where the row of each column starts
+    coord = columns - bounds[var_of[columns]]
+    runs = np.flatnonzero(np.diff(slot, prepend=-1, append=-1))  # slot boundaries in the columns
+    out = np.empty((k, width, width), dtype=np.int64)
+    for a0, a1 in zip(runs[:-1], runs[1:]):
+        for b0, b1 in zip(runs[:-1], runs[1:]):
+            out[:, a0:a1, b0:b1] = (row[:, a0:a1, None] + start[:, slot[a0], slot[b0], None, None]
+                                    + coord[:, None, b0:b1])
+    return out.reshape(-1)
 
 
 def _representatives(columns: np.ndarray, var_of: np.ndarray, bounds: np.ndarray):
