@@ -44,7 +44,7 @@ def _scene(num_points=40, outliers=0, seed=0):
         points[:outliers] = 1e6 * torch.tensor([1.0, 0.5, -1.0], dtype=torch.float64)
     pairs = np.array([(i, j) for j in range(num_points) for i in range(4)], dtype=np.int64)
     problem = BALProblem(cameras, points, pairs, torch.zeros(len(pairs), 2, dtype=torch.float64))
-    objective = problem.objective()
+    objective = problem.objective(vectorized=False)
     problem.measurements = torch.stack([objective.cost_functions[f"obs{k}"].error()[0] for k in range(len(pairs))])
     return problem
 

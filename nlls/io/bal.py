@@ -14,7 +14,8 @@ A camera maps a world point ``X`` to the image by
 with ``R(w)`` the rotation by the Rodrigues vector ``w`` (axis times angle); the residual is
 ``prediction - (u, v)`` in pixels (sigma 1). Each camera is one 9-dof
 :class:`~nlls.Vector` ``c{i}`` (so ``w`` is moved additively, as in Ceres' BAL example), each point
-a :class:`~nlls.Point3` ``p{j}``, each observation one :class:`BALReprojection` ``obs{k}``.
+a :class:`~nlls.Point3` ``p{j}``, the observations one :class:`~nlls.FactorGroup` ``obs`` of
+:class:`BALReprojection` factors (or one ``obs{k}`` each, ``objective(vectorized=False)``).
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 
 from ..core.cost_function import CostFunction
+from ..core.factor_group import FactorGroup
 from ..core.manifold import Point3, Vector, broadcast_batch
 from ..core.objective import Objective
-from ..core.variable import Variable
+from ..core.variable import Variable, from_rows
 from ..geometry.so3 import SO3
 from ._text import PathLike, Records, Source, assemble, no_gc_pauses
 from .files import write_text_atomic
@@ -133,17 +135,25 @@ class BALProblem:
         self.path = None if path is None else Path(path)
 
     def objective(self, dtype: torch.dtype = torch.float64,
-                  device: Optional[torch.device] = None) -> Objective:
-        """The objective: ``c{i}`` cameras, ``p{j}`` points, one ``obs{k}`` residual each
-        observation (its ``(u, v)`` in aux variable ``uv{k}``); unobserved ones are left out.
+                  device: Optional[torch.device] = None, vectorized: bool = True) -> Objective:
+        """The objective: ``c{i}`` cameras, ``p{j}`` points and the observations' residuals;
+        unobserved cameras and points are left out.
+
+        By default the observations are one :class:`~nlls.FactorGroup` ``obs`` of
+        :class:`BALReprojection` factors, their ``(u, v)`` the aux variable ``uv`` ``(1, K, 2)``
+        (observation ``k`` at row ``k``). With ``vectorized=False`` each observation is its own
+        ``obs{k}`` with ``(u, v)`` in ``uv{k}`` (one object each; slower to build).
 
         Args:
             dtype, device: of every tensor.
+            vectorized: one group for the observations (default) or one cost function each.
         """
         cameras = self.cameras.to(dtype=dtype, device=device, copy=True)
         points = self.points.to(dtype=dtype, device=device, copy=True)
         uv = self.measurements.to(dtype=dtype, device=device, copy=True)
         with no_gc_pauses():
+            if vectorized:
+                return self._grouped(cameras, points, uv, dtype)
             camera_vars = [Vector(9, cameras[i:i + 1], name=f"c{i}")
                            for i in range(cameras.shape[0])]
             point_vars = [Point3(tensor=points[j:j + 1], name=f"p{j}")
@@ -154,6 +164,24 @@ class BALProblem:
                 for k, (i, j) in enumerate(self.observations.tolist())
             ]
             return assemble(cost_functions, dtype)
+
+    def _grouped(self, cameras: torch.Tensor, points: torch.Tensor, uv: torch.Tensor, dtype) -> Objective:
+        objective = Objective(dtype=dtype)
+        if not len(self.observations):
+            return objective
+        sources = []
+        for column, (cls, values, prefix) in enumerate(((Vector, cameras, "c"), (Point3, points, "p"))):
+            index = np.asarray(self.observations[:, column], dtype=np.int64)
+            used = np.zeros(values.shape[0], dtype=bool)
+            used[index] = True
+            kept = np.flatnonzero(used)  # observed ones only, in file order
+            variables = from_rows(cls, values[torch.from_numpy(kept)] if not used.all() else values,
+                                  [f"{prefix}{k}" for k in kept.tolist()])
+            sources.append((variables, torch.from_numpy(np.cumsum(used)[index] - 1)))
+        camera, point = sources[0][0][0], sources[1][0][0]
+        template = BALReprojection(camera.with_tensor(camera.tensor), point.with_tensor(point.tensor),
+                                   Variable(uv[:1], name="uv_template"), name="obs_template")
+        return objective.add(FactorGroup(template, sources, [Variable(uv[None], name="uv")], name="obs"))
 
     def current_values(self, objective: Optional[Objective] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """The cameras and points ``objective`` holds (``c{i}``, ``p{j}``), this problem's own for

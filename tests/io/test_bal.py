@@ -96,7 +96,7 @@ def test_real_file_cost_vectorized_evaluation_and_levenberg_marquardt():
     assert len(evaluator.groups) == 1
     state, aux = evaluator.gather(), evaluator.aux()
     ((jacobian, error),) = evaluator.jacobians(state, aux)
-    for k, cf in enumerate(objective.cost_functions.values()):
+    for k, cf in enumerate(problem.objective(vectorized=False).cost_functions.values()):
         (j_camera, j_point), e = cf.jacobians()
         assert torch.allclose(error[k], e, rtol=1e-13, atol=1e-12)
         stacked = torch.cat([j_camera, j_point], dim=2)

@@ -293,8 +293,8 @@ def test_layer_gradients_equal_the_sparse_solver(mode):
             objective.add(nlls.Difference(camera, nlls.Variable(camera.tensor.clone(), name=f"c{i}_prior"),
                                           cost_weight=10.0, name=f"prior{i}"))
         layer = nlls.OptimizationLayer(nlls.LevenbergMarquardt(objective, linear_solver=solver, max_iterations=50))
-        uv = objective.aux_vars["uv5"].tensor.clone().requires_grad_(True)
-        solution, _ = layer({"uv5": uv}, backward_mode=mode)
+        uv = objective.aux_vars["uv"].tensor.clone().requires_grad_(True)  # every observation's (u, v)
+        solution, _ = layer({"uv": uv}, backward_mode=mode)
         loss = solution["c1"].sum() + (solution["p3"] ** 2).sum()
         grads.append(torch.autograd.grad(loss, uv)[0])
     assert grads[0].abs().max() > 1e-4
