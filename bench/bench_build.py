@@ -1,0 +1,101 @@
+"""Building and preparing an objective: the readers' grouped objectives (one ``FactorGroup`` for
+the edges or observations) against one cost-function object per factor.
+
+Per problem and formulation (``grouped``, ``objects``), in one process, each stage timed on its
+own (wall clock, the median of ``--repeats`` builds, one warm-up build first):
+
+* ``objective``: ``problem.objective()`` (``vectorized=False`` for ``objects``);
+* ``evaluator``: ``Evaluator(objective)`` (grouping, blocks, index tensors);
+* ``pattern``: ``SparseLinearization(evaluator)`` (the sparse pattern of ``J^T J`` and the scatter
+  indices);
+* ``prepare``: ``LevenbergMarquardt(objective, linear_solver=...).prepare()`` on a fresh objective
+  (evaluator, linearization and the solver's analysis);
+* ``total``: ``objective`` + ``prepare``.
+
+One JSON line per (problem, formulation, stage): ``ms`` (median), ``samples``; a markdown table on
+stderr. Problems: ``w10000`` (``../shared/data/w10000.graph``: 10,000 SE2 poses, 64,311 edges) and
+the synthetic BAL scenes of ``problems_bal_synthetic.py`` (``bal_60x30000``: 150k observations).
+
+    .venv/bin/python bench/bench_build.py                         # w10000 and bal_60x30000
+    .venv/bin/python bench/bench_build.py --problems w10000 --formulations grouped --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import harness
+from problems_bal_synthetic import SCENES, scene_file
+
+import nlls
+from nlls.core.evaluation import Evaluator
+from nlls.solve.linearization import SparseLinearization
+
+W10000 = Path(harness.ROOT).parent / "shared" / "data" / "w10000.graph"
+PROBLEMS = ["w10000", *SCENES]
+FORMULATIONS = ["grouped", "objects"]
+STAGES = ["objective", "evaluator", "pattern", "prepare", "total"]
+
+
+def _problem(name: str):
+    if name == "w10000":
+        return nlls.io.read(W10000)
+    return nlls.io.read(scene_file(*SCENES[name]))
+
+
+def _clock(function: Callable[[], object]):
+    gc.collect()
+    start = time.perf_counter()
+    out = function()
+    return (time.perf_counter() - start) * 1e3, out
+
+
+def _one_build(problem, vectorized: bool, solver: str) -> Dict[str, float]:
+    times: Dict[str, float] = {}
+    times["objective"], objective = _clock(lambda: problem.objective(vectorized=vectorized))
+    times["evaluator"], evaluator = _clock(lambda: Evaluator(objective))
+    times["pattern"], _ = _clock(lambda: SparseLinearization(evaluator))
+    fresh = problem.objective(vectorized=vectorized)
+    times["prepare"], _ = _clock(lambda: nlls.LevenbergMarquardt(fresh, linear_solver=solver).prepare())
+    times["total"] = times["objective"] + times["prepare"]
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", default="w10000,bal_60x30000", help=f"comma-separated, of {PROBLEMS}")
+    parser.add_argument("--formulations", default="grouped,objects", help=f"comma-separated, of {FORMULATIONS}")
+    parser.add_argument("--linear-solver", default="sparse_cholesky", help="the solver prepare() analyses")
+    parser.add_argument("--objects-repeats", type=int, default=2,
+                        help="builds of the slow per-object formulation (default 2)")
+    harness.add_common_options(parser, warmup=1, repeats=5)
+    args = parser.parse_args()
+    problems, formulations = harness.split(args.problems), harness.split(args.formulations)
+    harness.check_choices(parser, problems, PROBLEMS, "problems")
+    harness.check_choices(parser, formulations, FORMULATIONS, "formulations")
+    emit = harness.start(parser, args, "build")
+    rows: List[list] = []
+    for name in problems:
+        problem = _problem(name)
+        for formulation in formulations:
+            vectorized = formulation == "grouped"
+            repeats = args.repeats if vectorized else min(args.repeats, args.objects_repeats)
+            for _ in range(args.warmup):
+                _one_build(problem, vectorized, args.linear_solver)
+            samples = [_one_build(problem, vectorized, args.linear_solver) for _ in range(repeats)]
+            medians = {stage: statistics.median(s[stage] for s in samples) for stage in STAGES}
+            for stage in STAGES:
+                emit({"measure": "build", "problem": name, "formulation": formulation, "stage": stage,
+                      "ms": round(medians[stage], 2), "samples": len(samples),
+                      "linear_solver": args.linear_solver})
+            rows.append([name, formulation] + [harness.fmt(medians[s], ".0f") for s in STAGES])
+    harness.report(harness.markdown_table(["problem", "formulation"] + [f"{s} ms" for s in STAGES], rows,
+                                          "ll" + "r" * len(STAGES)))
+
+
+if __name__ == "__main__":
+    main()
