@@ -13,7 +13,8 @@ own (wall clock, the median of ``--repeats`` builds, one warm-up build first):
 * ``total``: ``objective`` + ``prepare``.
 
 One JSON line per (problem, formulation, stage): ``ms`` (median), ``samples``; a markdown table on
-stderr. Problems: ``w10000`` (``../shared/data/w10000.graph``: 10,000 SE2 poses, 64,311 edges) and
+stderr. Problems: ``w10000`` (``../shared/data/w10000.graph``: 10,000 SE2 poses, 64,311 edges; ``w100``
+for a quick run) and
 the synthetic BAL scenes of ``problems_bal_synthetic.py`` (``bal_60x30000``: 150k observations).
 
     .venv/bin/python bench/bench_build.py                         # w10000 and bal_60x30000
@@ -35,15 +36,16 @@ import nlls
 from nlls.core.evaluation import Evaluator
 from nlls.solve.linearization import SparseLinearization
 
-W10000 = Path(harness.ROOT).parent / "shared" / "data" / "w10000.graph"
-PROBLEMS = ["w10000", *SCENES]
+DATA = Path(harness.ROOT).parent / "shared" / "data"
+GRAPHS = {"w100": DATA / "w100.graph", "w10000": DATA / "w10000.graph"}
+PROBLEMS = [*GRAPHS, *SCENES]
 FORMULATIONS = ["grouped", "objects"]
 STAGES = ["objective", "evaluator", "pattern", "prepare", "total"]
 
 
 def _problem(name: str):
-    if name == "w10000":
-        return nlls.io.read(W10000)
+    if name in GRAPHS:
+        return nlls.io.read(GRAPHS[name])
     return nlls.io.read(scene_file(*SCENES[name]))
 
 
@@ -65,7 +67,7 @@ def _one_build(problem, vectorized: bool, solver: str) -> Dict[str, float]:
     return times
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", default="w10000,bal_60x30000", help=f"comma-separated, of {PROBLEMS}")
     parser.add_argument("--formulations", default="grouped,objects", help=f"comma-separated, of {FORMULATIONS}")
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--objects-repeats", type=int, default=2,
                         help="builds of the slow per-object formulation (default 2)")
     harness.add_common_options(parser, warmup=1, repeats=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     problems, formulations = harness.split(args.problems), harness.split(args.formulations)
     harness.check_choices(parser, problems, PROBLEMS, "problems")
     harness.check_choices(parser, formulations, FORMULATIONS, "formulations")
