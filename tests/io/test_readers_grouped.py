@@ -22,7 +22,8 @@ def test_bal_leaves_unobserved_cameras_and_points_out():
     cameras[:, 5] = -10.0
     cameras[:, 6] = 500.0
     points = torch.randn(6, 3, dtype=torch.float64, generator=gen)
-    pairs = np.array([(0, 1), (2, 1), (0, 3), (2, 5), (0, 5), (2, 3)], dtype=np.int64)  # camera 1, 3 and points 0, 2, 4 unobserved
+    # cameras 1 and 3 and points 0, 2 and 4 are not observed
+    pairs = np.array([(0, 1), (2, 1), (0, 3), (2, 5), (0, 5), (2, 3)], dtype=np.int64)
     problem = BALProblem(cameras, points, pairs, 10 * torch.randn(6, 2, dtype=torch.float64, generator=gen))
     grouped, single = problem.objective(), problem.objective(vectorized=False)
     assert sorted(grouped.optim_vars) == ["c0", "c2", "p1", "p3", "p5"]
