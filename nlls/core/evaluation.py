@@ -85,6 +85,7 @@ class Evaluator:
         self._aux_vars = [v for g in self.groups for slot in g.aux_slots for v in slot.members]
         self._aux_cache = None
         self._order: Optional[Dict[torch.device, Optional[torch.Tensor]]] = None
+        self._block_rows: Optional[Dict[str, Tuple[int, torch.Tensor]]] = None
 
     def _index_group(self, group: CostGroup) -> None:
         columns = []
@@ -132,11 +133,26 @@ class Evaluator:
                 var.tensor = value
 
     def as_dict(self, state: State) -> Dict[str, torch.Tensor]:
-        return {
+        """Values by variable name, and ``(B, N, *shape)`` by name for the objective's variable
+        blocks (``Objective.blocks``)."""
+        out = {
             var.name: value
             for block, values in zip(self.blocks, state)
             for var, value in zip(block.variables, values.unbind(0))
         }
+        for name, (block, rows) in self._variable_blocks().items():
+            values = state[block]
+            out[name] = values.index_select(0, rows.to(values.device)).transpose(0, 1)
+        return out
+
+    def _variable_blocks(self) -> Dict[str, Tuple[int, torch.Tensor]]:
+        """Per variable block of the objective: the evaluator block and rows of its members."""
+        if self._block_rows is None:
+            self._block_rows = {}
+            for name, variable_block in self.objective.blocks.items():
+                rows = [self._where[id(v)] for v in variable_block.members]
+                self._block_rows[name] = (rows[0][0], torch.tensor([row for _, row in rows]))
+        return self._block_rows
 
     def aux(self, batch_size: Optional[int] = None) -> List[List[torch.Tensor]]:
         """Stacked aux data per group and slot, ``(K * B, *shape)``; read once per solve and

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .blocks import VariableBlock
 from .cost_function import CostFunction
 from .cost_groups import twin
 from .manifold import Manifold
@@ -54,7 +55,8 @@ class FactorGroup(CostFunction, PreStacked):
             per-element shapes and dtypes matter (their data is never read by the solver).
         variables: one ``(variables, index)`` per distinct optim variable of the template, in the
             template's order: a sequence of ``N`` Manifold variables of the stand-in's type and
-            shape, and an integer tensor ``(E,)`` of positions in it.
+            shape (a :class:`~nlls.VariableBlock`, which the objective then knows by name), and an
+            integer tensor ``(E,)`` of positions in it.
         data: one entry per distinct aux variable of the template (its aux variables, then its
             weight data and residual mask), in that order: a Variable or tensor of shape
             ``(B or 1, E, *shape)`` (``shape`` the stand-in's per-element shape). A tensor becomes
@@ -100,6 +102,9 @@ class FactorGroup(CostFunction, PreStacked):
         super().__init__(optim_vars=tuple(unique.values()), aux_vars=tuple(data_vars), name=name)
         self.template = template
         self.sources = sources
+        # the blocks the variables came as: the objective registers them by name
+        self.variable_blocks = tuple(dict.fromkeys(
+            source[0] for source in variables if isinstance(source[0], VariableBlock)))
         self.data = data_vars
         self.count = count
         # the template's capabilities hold for the group (read on instances by solvers)

@@ -11,6 +11,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .blocks import VariableBlock
 from .cost_function import CostFunction
 from .evaluation import Evaluator
 from .manifold import Manifold, Vector
@@ -49,6 +50,8 @@ class Objective:
         self._structure_version = 0
         self._batch: Optional[int] = None  # the batch size found by the last check
         self._evaluator: Optional[Evaluator] = None  # evaluator(); not copied
+        #: variable blocks by name (``nlls.VariableBlock``): ``update`` sets all their members at once
+        self.blocks: Dict[str, VariableBlock] = {}
         #: box bounds by variable name: ``(lower, upper)``, each ``(1 or B, n)`` or ``None``
         self.bounds: Dict[str, Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = {}
 
@@ -109,7 +112,14 @@ class Objective:
         if cf.cost_weight is not None:
             cf.cost_weight.check_dim(cf.dim(), name)
         self._check_batch(list(new_optim.values()) + list(new_aux.values()), owner=cf, full=False)
+        blocks = cf.variable_blocks if isinstance(cf, PreStacked) else ()
+        for block in blocks:
+            if self.blocks.get(block.name, block) is not block or block.name in self.optim_vars \
+                    or block.name in self.aux_vars or block.name in new_optim or block.name in new_aux:
+                raise ValueError(f"cost function {name!r}: block name {block.name!r} is already used by "
+                                 f"another block or variable of this objective")
         self.cost_functions[name] = cf
+        self.blocks.update({block.name: block for block in blocks})
         self.optim_vars.update(new_optim)
         self.aux_vars.update(new_aux)
         self._dtype = dtype
@@ -159,7 +169,8 @@ class Objective:
         return self._batch
 
     def update(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Set variables (optim or aux) by name; their per-element shapes are checked.
+        """Set variables (optim or aux) by name, or every member of a variable block
+        (``nlls.VariableBlock``, ``(B, N, *shape)``) by the block's name; shapes are checked.
 
         Nothing changes when any entry is refused.
 
@@ -170,21 +181,27 @@ class Objective:
         """
         known = {**self.optim_vars, **self.aux_vars}
         for name in tensors:
-            if name not in known:
+            if name not in known and name not in self.blocks:
+                listed = sorted(known)
                 raise KeyError(
                     f"Objective.update: no variable named {name!r}; known variables: "
-                    f"{sorted(known)}"
+                    f"{listed[:50]}{' ...' if len(listed) > 50 else ''}; blocks: {sorted(self.blocks)}"
                 )
-        old = {name: known[name].tensor for name in tensors}
+        changed = [v for name in tensors for v in (self.blocks[name].members if name in self.blocks else [known[name]])]
+        old = [(var, var.tensor) for var in changed]
         dtype, device = self.dtype, self.device
         try:
             for name, tensor in tensors.items():
+                if name in self.blocks:  # every member at once, validated once
+                    self.blocks[name].update(tensor)
+                    check_data(self.blocks[name].members[0].tensor, dtype, device, f"Objective.update: block {name!r}")
+                    continue
                 known[name].update(tensor)
                 check_data(known[name].tensor, dtype, device, f"Objective.update: variable {name!r}")
             self._check_batch()
         except Exception:
-            for name, tensor in old.items():
-                known[name].tensor = tensor
+            for var, tensor in old:
+                var.tensor = tensor
             raise
 
     def set_bounds(self, variable: Union[Manifold, str], lower=None, upper=None) -> None:

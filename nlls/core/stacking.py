@@ -115,6 +115,8 @@ class PreStacked:
 
     #: the number of members
     count: int
+    #: the variable blocks (``nlls.VariableBlock``) the members index into, registered by name
+    variable_blocks: tuple = ()
 
     def stacked_sources(self):
         """``(template, [(variables, index (E,)) per optim position], [data (B or 1, E, ...) per
