@@ -25,11 +25,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..core.blocks import VariableBlock
 from ..core.cost_function import CostFunction
 from ..core.factor_group import FactorGroup
 from ..core.manifold import Point3, Vector, broadcast_batch
 from ..core.objective import Objective
-from ..core.variable import Variable, from_rows
+from ..core.variable import Variable
 from ..geometry.so3 import SO3
 from ._text import PathLike, Records, Source, assemble, no_gc_pauses
 from .files import write_text_atomic
@@ -139,10 +140,12 @@ class BALProblem:
         """The objective: ``c{i}`` cameras, ``p{j}`` points and the observations' residuals;
         unobserved cameras and points are left out.
 
-        By default the observations are one :class:`~nlls.FactorGroup` ``obs`` of
-        :class:`BALReprojection` factors, their ``(u, v)`` the aux variable ``uv`` ``(1, K, 2)``
-        (observation ``k`` at row ``k``). With ``vectorized=False`` each observation is its own
-        ``obs{k}`` with ``(u, v)`` in ``uv{k}`` (one object each; slower to build).
+        By default the cameras and points are the :class:`~nlls.VariableBlock` s ``cameras``
+        ``(1, C, 9)`` and ``points`` ``(1, P, 3)`` (members ``c{i}``, ``p{j}``) and the observations
+        one :class:`~nlls.FactorGroup` ``obs`` of :class:`BALReprojection` factors, their
+        ``(u, v)`` the aux variable ``uv`` ``(1, K, 2)`` (observation ``k`` at row ``k``). With
+        ``vectorized=False`` each observation is its own ``obs{k}`` with ``(u, v)`` in ``uv{k}``
+        (one object each; slower to build).
 
         Args:
             dtype, device: of every tensor.
@@ -170,14 +173,16 @@ class BALProblem:
         if not len(self.observations):
             return objective
         sources = []
-        for column, (cls, values, prefix) in enumerate(((Vector, cameras, "c"), (Point3, points, "p"))):
+        kinds = ((Vector, cameras, "c", "cameras"), (Point3, points, "p", "points"))
+        for column, (cls, values, prefix, name) in enumerate(kinds):
             index = np.asarray(self.observations[:, column], dtype=np.int64)
             used = np.zeros(values.shape[0], dtype=bool)
             used[index] = True
             kept = np.flatnonzero(used)  # observed ones only, in file order
-            variables = from_rows(cls, values[torch.from_numpy(kept)] if not used.all() else values,
-                                  [f"{prefix}{k}" for k in kept.tolist()])
-            sources.append((variables, torch.from_numpy(np.cumsum(used)[index] - 1)))
+            if not used.all():
+                values = values[torch.from_numpy(kept).to(values.device)]
+            block = VariableBlock(cls, values[None], name, [f"{prefix}{k}" for k in kept.tolist()])
+            sources.append((block, torch.from_numpy(np.cumsum(used)[index] - 1)))
         camera, point = sources[0][0][0], sources[1][0][0]
         template = BALReprojection(camera.with_tensor(camera.tensor), point.with_tensor(point.tensor),
                                    Variable(uv[:1], name="uv_template"), name="obs_template")

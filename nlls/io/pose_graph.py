@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..core.blocks import VariableBlock
 from ..core.cost_weight import MatrixCostWeight
 from ..core.objective import Objective
 from ..core.variable import Variable, from_rows
@@ -108,10 +109,12 @@ class PoseGraph:
                   device: Optional[torch.device] = None, vectorized: bool = True) -> Objective:
         """The objective: one variable ``x{id}`` per vertex and the edges' ``Between`` factors.
 
-        By default the edges are one :class:`~nlls.FactorGroup` ``edges`` (``Between.many``) whose
-        measurements are the aux variable ``z`` ``(1, E, *shape)`` and whose weights
-        ``S = chol(Omega)^T`` are ``S`` ``(1, E, dof, dof)``, edge ``k`` at row ``k``: replacing
-        ``S`` (``Objective.update`` or a layer input) sets every edge's weight at once. With
+        By default the poses are one :class:`~nlls.VariableBlock` ``poses`` ``(1, N, *shape)``
+        (members ``x{id}``) and the edges one :class:`~nlls.FactorGroup` ``edges``
+        (``Between.many``) whose measurements are the aux variable ``z`` ``(1, E, *shape)`` and whose
+        weights ``S = chol(Omega)^T`` are ``S`` ``(1, E, dof, dof)``, edge ``k`` at row ``k``:
+        replacing ``S`` or ``poses`` (``Objective.update`` or a layer input) sets every edge's
+        weight or every pose at once. With
         ``vectorized=False`` edge ``k`` is its own ``Between`` ``e{k}`` with measurement ``z{k}``
         and weight ``S{k}`` (one object per edge; slower to build). Vertices without edges are
         left out.
@@ -129,21 +132,24 @@ class PoseGraph:
         measurements = self.edges.measurements.to(dtype=dtype, device=device, copy=True)
         weights = self._sqrt_information.to(dtype=dtype, device=device, copy=True)
         with no_gc_pauses():
-            variables = from_rows(group, poses, [f"x{i}" for i in self.vertex_ids.tolist()])
+            names = [f"x{i}" for i in self.vertex_ids.tolist()]
             objective = Objective(dtype=dtype)
             if not len(self.edges):
                 return objective
             if vectorized:
-                index = torch.from_numpy(np.ascontiguousarray(self._index, dtype=np.int64))
-                used = np.zeros(len(variables), dtype=bool)
-                used[self._index.ravel()] = True
+                index = self._index
+                used = np.zeros(len(names), dtype=bool)
+                used[index.ravel()] = True
                 if not used.all():  # vertices without edges are left out
-                    rows = np.cumsum(used) - 1
-                    index = torch.from_numpy(rows[self._index])
-                    variables = [v for v, keep in zip(variables, used.tolist()) if keep]
+                    index = (np.cumsum(used) - 1)[index]
+                    poses = poses[torch.from_numpy(np.flatnonzero(used)).to(poses.device)]
+                    names = [n for n, keep in zip(names, used.tolist()) if keep]
+                block = VariableBlock(group, poses[None], "poses", names)
+                pairs = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
                 return objective.add(Between.many(
-                    variables, index[:, 0], index[:, 1], Variable(measurements[None], "z"),
+                    block, pairs[:, 0], pairs[:, 1], Variable(measurements[None], "z"),
                     Variable(weights[None], "S"), name="edges"))
+            variables = from_rows(group, poses, names)
             cost_functions = [
                 Between(variables[a], variables[b],
                         group.from_tensor(measurements[k:k + 1], f"z{k}"),
