@@ -80,3 +80,7 @@ from .diagnostics import Diagnosis, diagnose  # noqa: E402
 from .uncertainty import Covariance  # noqa: E402
 
 __all__ += ["Covariance", "Diagnosis", "diagnose"]
+from .core.blocks import VariableBlock  # noqa: E402
+from .core.factor_group import FactorGroup  # noqa: E402
+
+__all__ += ["FactorGroup", "VariableBlock"]
