@@ -160,7 +160,9 @@ def test_closure_over_batched_data_gives_the_aux_variable_jacobians():
     with_aux = nlls.NumericDiffCostFunction(
         (p,), _exp_np, 6, aux_vars=(nlls.Variable(x, name="x"), nlls.Variable(y, name="y")))
     (expected,), expected_error = with_aux.jacobians()
-    torch.testing.assert_close(jac, expected, rtol=0, atol=1e-12)
+    # torch's and numpy's exp may round differently in the last bit (CPU- and library-dependent):
+    # the residuals agree to ~1e-16, their difference quotients (step ~1e-5) to ~1e-11
+    torch.testing.assert_close(jac, expected, rtol=0, atol=1e-10)
     torch.testing.assert_close(error, expected_error, rtol=0, atol=1e-14)
     abc = start
     exact = torch.stack([torch.exp(-abc[:, 1:2] * x), -abc[:, :1] * x * torch.exp(-abc[:, 1:2] * x),
