@@ -29,7 +29,10 @@ Gauss-Newton step well inside the region that tries the same step again at every
 element whose radius falls below ``min_radius``, or whose rejected step was predicted to decrease
 the cost by less than its rounding error (16 machine epsilons of it: the ratio is noise there,
 and smaller radii predict less), can decrease no further and stops
-(``Termination.NO_FURTHER_DECREASE``).
+(``Termination.NO_FURTHER_DECREASE``). As in Levenberg-Marquardt, a step whose predicted and actual
+decreases are both below the cost's rounding (64 machine epsilons of it) counts as a good one when
+a gradient or parameter tolerance is set: the cost cannot judge it, and those tolerances then end
+the run with ``x`` as precise as the gradient allows.
 
 Everything is per element with masks, without host reads. A rejected step is recomputed from a
 new linearization at the unchanged values (the same Gauss-Newton step, at the cost of the
@@ -45,9 +48,10 @@ import torch
 
 from ..core.objective import Objective
 from .checks import check_bool, check_number
+from .levenberg_marquardt import RESOLUTION
 from .linear import LinearSolver
 from .optimizer import Optimizer
-from .termination import FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE
+from .termination import ABS_ERR_TOLERANCE, FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE
 
 MIN_DIAGONAL = 1e-6  # the floor of diag(A) in the scaling and the fallback damping (as LM's)
 MIN_MU, MAX_MU, MU_GROWTH = 1e-8, 1.0, 10.0  # the Gauss-Newton fallback damping (Ceres' values)
@@ -102,7 +106,7 @@ class Dogleg(Optimizer):
         linear_solver: Union[str, LinearSolver] = "dense_cholesky",
         max_iterations: int = 20,
         step_size: float = 1.0,
-        abs_err_tolerance: float = 1e-10,
+        abs_err_tolerance: float = ABS_ERR_TOLERANCE,
         rel_err_tolerance: Optional[float] = None,
         initial_radius: float = 1e4,
         max_radius: float = 1e16,
@@ -196,6 +200,13 @@ class Dogleg(Optimizer):
         actual = error - new_error
         has_model = predicted > 0
         ratio = actual / torch.where(has_model, predicted, torch.ones_like(predicted))
+        if self.gradient_tolerance > 0 or self.parameter_tolerance > 0:
+            # as Levenberg-Marquardt's: a step the model says descends by less than the cost's
+            # rounding cannot be judged by the cost; it is taken as a good one, so that x converges
+            # to the precision of the gradient (the gradient or parameter tolerance ends the run)
+            resolution = RESOLUTION * torch.finfo(error.dtype).eps * error.abs()
+            unresolved = has_model & (predicted <= resolution) & (actual.abs() <= resolution)
+            ratio = torch.where(unresolved, torch.ones_like(ratio), ratio)
         # a step the model predicts no decrease for (at a minimum, g = 0) is taken when it does
         # not increase the error, and leaves the radius; the relative tolerance then ends the run
         accept = finite & torch.where(has_model, ratio > self.min_relative_decrease, actual >= 0)

@@ -66,7 +66,7 @@ def guarded_inputs(state: SolveState) -> Tuple[Values, List[List[torch.Tensor]],
     carries the inputs of a healthy one: the first element that has not failed (with none, the
     first element)."""
     mask, batch = state.active, state.active.shape[0]
-    donor = donor_of(state.status != Status.FAILED)
+    donor = donor_of(state.status != int(Status.FAILED))  # (an int: torch.compile mistraces IntEnum)
     values, aux = borrowed(mask, donor, state.values, state.aux)
     error = _borrow(mask, state.error, donor, 0)
     step_state = map_tensors(

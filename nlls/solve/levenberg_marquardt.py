@@ -34,7 +34,7 @@ from ..core.objective import Objective
 from .checks import check_bool, check_number
 from .linear import LinearSolver
 from .optimizer import Optimizer
-from .termination import FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE
+from .termination import ABS_ERR_TOLERANCE, FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE
 
 MIN_DIAGONAL, MAX_DIAGONAL = 1e-6, 1e32  # Ceres's clamp of the scaled diagonal
 RESOLUTION = 64  # cost changes within this many eps of the cost are rounding noise
@@ -76,7 +76,7 @@ class LevenbergMarquardt(Optimizer):
         linear_solver: Union[str, LinearSolver] = "dense_cholesky",
         max_iterations: int = 20,
         step_size: float = 1.0,
-        abs_err_tolerance: float = 1e-10,
+        abs_err_tolerance: float = ABS_ERR_TOLERANCE,
         rel_err_tolerance: Optional[float] = None,
         damping: float = 1e-3,
         adaptive_damping: bool = True,

@@ -52,7 +52,7 @@ class Optimizer:
         linear_solver: a name (``"dense_cholesky"``, ``"dense_lu"``) or a LinearSolver instance.
         max_iterations: iterations at most.
         step_size: the step taken is ``step_size * delta``.
-        abs_err_tolerance: an element whose error falls to this value has converged.
+        abs_err_tolerance: an element whose error falls to this value has converged (0: off but at 0).
         rel_err_tolerance: the older name of ``function_tolerance``; when given it sets it and
             caps the gradient and parameter tolerances (exactly 0 switches every relative test
             off, for fixed iteration counts, as it always did).
@@ -77,7 +77,7 @@ class Optimizer:
         linear_solver: Union[str, LinearSolver] = "dense_cholesky",
         max_iterations: int = 20,
         step_size: float = 1.0,
-        abs_err_tolerance: float = 1e-10,
+        abs_err_tolerance: float = rules.ABS_ERR_TOLERANCE,
         rel_err_tolerance: Optional[float] = None,
         check_every: int = 1,
         function_tolerance: float = rules.FUNCTION_TOLERANCE,
@@ -211,10 +211,10 @@ class Optimizer:
         error = self.error_at(values, aux)
         finite = torch.isfinite(error)
         active = finite & (error > self.abs_err_tolerance)
-        status = torch.where(finite, torch.where(active, Status.RUNNING, Status.CONVERGED),
-                             Status.FAILED).to(torch.int8)
-        failure = (~finite).to(torch.int8) * Failure.NONFINITE_START  # NONE elsewhere (0)
-        termination = (finite & ~active).to(torch.int8) * Termination.ABSOLUTE_ERROR
+        status = torch.where(finite, torch.where(active, int(Status.RUNNING), int(Status.CONVERGED)),
+                             int(Status.FAILED)).to(torch.int8)  # (plain ints: see step)
+        failure = (~finite).to(torch.int8) * int(Failure.NONFINITE_START)  # NONE elsewhere (0)
+        termination = (finite & ~active).to(torch.int8) * int(Termination.ABSOLUTE_ERROR)
         return SolveState(
             values=values, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
@@ -270,12 +270,12 @@ class Optimizer:
             accept, failed, stalled, step_state = self.accept(
                 system, step_state_in, delta, solved, error_in, new_error)
         active = state.active
-        running = active & (state.status == int(Status.RUNNING))  # (an int: see termination.fired)
+        running = active & (state.status == int(Status.RUNNING))  # ints: compiled, tensor == IntEnum is a bool
         small_gradient = small_gradient & running  # stops where it is: this step is not taken
         accept = accept & ~small_gradient
         if not state.freeze_converged:  # truncated: converged elements' steps are taken, so that
             # the recorded iterations carry their dependence on the data (a damped Gauss-Newton step)
-            accept = accept | ((state.status == Status.CONVERGED) & solved & torch.isfinite(new_error))
+            accept = accept | ((state.status == int(Status.CONVERGED)) & solved & torch.isfinite(new_error))
         accept = accept & active
         failed = failed & active & ~accept & ~small_gradient
         stalled = stalled & active & ~accept & ~failed & ~small_gradient
@@ -289,8 +289,8 @@ class Optimizer:
         failure = state.failure
         if plateau is not None:
             done, failed = done & ~plateau, failed | plateau
-            failure = None if failure is None else torch.where(plateau, Failure.NO_DECREASE, failure).to(torch.int8)
-        status = torch.where(failed, Status.FAILED, torch.where(done, Status.CONVERGED, state.status)).to(torch.int8)
+            failure = None if failure is None else torch.where(plateau, int(Failure.NO_DECREASE), failure).to(torch.int8)
+        status = torch.where(failed, int(Status.FAILED), torch.where(done, int(Status.CONVERGED), state.status)).to(torch.int8)
         # without freeze_converged converged elements keep stepping (the truncated backward)
         new = SolveState(  # all fields spelled out: dataclasses.replace costs more per step
             values=values, aux=state.aux, error=error, status=status, step_state=step_state,

@@ -16,6 +16,9 @@ The rules are Ceres's (``Solver::Options``), applied per batch element with mask
   an **accepted** step: ``||step||`` the norm of the tangent step taken (after projection into the
   box), ``||x||`` the norm of every entry of the element's optim variables.
 * ``abs_err_tolerance``: ``cost <= abs_err_tolerance`` (at the start, or after an accepted step).
+  Off by default (0: only an exact zero cost stops a run by it): a zero-residual problem is left
+  to the gradient and parameter tolerances, which stop it a few quadratically convergent
+  iterations below any fixed threshold.
 * ``NO_FURTHER_DECREASE``: the step rule cannot decrease the cost any more (Levenberg-Marquardt's
   damping past ``max_damping``, a trust region radius below its minimum).
 
@@ -47,6 +50,9 @@ from .state import Failure, SolveState, Status, Termination, Values
 FUNCTION_TOLERANCE = 1e-10
 GRADIENT_TOLERANCE = 1e-13
 PARAMETER_TOLERANCE = 1e-10
+#: off: an absolute cost says nothing about convergence unless the problem's scale is known (1e-10
+#: stopped the zero-residual MGH problems 1e-5 from their minima); Ceres and SciPy have no such rule
+ABS_ERR_TOLERANCE = 0.0
 
 _NAMES = {
     Termination.FUNCTION_TOLERANCE: "function tolerance",
