@@ -65,12 +65,12 @@ def stationarity(problem: Problem, x: torch.Tensor) -> torch.Tensor:
 
 
 def solve_nlls(problem: Problem, optimizer: str = "lm", max_iterations: int = 200,
-               linear_solver: Optional[str] = None, device=None) -> Run:
+               linear_solver: Optional[str] = None, device=None, **settings) -> Run:
     """All starts of ``problem`` as one batch, by ``OPTIMIZERS[optimizer]`` with its defaults
-    (``max_iterations`` and ``linear_solver`` aside), float64."""
+    (``max_iterations``, ``linear_solver`` and the keyword ``settings`` aside), float64."""
     cls = getattr(nlls, OPTIMIZERS[optimizer])
     objective = objective_for(problem, problem.x0(device=device))
-    kwargs = {} if linear_solver is None else {"linear_solver": linear_solver}
+    kwargs = dict(settings) if linear_solver is None else {**settings, "linear_solver": linear_solver}
     info = cls(objective, max_iterations=max_iterations, **kwargs).optimize()
     x = objective.optim_vars["x"].tensor.detach()
     cost = problem.cost(x)
@@ -80,9 +80,12 @@ def solve_nlls(problem: Problem, optimizer: str = "lm", max_iterations: int = 20
                stationarity(problem, x).tolist(), x.cpu())
 
 
-def solve_scipy(problem: Problem, method: str = "lm", max_nfev: int = 20000) -> Run:
+def solve_scipy(problem: Problem, method: str = "lm", max_nfev: int = 20000,
+                tolerance: Optional[float] = 1e-15) -> Run:
     """Each start by ``scipy.optimize.least_squares(method=method)`` with the analytic Jacobian and
-    tolerances at their floor (``xtol = ftol = gtol = 1e-15``): as far as SciPy can go."""
+    ``xtol = ftol = gtol = tolerance``: by default at their floor, 1e-15 (as far as SciPy can go);
+    ``None`` keeps SciPy's defaults (1e-8)."""
+    tolerances = {} if tolerance is None else {"xtol": tolerance, "ftol": tolerance, "gtol": tolerance}
     from scipy.optimize import least_squares
 
     def as_numpy(function):
@@ -94,8 +97,8 @@ def solve_scipy(problem: Problem, method: str = "lm", max_nfev: int = 20000) -> 
     for start in problem.starts:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # overflow on the way out of a valley
-            result = least_squares(fun, np.array(start), jac=jac, method=method, xtol=1e-15,
-                                   ftol=1e-15, gtol=1e-15, max_nfev=max_nfev)
+            result = least_squares(fun, np.array(start), jac=jac, method=method, max_nfev=max_nfev,
+                                   **tolerances)
         status = "CONVERGED" if result.status > 0 else ("MAX_ITERATIONS" if result.status == 0 else "FAILED")
         rows.append((result.x, int(result.njev or result.nfev), status))
     x = torch.from_numpy(np.stack([row[0] for row in rows]))
