@@ -11,9 +11,12 @@ Memory and graph size do not depend on the iteration count. The backward is itse
 differentiable operations and refers to ``x*`` through the layer's own output, so
 ``create_graph=True`` gives correct second derivatives. ``hessian`` chooses ``H``:
 ``"gauss_newton"`` (``J^T J``, the forward's linear solver; exact when the residuals vanish at
-the solution) or ``"exact"`` (``dg/dx`` with the second-order residual terms, column by column
-from forward-mode derivatives of ``g``; needs a dense linear solver and cost functions with
-second derivatives).
+the solution) or ``"exact"`` (``dg/dx`` with the second-order residual terms; needs cost functions
+with second derivatives). With a dense linear solver the exact ``H`` is built column by column
+from forward-mode derivatives of ``g``; with a sparse one (``sparse_cholesky``, ``schur``) it is
+assembled into the pattern of ``J^T J`` from one block per cost function
+(:mod:`nlls.backward.exact_hessian`) and factored by that solver. The sparse exact path gives
+first derivatives only: a second backward through it (``create_graph=True``) is refused.
 
 With box bounds (``Objective.set_bounds``) a coordinate that ends on its bound stays there for
 nearby data: its derivative is zero, and the optimality condition holds on the free coordinates
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 import torch
 
@@ -33,9 +36,11 @@ from ..core.evaluation import State
 from ..core.variable import Variable
 from ..solve.bounds import at_bounds, coordinates, restrict
 from ..solve.guard import borrowed, donor_of
+from ..solve.linearization import SparseLinearization
 from ..solve.state import Status
-from ..solve.systems import DenseSystem
+from ..solve.systems import DenseSystem, SparseMatrix, SparseSystem
 from .base import Backward
+from .exact_hessian import exact_blocks
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     from ..solve.optimizer import Optimizer
@@ -86,11 +91,16 @@ class ImplicitPieces:
     def gradient(self, state: State, thetas) -> torch.Tensor:
         return self.linearization.gradient(*self.inputs(state, thetas))
 
-    def matrix(self, state: State, thetas) -> torch.Tensor:
+    def matrix(self, state: State, thetas) -> Union[torch.Tensor, SparseMatrix]:
         state, aux = self.inputs(state, thetas)
         if self.hessian == "gauss_newton":
             system = self.linearization.linearize(state, aux)
             return system.A if self.bound is None else restrict(system, self.bound).A
+        if isinstance(self.linearization, SparseLinearization):
+            A = self.linearization.assemble_blocks(exact_blocks(self.evaluator, state, aux))
+            if self.bound is None:
+                return A
+            return restrict(SparseSystem(A, torch.zeros_like(self.bound, dtype=A.values.dtype)), self.bound).A
         dof = self.evaluator.dof
         ref = state[0]
         zeros = torch.zeros(self.batch, dof, dtype=ref.dtype, device=ref.device)
@@ -132,6 +142,13 @@ class ImplicitFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         state, thetas = saved[: ctx.num_blocks], saved[ctx.num_blocks:]
         create_graph = torch.is_grad_enabled()
+        if create_graph and implicit.hessian == "exact" and isinstance(
+                implicit.linearization, SparseLinearization):
+            raise RuntimeError(
+                "OptimizationLayer implicit backward: hessian='exact' with the sparse linear solver "
+                f"{implicit.optimizer.linear_solver!r} gives first derivatives only; for second "
+                "derivatives (create_graph=True) use a dense linear solver or hessian='gauss_newton'"
+            )
         if not create_graph:
             state = tuple(s.detach() for s in state)
             thetas = tuple(t.detach() for t in thetas)
@@ -174,9 +191,10 @@ class Implicit(Backward):
     def check(self, optimizer, inputs, driver) -> None:
         if self.hessian != "exact":
             return
-        if optimizer.linear_solver.linearization not in ("dense", "dense_jacobian"):  # dense_qr takes it
+        if optimizer.linear_solver.linearization not in ("dense", "dense_jacobian", "sparse"):
             raise ValueError(
-                f"hessian='exact' builds a dense Hessian and needs a dense linear solver; "
+                f"hessian='exact' factors the exact Hessian and needs a dense or sparse linear "
+                f"solver (dense_cholesky, dense_lu, dense_qr, sparse_cholesky, schur); "
                 f"{optimizer.linear_solver!r} is not one (use hessian='gauss_newton')"
             )
         lacking = [cf for cf in optimizer.objective.cost_functions.values()

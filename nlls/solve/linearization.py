@@ -126,6 +126,19 @@ class SparseLinearization(Linearization):
         assert values is not None, "assemble returns A when given its scatter index"
         return SparseSystem(SparseMatrix(self.pattern, values), g)
 
+    def assemble_blocks(self, blocks: Sequence[torch.Tensor]) -> SparseMatrix:
+        """A :class:`SparseMatrix` from one ``(K, B, Dg, Dg)`` block per group (in group order,
+        columns in the order of ``group.offsets``), added at the positions of the groups'
+        ``J^T J`` blocks: how the exact Hessian (:mod:`nlls.backward.exact_hessian`), which has
+        the pattern of ``J^T J``, is assembled."""
+        ref = blocks[0]
+        _, _, _, scatter = self.pattern.on(ref.device)
+        batch = ref.shape[1]
+        values = ref.new_zeros(batch, self.pattern.nnz)
+        for block, index in zip(blocks, scatter):
+            values = values.index_add(1, index, block.transpose(0, 1).reshape(batch, -1))
+        return SparseMatrix(self.pattern, values)
+
 
 class JacobianLinearization(Linearization):
     """Keeps the Jacobian blocks and ``g``; ``A`` is only ever applied (matrix-free solvers)."""
