@@ -21,7 +21,8 @@ tensor that requires grad, in one of the backward modes of :mod:`nlls.backward`:
   ``sum_i r_i * Hess(r_i)`` and the gradients are off by a relative amount of the order of the
   residual times the curvature of ``r`` (0.1-3% on typical fits).
 * ``"exact"``: ``H = dg/dx`` including the second-order residual terms, built column by column
-  from Hessian-vector products (forward-mode derivatives of ``g``). Correct for any residual;
+  from Hessian-vector products (forward-mode derivatives of ``g``) with dense solvers; sparse ones
+  (``sparse_cholesky``, ``schur``) assemble it per cost function in the pattern of ``J^T J``. Correct for any residual;
   costs ``D`` extra Jacobian evaluations, and ``H`` may be indefinite away from a minimum (use
   ``linear_solver="dense_lu"`` then).
 
