@@ -269,20 +269,20 @@ class Optimizer:
         else:
             accept, failed, stalled, step_state = self.accept(
                 system, step_state_in, delta, solved, error_in, new_error)
-        active = state.active
-        running = active & (state.status == int(Status.RUNNING))  # ints: compiled, tensor == IntEnum is a bool
-        small_gradient = small_gradient & running  # stops where it is: this step is not taken
-        accept = accept & ~small_gradient
-        if not state.freeze_converged:  # truncated: converged elements' steps are taken, so that
-            # the recorded iterations carry their dependence on the data (a damped Gauss-Newton step)
+        active, running = state.active, state.active & (state.status == int(Status.RUNNING))  # ints: see fired
+        if small_gradient is not None:  # stops where it is, this step not taken (None: the rule is off)
+            small_gradient = small_gradient & running
+            accept, failed, stalled = accept & ~small_gradient, failed & ~small_gradient, stalled & ~small_gradient
+        if not state.freeze_converged:  # truncated: converged elements' steps are taken (their dependence on the data)
             accept = accept | ((state.status == int(Status.CONVERGED)) & solved & torch.isfinite(new_error))
         accept = accept & active
-        failed = failed & active & ~accept & ~small_gradient
-        stalled = stalled & active & ~accept & ~failed & ~small_gradient
+        failed = failed & active & ~accept
+        stalled = stalled & active & ~accept & ~failed
         rule, termination, plateau = rules.conclude(
             self, state, gradient_norm, running,
             small_gradient=small_gradient, accept=accept & running, stalled=stalled & running,
-            new_error=new_error, step=step, tried=running & solved & torch.isfinite(new_error) & ~failed & ~accept)
+            new_error=new_error, step=step, tried=(running & solved & torch.isfinite(new_error) & ~failed & ~accept)
+            if self.function_tolerance > 0 else None)
         values = select(accept, candidate, state.values)
         error = torch.where(accept, new_error, state.error)
         done = rule > 0  # (a rule fired; "!= an IntEnum" misleads torch.compile)

@@ -107,12 +107,13 @@ def stationary(size: torch.Tensor, gradient_norm: torch.Tensor, error: torch.Ten
 
 def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor):
     """``(gradient_norm, small_gradient)``: the max-norm ``(B,)`` of the (projected) gradient when a
-    rule needs it (else ``None``) and where it is at most ``gradient_tolerance``."""
+    rule needs it, and where it is at most ``gradient_tolerance`` (each ``None`` when not needed:
+    fewer operations per step)."""
     needed = optimizer.gradient_tolerance > 0 or optimizer.checks_steps
     gradient_norm = gradient.abs().amax(dim=-1) if needed else None
     if optimizer.gradient_tolerance > 0 and gradient_norm is not None:
         return gradient_norm, gradient_norm <= optimizer.gradient_tolerance
-    return gradient_norm, torch.zeros_like(active)
+    return gradient_norm, None
 
 
 def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_error, step,
@@ -134,7 +135,7 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_
         rules.append((taken & (change <= tolerance * state.error),
                       Termination.FUNCTION_TOLERANCE))
     rules.append((accept & (new_error <= optimizer.abs_err_tolerance), Termination.ABSOLUTE_ERROR))
-    if optimizer.gradient_tolerance > 0:
+    if small_gradient is not None:
         rules.append((small_gradient, Termination.GRADIENT_TOLERANCE))
     for mask, rule in rules:  # the last assignment wins: the list runs from the lowest priority
         code = torch.where(mask, int(rule), code)  # (a plain int: torch.compile mistraces IntEnum here)
@@ -151,7 +152,8 @@ def conclude(optimizer, state: SolveState, gradient_norm: Optional[torch.Tensor]
     can_stall = optimizer.checks_steps and gradient_norm is not None
     size = values_norm(state.values) if optimizer.parameter_tolerance > 0 or can_stall else None
     still = stationary(size, gradient_norm, state.error) if can_stall and size is not None and gradient_norm is not None else None
-    rule = fired(optimizer, state, values_size=size, settled=None if still is None else tried & still, **masks)
+    settled = None if still is None or tried is None else tried & still  # (tried: None without a function tolerance)
+    rule = fired(optimizer, state, values_size=size, settled=settled, **masks)
     plateau = None if still is None else masks["stalled"] & ~still
     termination = rule if state.termination is None else torch.where(
         running & (rule > 0), rule, state.termination).to(torch.int8)
