@@ -14,7 +14,9 @@ The rules are Ceres's (``Solver::Options``), applied per batch element with mask
   tolerances give more precision than the cost can.
 * ``parameter_tolerance``: ``||step|| <= parameter_tolerance * (||x|| + parameter_tolerance)`` for
   an **accepted** step: ``||step||`` the norm of the tangent step taken (after projection into the
-  box), ``||x||`` the norm of every entry of the element's optim variables.
+  box), ``||x||`` the norm of every entry of the element's optim variables. A tolerance below 10
+  machine epsilons of the dtype counts as 10 of them (smaller steps move ``x`` by its rounding:
+  a float32 exact fit otherwise steps back and forth at the rounding of its cost to the end).
 * ``abs_err_tolerance``: ``cost <= abs_err_tolerance`` (at the start, or after an accepted step).
   Off by default (0: only an exact zero cost stops a run by it): a zero-residual problem is left
   to the gradient and parameter tolerances, which stop it a few quadratically convergent
@@ -123,7 +125,8 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_
     code = torch.zeros_like(state.status)  # RUNNING
     rules = [(stalled, Termination.NO_FURTHER_DECREASE)]
     if optimizer.parameter_tolerance > 0:
-        tolerance = optimizer.parameter_tolerance
+        # a step below 10 eps of ||x|| moves x by its rounding (float32: 1e-10 is below its eps)
+        tolerance = max(optimizer.parameter_tolerance, 10 * torch.finfo(new_error.dtype).eps)
         rules.append((accept & (step.norm(dim=-1) <= tolerance * (values_size + tolerance)),
                       Termination.PARAMETER_TOLERANCE))
     if optimizer.function_tolerance > 0:

@@ -188,3 +188,17 @@ def test_compiled_solves_stop_by_the_same_rules():
     eager, compiled = results
     assert torch.equal(eager.termination, compiled.termination) and torch.equal(eager.iterations, compiled.iterations)
     assert eager.converged.all() and (eager.iterations < 40).all()
+
+
+@pytest.mark.parametrize("cls", [nlls.GaussNewton, nlls.LevenbergMarquardt])
+def test_an_exact_float32_fit_stops_on_the_parameter_tolerance_floor(cls):
+    """Without the absolute rule (off by default) a float32 exact fit ends on the parameter
+    tolerance, floored at 10 eps of float32 (1e-10 is below float32's rounding: a step at the
+    rounding of the cost went on to max_iterations there)."""
+    x, y, _ = quad_data(256, dtype=torch.float32, noise=0.0)  # without the floor: 40 of 256 (GN) run on
+    ab = nlls.Vector(tensor=torch.zeros(256, 2, dtype=torch.float32), name="ab")
+    obj = nlls.Objective()
+    obj.add(QuadFit(ab, nlls.Variable(x, name="x"), nlls.Variable(10 * y, name="y")))
+    info = cls(obj, max_iterations=50).optimize()
+    assert bool(info.converged.all()) and int(info.iterations.max()) <= 15, info.iterations.tolist()
+    assert float(info.final_error.max()) < 1e-6 * float(info.initial_error.min())
