@@ -283,8 +283,7 @@ class Optimizer:
             small_gradient=small_gradient, accept=accept & running, stalled=stalled & running,
             new_error=new_error, step=step, tried=(running & solved & torch.isfinite(new_error) & ~failed & ~accept)
             if self.function_tolerance > 0 else None)
-        values = select(accept, candidate, state.values)
-        error = torch.where(accept, new_error, state.error)
+        values, error = select(accept, candidate, state.values), torch.where(accept, new_error, state.error)
         done = rule > 0  # (a rule fired; "!= an IntEnum" misleads torch.compile)
         failure = state.failure
         if plateau is not None:
