@@ -30,3 +30,13 @@ def registries():
     for registry, before in saved:
         registry.clear()
         registry.update(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny batched LAPACK calls spin OpenMP threads on a loaded machine: one thread for a module
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

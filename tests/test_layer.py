@@ -20,14 +20,7 @@ F64 = torch.float64
 TIGHT = dict(abs_err_tolerance=0.0, rel_err_tolerance=1e-15)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: on a loaded 2-core machine OpenMP threads spin-wait inside every
-    batched LAPACK call (a 2x3x3 Cholesky takes ms instead of us), so run this module on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (backward_mode, extra layer arguments): every way the layer can differentiate
 MODES = [

@@ -17,12 +17,7 @@ LOWER = torch.tensor([[-INF, 0.0, -INF], [-INF, 1.6, -INF], [-INF, -INF, -INF]],
 UPPER = torch.tensor([[INF, INF, INF], [INF, INF, INF], [1.2, INF, INF]], dtype=F64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(x, y):

@@ -17,13 +17,7 @@ F64 = torch.float64
 SOLVERS = ["dense_cholesky", "dense_lu", "dense_qr", "sparse_cholesky", "cg"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batched LAPACK calls spin OpenMP threads on a loaded machine: one thread here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rosenbrock(starts):

@@ -13,12 +13,7 @@ F64 = torch.float64
 OFF = dict(abs_err_tolerance=0.0, function_tolerance=0.0, gradient_tolerance=0.0, parameter_tolerance=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quad(batch=3, noise=0.05):

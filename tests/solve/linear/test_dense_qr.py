@@ -17,13 +17,7 @@ F64 = torch.float64
 TIGHT = dict(abs_err_tolerance=0.0, rel_err_tolerance=1e-15)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batched LAPACK calls spin OpenMP threads on a loaded machine: one thread here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_jacobian(batch=4, rows=7, dof=3, seed=0):
