@@ -26,12 +26,11 @@ stdout, a markdown table on stderr.
 from __future__ import annotations
 
 import argparse
-import time
-import warnings
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import harness
+from methods_gtsam import bal_graph, gtsam_missing
 from problems_bal_synthetic import SCENES, scene_file
 
 import nlls
@@ -53,17 +52,12 @@ def problem_path(name: str, seed: int) -> Path:
     return scene_file(cameras, points, seed)
 
 
-def _clock(function: Callable, times: Dict[str, float], phase: str):
-    begin = time.perf_counter()
-    result = function()
-    times[phase] = time.perf_counter() - begin
-    return result
 
 
 def run_nlls(path: Path, solver: str, device) -> Dict:
     """Read, build, solve with nlls; the phases' seconds, iterations and costs."""
     times: Dict[str, float] = {}
-    problem = _clock(lambda: read_bal(path), times, "read_s")
+    problem = harness.clock(lambda: read_bal(path), times, "read_s")
 
     def build():
         objective = problem.objective(device=device)
@@ -71,9 +65,9 @@ def run_nlls(path: Path, solver: str, device) -> Dict:
         optimizer.prepare()
         return objective, optimizer
 
-    objective, optimizer = _clock(build, times, "build_s")
+    objective, optimizer = harness.clock(build, times, "build_s")
     initial = float(objective.error_metric()[0])
-    info = _clock(optimizer.optimize, times, "solve_s")
+    info = harness.clock(optimizer.optimize, times, "solve_s")
     return {**times, "iterations": int(info.iterations[0]), "initial_cost": initial,
             "final_cost": float(objective.error_metric()[0]),
             "converged": bool(info.status[0] == nlls.Status.CONVERGED),
@@ -85,41 +79,19 @@ def run_gtsam(path: Path) -> Dict:
     import gtsam
 
     times: Dict[str, float] = {}
-    data = _clock(lambda: gtsam.SfmData.FromBalFile(str(path)), times, "read_s")
+    data = harness.clock(lambda: gtsam.SfmData.FromBalFile(str(path)), times, "read_s")
 
-    def build():
-        noise = gtsam.noiseModel.Isotropic.Sigma(2, 1.0)
-        graph, initial = gtsam.NonlinearFactorGraph(), gtsam.Values()
-        for j in range(data.numberTracks()):
-            track = data.track(j)
-            for k in range(track.numberMeasurements()):
-                camera, uv = track.measurement(k)
-                graph.add(gtsam.GeneralSFMFactorCal3Bundler(
-                    uv, noise, gtsam.symbol("c", camera), gtsam.symbol("p", j)))
-            initial.insert(gtsam.symbol("p", j), track.point3())
-        for i in range(data.numberCameras()):
-            initial.insert(gtsam.symbol("c", i), data.camera(i))
-        return graph, initial
-
-    graph, initial = _clock(build, times, "build_s")
+    graph, initial = harness.clock(lambda: bal_graph(gtsam, data), times, "build_s")
 
     def solve():
         optimizer = gtsam.LevenbergMarquardtOptimizer(graph, initial, gtsam.LevenbergMarquardtParams())
         return optimizer, optimizer.optimize()
 
-    optimizer, result = _clock(solve, times, "solve_s")
+    optimizer, result = harness.clock(solve, times, "solve_s")
     return {**times, "iterations": int(optimizer.iterations()), "initial_cost": float(graph.error(initial)),
             "final_cost": float(graph.error(result)), "converged": True}
 
 
-def gtsam_missing() -> Optional[str]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import gtsam  # noqa: F401
-    except ImportError as exc:
-        return f"gtsam does not import: {exc}"
-    return None
 
 
 def main(argv=None) -> None:

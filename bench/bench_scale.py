@@ -34,8 +34,6 @@ import argparse
 import gc
 import os
 import resource
-import time
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -43,6 +41,7 @@ import harness
 import numpy as np
 import torch
 from bench_bal import run_gtsam as run_gtsam_bal
+from methods_gtsam import gtsam_missing
 from problems_bal_synthetic import SCENES, scene_file
 from problems_pose_graph import DATA, README_GTSAM, Problem, synthetic_pose_graph
 from profile_pose_graph import profile_nlls, profile_table
@@ -110,11 +109,6 @@ def peak_mb() -> float:
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _clock(function: Callable, times: Dict[str, float], phase: str):
-    begin = time.perf_counter()
-    result = function()
-    times[phase] = time.perf_counter() - begin
-    return result
 
 
 # ---- the methods --------------------------------------------------------------------------
@@ -124,16 +118,16 @@ def run_nlls(path: Path) -> Dict:
     resettable = reset_peak()
     before = _status_mb("VmRSS")
     times: Dict[str, float] = {}
-    problem = _clock(lambda: nlls.io.read(path), times, "read_s")
+    problem = harness.clock(lambda: nlls.io.read(path), times, "read_s")
     bal = isinstance(problem, nlls.io.BALProblem)
 
     def build():
         objective = problem.objective(dtype=torch.float64)
         return objective, nlls.build_optimizer(objective, nlls.load_config(BAL_CONFIG if bal else DEFAULT_CONFIG))
 
-    objective, optimizer = _clock(build, times, "build_s")
-    _clock(optimizer.prepare, times, "prepare_s")
-    info = _clock(optimizer.optimize, times, "solve_s")
+    objective, optimizer = harness.clock(build, times, "build_s")
+    harness.clock(optimizer.prepare, times, "prepare_s")
+    info = harness.clock(optimizer.optimize, times, "solve_s")
     iterations = int(info.iterations[0])
     return {**times, "iterations": iterations, "initial_cost": float(info.initial_error[0]),
             "final_cost": float(info.final_error[0]),
@@ -156,10 +150,10 @@ def run_gtsam_pose_graph(path: Path) -> Dict:
     times: Dict[str, float] = {}
     three_d = path.suffix != ".graph" and _is_3d(path)
     if path.suffix == ".graph":
-        graph, initial = _clock(lambda: gtsam.load2D(
+        graph, initial = harness.clock(lambda: gtsam.load2D(
             str(path), noiseFormat=gtsam.NoiseFormat.NoiseFormatTORO), times, "read_s")
     else:
-        graph, initial = _clock(lambda: gtsam.readG2o(str(path), three_d), times, "read_s")
+        graph, initial = harness.clock(lambda: gtsam.readG2o(str(path), three_d), times, "read_s")
 
     def build():
         first = min(initial.keys())
@@ -170,25 +164,17 @@ def run_gtsam_pose_graph(path: Path) -> Dict:
             graph.add(gtsam.PriorFactorPose2(first, initial.atPose2(first),
                                              gtsam.noiseModel.Isotropic.Sigma(3, 1e-6)))
 
-    _clock(build, times, "build_s")
+    harness.clock(build, times, "build_s")
 
     def solve():
         optimizer = gtsam.LevenbergMarquardtOptimizer(graph, initial, gtsam.LevenbergMarquardtParams())
         return optimizer, optimizer.optimize()
 
-    optimizer, result = _clock(solve, times, "solve_s")
+    optimizer, result = harness.clock(solve, times, "solve_s")
     return {**times, "iterations": int(optimizer.iterations()), "initial_cost": float(graph.error(initial)),
             "final_cost": float(graph.error(result))}
 
 
-def gtsam_missing() -> Optional[str]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import gtsam  # noqa: F401
-    except ImportError as exc:
-        return f"gtsam does not import: {exc}"
-    return None
 
 
 def best_of(run: Callable[[], Dict], repeats: int, max_seconds: float) -> Dict:

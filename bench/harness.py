@@ -152,6 +152,14 @@ def seconds(function: Callable, sync: Optional[Callable[[], None]] = None):
     return ms / 1e3, timer.result
 
 
+def clock(function: Callable, times: Dict[str, float], phase: str):
+    """``function()``, its wall-clock seconds stored in ``times[phase]`` (one phase of a run)."""
+    begin = time.perf_counter()
+    result = function()
+    times[phase] = time.perf_counter() - begin
+    return result
+
+
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 

@@ -7,9 +7,22 @@ sigma 1 pixel, no prior. ``LevenbergMarquardtParams()`` with ``relativeErrorTol 
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Optional
 
 from problems_pose_graph import MAX_ITERATIONS, REL_TOLERANCE, Runner
+
+
+def gtsam_missing() -> Optional[str]:
+    """Why GTSAM cannot run here (``None`` when it imports)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import gtsam  # noqa: F401
+    except ImportError as exc:
+        return f"gtsam does not import: {exc}"
+    return None
 
 
 def gtsam_runner(problem) -> Runner:
@@ -49,8 +62,12 @@ def gtsam_runner(problem) -> Runner:
 
 
 def _bal(gtsam, path: Path):
-    """One ``GeneralSFMFactorCal3Bundler`` per observation, sigma 1 pixel, no prior."""
-    data = gtsam.SfmData.FromBalFile(str(path))
+    return bal_graph(gtsam, gtsam.SfmData.FromBalFile(str(path)))
+
+
+def bal_graph(gtsam, data):
+    """``(graph, initial)`` of a BAL ``gtsam.SfmData``: one ``GeneralSFMFactorCal3Bundler`` per
+    observation, sigma 1 pixel, no prior."""
     noise = gtsam.noiseModel.Isotropic.Sigma(2, 1.0)
     graph, initial = gtsam.NonlinearFactorGraph(), gtsam.Values()
     for j in range(data.numberTracks()):

@@ -41,6 +41,13 @@ class Linearization:
         self._flat_g = [group.offsets.reshape(-1) for group in evaluator.groups]
         self._device = torch.device("cpu")
 
+    def single_block(self) -> bool:
+        """Whether a single group of a single cost function covers every column in order (a curve
+        fit): its blocks are then the whole system, and nothing needs scattering."""
+        groups = self.evaluator.groups
+        return (len(groups) == 1 and groups[0].size == 1
+                and groups[0].offsets[0].tolist() == list(range(self.evaluator.dof)))
+
     def _on(self, device: torch.device) -> None:
         """Move the index tensors to ``device`` once (no host copy per iteration)."""
         if device != self._device:
@@ -89,10 +96,7 @@ class DenseLinearization(Linearization):
         super().__init__(evaluator)
         dof = evaluator.dof
         groups = evaluator.groups
-        self._direct = (
-            len(groups) == 1 and groups[0].size == 1
-            and groups[0].offsets[0].tolist() == list(range(dof))
-        )
+        self._direct = self.single_block()
         self._flat_A = [(g.offsets[:, :, None] * dof + g.offsets[:, None, :]).reshape(-1) for g in groups]
 
     def linearize(self, state: State, aux) -> DenseSystem:
@@ -171,10 +175,7 @@ class DenseJacobianLinearization(Linearization):
         super().__init__(evaluator)
         dof = evaluator.dof
         groups = evaluator.groups
-        self._direct = (
-            len(groups) == 1 and groups[0].size == 1
-            and groups[0].offsets[0].tolist() == list(range(dof))
-        )
+        self._direct = self.single_block()
         self.rows = 0  # M
         self._flat_J = []
         for group in groups:
