@@ -94,21 +94,24 @@ def _status_mb(field: str) -> Optional[float]:
 
 
 def reset_peak() -> bool:
-    """Resets the process's peak resident size to its current one (Linux); False if it cannot."""
+    """Resets the process's peak resident size to its current one (Linux); False if it cannot.
+
+    Some kernels and sandboxes accept the write and ignore it, so the reset counts only when the
+    recorded peak afterwards is the current resident size (within a few MB).
+    """
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return True
     except OSError:
         return False
+    peak, resident = _status_mb("VmHWM"), _status_mb("VmRSS")
+    return peak is not None and resident is not None and peak <= resident + 4.0
 
 
 def peak_mb() -> float:
     """Peak resident size of the process in MB (``VmHWM``, else ``ru_maxrss``)."""
     peak = _status_mb("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 
 
 # ---- the methods --------------------------------------------------------------------------

@@ -95,3 +95,17 @@ def test_a_gpu_device_prints_one_skipped_line(capsys):
     assert bench_scale.main(["--device", "cuda", "--problems", "w100.graph"]) == []
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert record["device"] == "cuda" and "CPU-only" in record["skipped"]
+
+
+def test_an_ignored_peak_reset_does_not_count(monkeypatch):
+    # Some sandboxes accept the write to clear_refs and keep the old peak.
+    fields = {"VmHWM": 800.0, "VmRSS": 300.0}
+    monkeypatch.setattr(bench_scale, "_status_mb", fields.get)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("/proc/self/clear_refs cannot be written here")
+    assert bench_scale.reset_peak() is False
+    fields["VmHWM"] = 301.0
+    assert bench_scale.reset_peak() is True
