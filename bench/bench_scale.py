@@ -4,7 +4,7 @@ synthetic BAL scenes, end to end with the settings ``nlls solve`` uses by defaul
 Methods, each timed end to end (read the file, build the problem, solve), best of ``--repeats``:
 
 * ``nlls``: ``nlls.io.read(path)`` (an edge-only file gets its default spanning-tree start),
-  ``problem.objective(dtype=float64)``, ``nlls.build_optimizer(objective, config)`` with the CLI's
+  ``problem.objective(dtype=float64)`` (pose graphs ``anchor=True``), ``nlls.build_optimizer(objective, config)`` with the CLI's
   ``DEFAULT_CONFIG`` (pose graphs) or ``BAL_CONFIG`` (BAL files), ``prepare()``, ``optimize()``;
   peak resident memory of the process during the run (``VmHWM`` after resetting it through
   ``/proc/self/clear_refs``; ``ru_maxrss`` where that cannot be reset).
@@ -125,7 +125,8 @@ def run_nlls(path: Path) -> Dict:
     bal = isinstance(problem, nlls.io.BALProblem)
 
     def build():
-        objective = problem.objective(dtype=torch.float64)
+        # as nlls solve does: pose graphs with the first pose anchored
+        objective = problem.objective(dtype=torch.float64, **({} if bal else {"anchor": True}))
         return objective, nlls.build_optimizer(objective, nlls.load_config(BAL_CONFIG if bal else DEFAULT_CONFIG))
 
     objective, optimizer = harness.clock(build, times, "build_s")

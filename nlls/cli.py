@@ -2,13 +2,14 @@
 
     nlls solve [FILE] [--config CONFIG.yaml] [--output OUT] [--plot OUT.png]
                [--device cpu|cuda] [--dtype float64|float32] [--max-iterations N] [--quiet] [--json]
-               [--covariance [--gauge auto|first|pseudo_inverse]]
+               [--covariance [--gauge auto|first|pseudo_inverse]] [--no-anchor]
 
 ``FILE`` is a g2o (``VERTEX_SE2``/``EDGE_SE2``, ``VERTEX_SE3:QUAT``/``EDGE_SE3:QUAT``), TORO
 (``VERTEX2``/``EDGE2``, ``VERTEX3``/``EDGE3``) or BAL file, detected from its records; with no
 ``FILE`` the 2-D pose graph bundled with the package (GTSAM's ``w100.graph``) is solved. Without
 ``--config`` the solver is chosen by the kind of problem: pose graphs :data:`DEFAULT_CONFIG`
-(Levenberg-Marquardt, sparse Cholesky), BAL files :data:`BAL_CONFIG` (the settings of
+(Levenberg-Marquardt with GTSAM's damping schedule, sparse Cholesky; the first pose anchored by a
+prior unless ``--no-anchor``, see :meth:`nlls.io.PoseGraph.objective`), BAL files :data:`BAL_CONFIG` (the settings of
 ``configs/bundle_adjustment.yaml``: Levenberg-Marquardt with Ceres's scaling and tolerances, the
 points eliminated by the Schur complement). ``--output`` writes a pose graph in g2o format, a BAL
 problem in BAL format; ``--plot`` draws trajectories or the cameras and points (:mod:`nlls.cli_plot`).
@@ -55,6 +56,10 @@ DEFAULT_CONFIG = {
         "max_iterations": 100,
         "abs_err_tolerance": 0.0,
         "rel_err_tolerance": 1e-10,
+        # GTSAM's schedule: from 1e-5, divided by 10 after an accepted step, multiplied after a
+        # rejected one (with the first pose anchored: GTSAM's iteration counts on shared/data)
+        "damping": 1e-5,
+        "damping_factor": 10.0,
     },
     "linear_solver": {"name": "sparse_cholesky"},
 }
@@ -67,7 +72,7 @@ BAL_CONFIG = {
         "function_tolerance": 1e-6,
         "gradient_tolerance": 1e-10,
         "parameter_tolerance": 1e-8,
-        "damping": 1e-4,
+        "damping": 1e-6,
         "diagonal_scaling": True,
         "jacobi_scaling": True,
     },
@@ -125,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     solve.add_argument("--information-order", choices=("auto", "toro", "g2o"),
                        help="2-D pose graphs: the order of the information fields (default auto: the "
                             "format's own, the other one when only it is positive definite)")
+    solve.add_argument("--no-anchor", action="store_true",
+                       help="pose graphs: add no prior on the first pose (by default one holds it, or the "
+                            "first vertex a FIX record names, where it is: same cost, no gauge freedom)")
     cli_report.add_options(solve)
     return parser
 
@@ -263,7 +271,8 @@ def solve(args) -> int:
     if args.max_iterations is not None:
         config.optimizer.max_iterations = args.max_iterations
     writer = problem.write_bal if isinstance(problem, io.BALProblem) else problem.write_g2o
-    objective = problem.objective(dtype=dtype, device=device)
+    anchored = not bal and not args.no_anchor
+    objective = problem.objective(dtype=dtype, device=device, **({"anchor": True} if anchored else {}))
     build_time = time.perf_counter() - started
     before = cli_plot.snapshot(problem, objective) if args.plot else None
     optimizer = nlls.build_optimizer(objective, config)

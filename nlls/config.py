@@ -47,7 +47,7 @@ class ConfigError(ValueError):
 
 OPTIMIZERS = {"gauss_newton": GaussNewton, "levenberg_marquardt": LevenbergMarquardt, "dogleg": Dogleg}
 _LM_ONLY = ("damping", "adaptive_damping", "diagonal_scaling", "min_relative_decrease", "max_damping",
-            "jacobi_scaling")
+            "jacobi_scaling", "damping_factor")
 # the keys of one optimizer (or a few): each optimizer takes its own and the base's
 _OWN_KEYS = {"levenberg_marquardt": _LM_ONLY,
              "dogleg": ("initial_radius", "max_radius", "min_radius", "diagonal_scaling", "min_relative_decrease")}
@@ -91,6 +91,7 @@ class OptimizerConfig:
     min_relative_decrease: float = field(default=_DEFAULTS["min_relative_decrease"], metadata=_number(float, 0))
     max_damping: float = field(default=_DEFAULTS["max_damping"], metadata=_number(float, 0, True))
     jacobi_scaling: bool = field(default=_DEFAULTS["jacobi_scaling"], metadata={"kind": bool})
+    damping_factor: Optional[float] = field(default=_DEFAULTS["damping_factor"], metadata=_number(float, 1, True))
     initial_radius: float = field(default=_DEFAULTS["initial_radius"], metadata=_number(float, 0, True))
     max_radius: float = field(default=_DEFAULTS["max_radius"], metadata=_number(float, 0, True))
     min_radius: float = field(default=_DEFAULTS["min_radius"], metadata=_number(float, 0))

@@ -51,6 +51,8 @@ def test_defaults_and_build():
     ({"optimizer": {"adaptive_damping": "yes"}}, r"optimizer.adaptive_damping must be true or false"),
     ({"optimizer": {"name": "newton"}}, r"optimizer.name must be one of gauss_newton, levenberg_marquardt, dogleg; got 'newton'"),
     ({"optimizer": {"name": "gauss_newton", "damping": 1.0}}, r"optimizer.damping applies to levenberg_marquardt only"),
+    ({"optimizer": {"damping_factor": 1.0}}, r"optimizer.damping_factor must be > 1"),
+    ({"optimizer": {"name": "dogleg", "damping_factor": 10.0}}, r"optimizer.damping_factor applies to levenberg_marquardt only"),
     ({"linear_solver": {"name": "qr"}}, r"linear_solver.name must be one of dense_cholesky, dense_lu"),
     ({"linear_solver": {"name": "dense_lu", "pivot": True}}, r"unknown key 'linear_solver.pivot'"),
     ({"backward": {"mode": "adjoint"}}, r"backward.mode must be one of unroll, truncated, implicit"),

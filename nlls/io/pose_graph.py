@@ -5,7 +5,8 @@ A pose graph holds poses ``x_i`` (``SE2`` or ``SE3``) and edges ``i -> j`` carry
 relative motion ``Z`` and an information matrix ``Omega`` (inverse covariance). Each edge is one
 :class:`~nlls.geometry.Between` with residual ``r = Log(Z^-1 x_i^-1 x_j)`` (tangent translation
 first) weighted by ``S`` with ``S^T S = Omega``, so the objective is ``0.5 * sum r^T Omega r``,
-the cost GTSAM and g2o report. No prior is added: the gauge freedom is the solver's to handle.
+the cost GTSAM and g2o report. No prior is added unless asked for (``objective(anchor=True)``,
+what ``nlls solve`` does): otherwise the gauge freedom is the solver's to handle.
 
 Whatever the file format, information matrices are stored here in the tangent order
 ``[x, y, theta]`` (2-D) or ``[tx, ty, tz, rx, ry, rz]`` (3-D), which is also g2o's order, so
@@ -20,16 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..core.blocks import VariableBlock
+from ..core.cost_function import CostFunction
 from ..core.cost_weight import MatrixCostWeight
 from ..core.objective import Objective
 from ..core.variable import Variable, from_rows
-from ..geometry.factors import Between
+from ..geometry.factors import Between, Difference
 from ..geometry.se2 import SE2
 from ..geometry.se3 import SE3
 from ..geometry.so3 import matrix_to_quaternion
@@ -106,7 +108,8 @@ class PoseGraph:
         return SE2 if self.dimension == 2 else SE3
 
     def objective(self, dtype: torch.dtype = torch.float64,
-                  device: Optional[torch.device] = None, vectorized: bool = True) -> Objective:
+                  device: Optional[torch.device] = None, vectorized: bool = True,
+                  anchor: bool = False) -> Objective:
         """The objective: one variable ``x{id}`` per vertex and the edges' ``Between`` factors.
 
         By default the poses are one :class:`~nlls.VariableBlock` ``poses`` ``(1, N, *shape)``
@@ -119,10 +122,21 @@ class PoseGraph:
         and weight ``S{k}`` (one object per edge; slower to build). Vertices without edges are
         left out.
 
+        With ``anchor`` a prior ``anchor`` (a :class:`~nlls.Difference` to the aux variable
+        ``anchor_target``) holds one pose where it is: the first vertex a g2o ``FIX`` record
+        names, else the first vertex of the file. Its weight is the largest diagonal entry of the
+        edges' ``S``, so it does not spoil the conditioning. A pose graph's cost does not change
+        when every pose moves by one rigid motion, so the anchored optimum has the same cost as
+        the free one and the prior's residual stays zero; what goes is the gauge freedom: the
+        normal matrix becomes positive definite (Gauss-Newton works, Levenberg-Marquardt's
+        damping can get small without the poses drifting along the gauge). GTSAM's reference
+        runs add the same kind of prior; g2o fixes the vertex.
+
         Args:
             dtype: dtype of every tensor.
             device: device of every tensor (default CPU).
             vectorized: one group for the edges (default) or one cost function per edge.
+            anchor: add the prior described above.
 
         Returns:
             A new objective, batch size 1; building it does not change this graph.
@@ -146,17 +160,39 @@ class PoseGraph:
                     names = [n for n, keep in zip(names, used.tolist()) if keep]
                 block = VariableBlock(group, poses[None], "poses", names)
                 pairs = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
-                return objective.add(Between.many(
+                objective.add(Between.many(
                     block, pairs[:, 0], pairs[:, 1], Variable(measurements[None], "z"),
                     Variable(weights[None], "S"), name="edges"))
+                if anchor:
+                    k = self._anchor_position(names)
+                    objective.add(Difference(block.members[k], group.from_tensor(
+                        poses[k:k + 1].clone(), "anchor_target"), self._anchor_weight(weights), name="anchor"))
+                return objective
             variables = from_rows(group, poses, names)
-            cost_functions = [
+            cost_functions: List[CostFunction] = [
                 Between(variables[a], variables[b],
                         group.from_tensor(measurements[k:k + 1], f"z{k}"),
                         MatrixCostWeight(weights[k:k + 1], name=f"S{k}"), name=f"e{k}")
                 for k, (a, b) in enumerate(self._index.tolist())
             ]
+            if anchor:
+                kept = [names[k] for k in np.unique(self._index).tolist()]  # vertices with edges
+                k = names.index(kept[self._anchor_position(kept)])
+                cost_functions.append(Difference(variables[k], group.from_tensor(
+                    poses[k:k + 1].clone(), "anchor_target"), self._anchor_weight(weights), name="anchor"))
             return assemble(cost_functions, dtype)
+
+    def _anchor_position(self, names: Sequence[str]) -> int:
+        """Where in ``names`` the anchored pose is: the first ``FIX``ed vertex there, else 0."""
+        for vertex in self.fixed:
+            if f"x{vertex}" in names:
+                return list(names).index(f"x{vertex}")
+        return 0
+
+    @staticmethod
+    def _anchor_weight(weights: torch.Tensor) -> float:
+        """The anchor's scalar weight: the largest diagonal entry of the edges' ``S``."""
+        return float(weights.diagonal(dim1=-2, dim2=-1).abs().max())
 
     def current_poses(self, objective: Objective) -> torch.Tensor:
         """The poses ``objective`` holds (``x{id}``), this graph's own for vertices it lacks.

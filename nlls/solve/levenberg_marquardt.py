@@ -19,7 +19,11 @@ With ``adaptive_damping`` a step is judged by the ratio of the actual to the pre
 ``rho = (e - e') / (-(g.delta + 0.5 delta^T A delta))``. It is accepted when ``rho`` exceeds
 ``min_relative_decrease`` and ``lambda`` is then scaled by ``max(1/3, 1 - (2 rho - 1)^3)``;
 otherwise it is rejected, the values stay, and ``lambda`` grows by a factor that doubles with each
-consecutive rejection (Nielsen's rule, as in Ceres). An element whose damping passes
+consecutive rejection (Nielsen's rule, as in Ceres). With ``damping_factor`` ``f`` the damping
+is instead divided by ``f`` after every accepted step and multiplied by ``f`` after every rejected
+one (GTSAM's default rule, ``f = 10``): on large, mildly nonlinear problems such as pose graphs
+it reaches Gauss-Newton's fast convergence in fewer steps, while Nielsen's rule is the more
+careful one on hard small problems (the library default). An element whose damping passes
 ``max_damping`` can decrease no further and stops as converged. Without ``adaptive_damping`` the
 damping stays fixed and every finite step is taken (a damped Gauss-Newton, convenient to unroll).
 """
@@ -37,6 +41,7 @@ from .optimizer import Optimizer
 from .termination import ABS_ERR_TOLERANCE, FUNCTION_TOLERANCE, GRADIENT_TOLERANCE, PARAMETER_TOLERANCE
 
 MIN_DIAGONAL, MAX_DIAGONAL = 1e-6, 1e32  # Ceres's clamp of the scaled diagonal
+MIN_FACTOR_DAMPING = 1e-10  # with damping_factor, the damping's floor relative to the initial one
 RESOLUTION = 64  # cost changes within this many eps of the cost are rounding noise
 
 
@@ -66,6 +71,9 @@ class LevenbergMarquardt(Optimizer):
         max_damping: past it an element stops (it cannot decrease further).
         jacobi_scaling: damp in the space of Jacobian columns scaled to unit size (see the
             module's description).
+        damping_factor: ``None`` for Nielsen's rule, or a number ``> 1``: the fixed factor by
+            which an accepted step divides the damping (never below 1e-10 times ``damping``) and
+            a rejected one multiplies it.
     """
 
     # the base's keyword arguments are restated (not **kwargs): one signature for users, editors and
@@ -88,6 +96,7 @@ class LevenbergMarquardt(Optimizer):
         gradient_tolerance: float = GRADIENT_TOLERANCE,
         parameter_tolerance: float = PARAMETER_TOLERANCE,
         jacobi_scaling: bool = False,
+        damping_factor: Optional[float] = None,
     ):
         super().__init__(
             objective, linear_solver=linear_solver, max_iterations=max_iterations,
@@ -102,6 +111,9 @@ class LevenbergMarquardt(Optimizer):
         check_bool("LevenbergMarquardt", "adaptive_damping", adaptive_damping)
         check_bool("LevenbergMarquardt", "diagonal_scaling", diagonal_scaling)
         check_bool("LevenbergMarquardt", "jacobi_scaling", jacobi_scaling)
+        if damping_factor is not None:
+            check_number(self, "damping_factor", damping_factor, minimum=1, open_minimum=True)
+        self.damping_factor = None if damping_factor is None else float(damping_factor)
         self.jacobi_scaling = jacobi_scaling
         self.damping = float(damping)
         self.adaptive_damping = adaptive_damping
@@ -164,8 +176,13 @@ class LevenbergMarquardt(Optimizer):
             predicted > 0, ratio > self.min_relative_decrease, actual >= 0
         )
         damping, growth = step_state.damping, step_state.growth
-        shrink = torch.clamp(1.0 - (2.0 * ratio - 1.0) ** 3, min=1.0 / 3.0)
-        damping = torch.where(accept, damping * shrink, damping * growth)
-        growth = torch.where(accept, torch.full_like(growth, 2.0), growth * 2.0)
+        if self.damping_factor is not None:
+            # never below MIN_FACTOR_DAMPING times the initial damping: ten rejections climb back
+            smaller = torch.clamp(damping / self.damping_factor, min=MIN_FACTOR_DAMPING * self.damping)
+            damping = torch.where(accept, smaller, damping * self.damping_factor)
+        else:
+            shrink = torch.clamp(1.0 - (2.0 * ratio - 1.0) ** 3, min=1.0 / 3.0)
+            damping = torch.where(accept, damping * shrink, damping * growth)
+            growth = torch.where(accept, torch.full_like(growth, 2.0), growth * 2.0)
         stalled = ~accept & (damping > self.max_damping)
         return accept, torch.zeros_like(accept), stalled, DampingState(damping, growth, self._scale(system, step_state))

@@ -62,3 +62,62 @@ def test_damping_is_shown_in_verbose_output(capsys):
     lm = _lm(max_iterations=2)
     lm.optimize(verbose=True)
     assert "damping" in capsys.readouterr().out
+
+
+def test_a_fixed_damping_factor_divides_on_success_and_multiplies_on_rejection():
+    lm = _lm(damping=1e-2, damping_factor=10.0)
+    # element 0 a perfect step, 1 a poor but accepted one (ratio 0.01), 2 an increase of the error
+    state, (accept, _, stalled, new) = _judge(lm, torch.tensor([1.0, 0.01, -1.0], dtype=F64), 1.0)
+    assert accept.tolist() == [True, True, False] and not stalled.any()
+    # GTSAM's rule: the step's quality does not matter, only whether it was accepted
+    torch.testing.assert_close(new.damping, torch.tensor([1e-3, 1e-3, 1e-1], dtype=F64))
+    g = torch.full((3, 1), -1.5, dtype=F64)
+    system = DenseSystem(torch.ones(3, 1, 1, dtype=F64), g)
+    error = torch.full((3,), 10.0, dtype=F64)
+    _, _, _, newer = lm.accept(system, new, torch.ones(3, 1, dtype=F64), torch.ones(3, dtype=torch.bool),
+                               error, error + 1)  # every element rejected now: x10, no doubling
+    torch.testing.assert_close(newer.damping, torch.tensor([1e-2, 1e-2, 1.0], dtype=F64))
+
+
+def test_a_fixed_damping_factor_has_a_floor_and_a_ceiling():
+    lm = _lm(damping=1e-2, damping_factor=10.0, max_damping=0.5)
+    state = lm.init_step_state(torch.full((3,), 10.0, dtype=F64))
+    tiny = DampingState(torch.full((3,), 1e-12, dtype=F64), state.growth, state.scale)
+    system = DenseSystem(torch.ones(3, 1, 1, dtype=F64), torch.full((3, 1), -1.5, dtype=F64))
+    error = torch.full((3,), 10.0, dtype=F64)
+    ones, solved = torch.ones(3, 1, dtype=F64), torch.ones(3, dtype=torch.bool)
+    accept, _, _, new = lm.accept(system, tiny, ones, solved, error, error - 1)
+    assert accept.all()  # 1e-12 / 10 is below 1e-10 x the initial 1e-2: held at 1e-12
+    torch.testing.assert_close(new.damping, torch.full((3,), 1e-12, dtype=F64))
+    big = DampingState(torch.full((3,), 0.1, dtype=F64), state.growth, state.scale)
+    accept, _, stalled, _ = lm.accept(system, big, ones, solved, error, error + 1)
+    assert not accept.any() and stalled.all()  # 1.0 > max_damping: it can decrease no further
+
+
+def test_a_damping_factor_must_exceed_one():
+    import pytest
+
+    for bad in (1.0, 0.5, float("nan")):
+        with pytest.raises(ValueError, match="LevenbergMarquardt: damping_factor"):
+            _lm(damping_factor=bad)
+    with pytest.raises(TypeError, match="LevenbergMarquardt: damping_factor"):
+        _lm(damping_factor="10")
+
+
+def test_a_fixed_damping_factor_solves_a_curve_fit_batch_like_nielsens_rule():
+    torch.manual_seed(0)
+    t = torch.linspace(0, 1, 30, dtype=F64)
+    truth = torch.tensor([[1.0, -2.0], [0.5, 1.5], [2.0, 0.3]], dtype=F64)
+    y = truth[:, :1] * torch.exp(truth[:, 1:] * t) + 1e-3 * torch.randn(3, 30, dtype=F64)
+    results = []
+    for factor in (None, 10.0):
+        obj = nlls.Objective()
+        p = nlls.Vector(tensor=torch.ones(3, 2, dtype=F64), name="p")
+        data = nlls.Variable(y, name="y")
+        obj.add(nlls.AutoDiffCostFunction(
+            (p,), lambda o, a: o[0].tensor[:, :1] * torch.exp(o[0].tensor[:, 1:] * t) - a[0].tensor, 30,
+            aux_vars=(data,), name="fit"))
+        info = nlls.LevenbergMarquardt(obj, max_iterations=100, damping_factor=factor).optimize()
+        assert info.converged.all()
+        results.append(p.tensor.clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-7, atol=1e-9)
