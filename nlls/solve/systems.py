@@ -101,6 +101,13 @@ class SparsePattern:
     share a member, each expanded to its dense ``dof_a x dof_b`` block at closed-form positions
     (numpy on the host, no loop over members, no sort of scalar entries).
 
+    The variable-level structure stays available for analyses that work on blocks rather than
+    entries (the Schur complement's): ``bounds (V + 1,)`` the column boundaries of the variables,
+    ``pairs (P,)`` the sorted keys ``a * V + b`` of the variable pairs whose ``dof_a x dof_b``
+    block is stored, and ``pair_start (P,)`` where each pair's block starts in the rows of ``a``
+    (entry ``(i, j)`` of pair ``(a, b)`` is at ``crow[i] + pair_start + j - bounds[b]``); numpy
+    arrays on the host.
+
     Args:
         dof: the number of columns ``D``.
         columns: per cost group a ``(K, Dg)`` integer tensor of every member's columns.
@@ -123,24 +130,26 @@ class SparsePattern:
         width = np.bincount(pa, weights=vdof[pb], minlength=nvar).astype(np.int64)  # row length
         db = vdof[pb]
         before = np.cumsum(db) - db
-        colstart = before - before[np.searchsorted(pa, pa)]  # first column of a pair in its row
+        segment = np.cumsum(width) - width  # where a's columns start in the list of pair columns
+        colstart = before - segment[pa]  # first column of a pair in its row
         rowblock = vdof * width
         self.nnz = int(rowblock.sum())
         # CSR rows: row (a, r) holds the columns of a's pairs in order, the same for every r of a
         row_length = width[var_of]
         crow = np.zeros(dof + 1, dtype=np.int64)
         np.cumsum(row_length, out=crow[1:])
-        segment = np.cumsum(width) - width  # where a's columns start in the list of pair columns
-        pair_columns = np.repeat(bounds[pb] - np.cumsum(db) + db, db) + np.arange(int(db.sum()))
-        shift = np.repeat(crow[:-1] - segment[var_of], row_length)
-        self.rows = torch.from_numpy(np.repeat(np.arange(dof), row_length))
-        self.cols = torch.from_numpy(pair_columns[np.arange(self.nnz) - shift])
+        pair_columns = np.repeat(bounds[pb] - before, db) + np.arange(int(db.sum()))
+        rows = np.repeat(np.arange(dof), row_length)
+        self.rows = torch.from_numpy(rows)
+        self.cols = torch.from_numpy(_row_columns(pair_columns, crow[:-1] - segment[var_of], rows))
         self.crow = torch.from_numpy(crow)
         own = np.searchsorted(pairs, np.arange(nvar) * (nvar + 1))
         coord = np.arange(dof) - bounds[var_of]
         self.diagonal = torch.from_numpy(crow[:-1] + colstart[own[var_of]] + coord)
-        self.scatter = [torch.from_numpy(_scatter(c, v, slot, pairs, nvar, var_of, bounds, crow, colstart))
+        self.scatter = [torch.from_numpy(_scatter(c, v, slot, pairs, nvar, var_of, bounds, crow, colstart,
+                                                  colstart[own]))
                         for c, (v, slot) in zip(groups, reps)]
+        self.bounds, self.pairs, self.pair_start = bounds, pairs, colstart
         self._device_cache: Dict[str, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, List[torch.Tensor]]] = {}
 
     def on(self, device: torch.device):
@@ -157,20 +166,52 @@ class SparsePattern:
         return f"SparsePattern(dof={self.dof}, nnz={self.nnz})"
 
 
-def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colstart) -> np.ndarray:
-    """The positions in the values of every entry of a group's ``(K, Dg, Dg)`` blocks, flat:
-    found per pair of slots (runs of columns of one variable) on ``(K, P, P)`` pair indices and
-    broadcast over the slots' coordinates (no gather of ``K * Dg * Dg`` entries)."""
+#: entries of the index arrays built per chunk (a chunk's temporaries stay in the cache)
+CHUNK = 1 << 16
+
+
+def _row_columns(pair_columns: np.ndarray, shift: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The CSR column of every entry: entry ``e`` of row ``i`` is ``pair_columns[e - shift[i]]``
+    (the rows of one variable read the same list), chunk by chunk."""
+    out = np.empty(len(rows), dtype=np.int64)
+    step = np.arange(min(CHUNK, len(rows)))
+    for begin in range(0, len(rows), CHUNK):
+        end = min(begin + CHUNK, len(rows))
+        index = shift[rows[begin:end]]
+        np.subtract(step[:end - begin] + begin, index, out=index)
+        np.take(pair_columns, index, out=out[begin:end])
+    return out
+
+
+def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colstart, own) -> np.ndarray:
+    """The positions in the values of every entry of a group's ``(K, Dg, Dg)`` blocks, flat: entry
+    ``(a, b)`` of a member is where its row ``a`` starts, plus the start of the pair of slots
+    (runs of columns of one variable) of ``a`` and ``b`` in that row (``(K, P, P)``, found once
+    per pair; ``own``: of a variable with itself), plus ``b``'s coordinate in its variable;
+    written chunk by chunk of members."""
     k, width = columns.shape
-    start = colstart[np.searchsorted(pairs, variables[:, :, None] * nvar + variables[:, None, :])]  # (K, P, P)
+    count = variables.shape[1]
+    start = np.empty((k, count, count), dtype=np.int64)
+    for i in range(count):
+        for j in range(count):
+            start[:, i, j] = own[variables[:, i]] if i == j else colstart[
+                np.searchsorted(pairs, variables[:, i] * nvar + variables[:, j])]
+    start = start.reshape(k, count * count)
     row = crow[columns]  # (K, Dg): where the row of each column starts
     coord = columns - bounds[var_of[columns]]
-    runs = np.flatnonzero(np.diff(slot, prepend=-1, append=-1))  # slot boundaries in the columns
-    out = np.empty((k, width, width), dtype=np.int64)
-    for a0, a1 in zip(runs[:-1], runs[1:]):
-        for b0, b1 in zip(runs[:-1], runs[1:]):
-            out[:, a0:a1, b0:b1] = (row[:, a0:a1, None] + start[:, slot[a0], slot[b0], None, None]
-                                    + coord[:, None, b0:b1])
+    if k and (coord == coord[0]).all():  # every member's columns sit alike in their variables
+        coord = coord[:1]
+    pair_of = (slot[:, None] * count + slot[None, :]).reshape(-1)  # (Dg * Dg,) slot pair of an entry
+    row_of = np.repeat(np.arange(width), width)
+    column_of = np.tile(np.arange(width), width)
+    out = np.empty((k, width * width), dtype=np.int64)
+    chunk = max(1, CHUNK // max(1, width * width))
+    for begin in range(0, k, chunk):
+        end = min(begin + chunk, k)
+        block = out[begin:end]
+        np.take(start[begin:end], pair_of, axis=1, out=block)
+        block += np.take(row[begin:end], row_of, axis=1)
+        block += coord[begin:end, column_of] if len(coord) > 1 else coord[0, column_of]
     return out.reshape(-1)
 
 

@@ -54,3 +54,30 @@ def test_variables_of_two_sizes_linked_by_members(seed):
     reference = _reference(dof, columns)
     _assert_same(SparsePattern(dof, columns, starts), reference)
     _assert_same(SparsePattern(dof, columns), reference)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_variable_pairs_locate_every_entry(seed):
+    """``pairs`` and ``pair_start`` (what the Schur analysis reads instead of the entries): entry
+    ``(i, j)`` of pair ``(a, b)`` is at ``crow[i] + pair_start + j - bounds[b]``, and the pairs'
+    blocks cover the pattern exactly."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, int(rng.integers(2, 9)))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    nvar, dof = len(sizes), int(starts[-1])
+    columns = []
+    for _ in range(3):
+        count = int(rng.integers(1, min(3, nvar) + 1))
+        members = [np.concatenate([np.arange(starts[v], starts[v + 1]) for v in rng.permutation(nvar)[:count]])
+                   for _ in range(int(rng.integers(1, 5)))]
+        columns.extend(torch.from_numpy(m[None]) for m in members)
+    pattern = SparsePattern(dof, columns, starts)
+    positions = []
+    for key, start in zip(pattern.pairs.tolist(), pattern.pair_start.tolist()):
+        a, b = divmod(key, nvar)
+        for i in range(starts[a], starts[a + 1]):
+            for j in range(starts[b], starts[b + 1]):
+                position = int(pattern.crow[i]) + start + j - int(starts[b])
+                assert (int(pattern.rows[position]), int(pattern.cols[position])) == (i, j)
+                positions.append(position)
+    assert sorted(positions) == list(range(pattern.nnz))

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 
 from ..systems import SparsePattern
+from .schur_blocks import Analysis, block_analysis, coupling_classes
 
 
 class CouplingClass:
@@ -74,7 +76,6 @@ class SchurStructure:
     def __init__(self, pattern: SparsePattern, eliminated: torch.Tensor, reduced: str,
                  owner: str = "Schur"):
         dof = pattern.dof
-        rows, cols = pattern.rows, pattern.cols
         num_e, d = eliminated.shape
         flat_e = eliminated.reshape(-1)
         if flat_e.numel() and (int(flat_e.min()) < 0 or int(flat_e.max()) >= dof):
@@ -84,58 +85,23 @@ class SchurStructure:
             raise ValueError(f"{owner}: an eliminated column is listed twice")
         self.dof, self.nnz, self.num_eliminated, self.d = dof, pattern.nnz, num_e, d
         self.reduced = reduced
-        e_var = torch.full((dof,), -1, dtype=torch.long)
-        e_var[flat_e] = torch.arange(num_e).repeat_interleave(d)
-        e_off = torch.zeros(dof, dtype=torch.long)
-        e_off[flat_e] = torch.arange(d).repeat(num_e)
-        kept = torch.nonzero(e_var < 0).flatten()
+        found = block_analysis(pattern, eliminated, owner)
+        front = found if found is not None else _entry_analysis(pattern, eliminated, owner)
+        kept, starts, sizes = front.kept, front.starts, front.sizes
+        coupling_u, coupling_p, class_of, local = front.coupling_u, front.coupling_p, front.class_of, front.local
+        rr_rows, rr_cols = front.rr_rows, front.rr_cols
         num_r = kept.numel()
-        r_pos = torch.full((dof,), -1, dtype=torch.long)
-        r_pos[kept] = torch.arange(num_r)
         self.eliminated, self.kept, self.num_kept = flat_e, kept, num_r
-
-        row_e, col_e = e_var[rows] >= 0, e_var[cols] >= 0
-        # eliminated-eliminated entries: inside one variable's d x d block only
-        both = torch.nonzero(row_e & col_e).flatten()
-        linked = e_var[rows[both]] != e_var[cols[both]]
-        if bool(linked.any()):
-            q = both[torch.nonzero(linked)[0, 0]]
-            raise ValueError(f"{owner}: the eliminated columns {int(rows[q])} and {int(cols[q])} "
-                             "belong to different eliminated variables that a cost function "
-                             "links; they cannot be eliminated together")
-        block_index = torch.full((num_e * d * d,), pattern.nnz, dtype=torch.long)
-        block_index[e_var[rows[both]] * d * d + e_off[rows[both]] * d + e_off[cols[both]]] = both
-        self.block_index = block_index  # (nE*d*d,) A_EE's blocks in the extended values
-
-        block, offset, starts, sizes = _kept_blocks(pattern, kept, e_var)
+        self.block_index = front.block_index  # (nE*d*d,) A_EE's blocks in the extended values
         self.block_sizes = sizes
-        # kept-kept entries of A go to S as they are
-        rr = torch.nonzero(~row_e & ~col_e).flatten()
-        rr_rows, rr_cols = r_pos[rows[rr]], r_pos[cols[rr]]
-        # couplings: (kept block, eliminated variable) pairs the pattern links
-        re = torch.nonzero(~row_e & col_e).flatten()
-        re_rows, re_cols = rows[re], cols[re]
-        keys, which = _couplings(block[re_rows], e_var[re_cols], offset[re_rows] == 0,
-                                 e_off[re_cols] == 0, sizes.numel(), num_e)
-        coupling_u, coupling_p = keys // max(num_e, 1), keys % max(num_e, 1)
-        size_of = sizes[coupling_u]
-        class_sizes = torch.unique(size_of)
-        class_of = torch.searchsorted(class_sizes, size_of)
-        local = torch.zeros(keys.numel(), dtype=torch.long)
         self.classes: List[CouplingClass] = []
-        for c, size in enumerate(class_sizes.tolist()):
+        for c, (size, index) in enumerate(zip(front.class_sizes, front.class_index)):
             members = torch.nonzero(class_of == c).flatten()
-            local[members] = torch.arange(members.numel())
-            mine = torch.nonzero(class_of[which] == c).flatten()
-            index = torch.full((members.numel() * size * d,), pattern.nnz, dtype=torch.long)
-            k = local[which[mine]]
-            index[(k * size + offset[re_rows[mine]]) * d + e_off[re_cols[mine]]] = re[mine]
             block_rows = starts[coupling_u[members]][:, None] + torch.arange(size)
-            # a last coupling: the entries of the first one, with the zero block num_e as point,
-            # so its Z is zero (the padding of the pair buckets)
-            index = index.reshape(-1, size, d)
+            # the last coupling reads the entries of the first one, with the zero block num_e as
+            # point, so its Z is zero (the padding of the pair buckets)
             self.classes.append(CouplingClass(
-                size, torch.cat([index, index[:1]]),
+                size, index,
                 torch.cat([coupling_p[members], torch.tensor([num_e])]), block_rows))
         first_all, second_all = _pairs(coupling_u, coupling_p, num_e)
         self.pattern = None
@@ -161,10 +127,9 @@ class SchurStructure:
             self.size = self.pattern.nnz
         else:
             self.size = num_r * num_r
-        self.rr_source = rr
+        self.rr_source = front.rr
         #: whether some block reads an entry the pattern lacks (then the values get a zero slot)
-        self.needs_zero = bool((block_index == pattern.nnz).any()) or any(
-            bool((c.index == pattern.nnz).any()) for c in self.classes)
+        self.needs_zero = front.needs_zero
         self.rr_positions = self._positions(rr_rows, rr_cols)
         self.buckets: List[PairBucket] = []
         self.num_pairs = 0  # pairs of couplings summed into S (the work of forming it)
@@ -204,6 +169,57 @@ class SchurStructure:
             self._device_cache[key] = copy
         return self._device_cache[key]
 
+
+def _entry_analysis(pattern: SparsePattern, eliminated: torch.Tensor, owner: str) -> Analysis:
+    """The :class:`~nlls.solve.linear.schur_blocks.Analysis` found entry by entry (any eliminated
+    columns: those that are not the pattern's variables, a pattern of scalar variables)."""
+    dof, nnz = pattern.dof, pattern.nnz
+    rows, cols = pattern.rows, pattern.cols
+    num_e, d = eliminated.shape
+    flat_e = eliminated.reshape(-1)
+    e_var = torch.full((dof,), -1, dtype=torch.long)
+    e_var[flat_e] = torch.arange(num_e).repeat_interleave(d)
+    e_off = torch.zeros(dof, dtype=torch.long)
+    e_off[flat_e] = torch.arange(d).repeat(num_e)
+    kept = torch.nonzero(e_var < 0).flatten()
+    num_r = kept.numel()
+    r_pos = torch.full((dof,), -1, dtype=torch.long)
+    r_pos[kept] = torch.arange(num_r)
+
+    row_e, col_e = e_var[rows] >= 0, e_var[cols] >= 0
+    # eliminated-eliminated entries: inside one variable's d x d block only
+    both = torch.nonzero(row_e & col_e).flatten()
+    linked = e_var[rows[both]] != e_var[cols[both]]
+    if bool(linked.any()):
+        q = both[torch.nonzero(linked)[0, 0]]
+        raise ValueError(f"{owner}: the eliminated columns {int(rows[q])} and {int(cols[q])} "
+                         "belong to different eliminated variables that a cost function "
+                         "links; they cannot be eliminated together")
+    block_index = torch.full((num_e * d * d,), nnz, dtype=torch.long)
+    block_index[e_var[rows[both]] * d * d + e_off[rows[both]] * d + e_off[cols[both]]] = both
+
+    block, offset, starts, sizes = _kept_blocks(pattern, kept, e_var)
+    # kept-kept entries of A go to S as they are
+    rr = torch.nonzero(~row_e & ~col_e).flatten()
+    rr_rows, rr_cols = r_pos[rows[rr]], r_pos[cols[rr]]
+    # couplings: (kept block, eliminated variable) pairs the pattern links
+    re = torch.nonzero(~row_e & col_e).flatten()
+    re_rows, re_cols = rows[re], cols[re]
+    keys, which = _couplings(block[re_rows], e_var[re_cols], offset[re_rows] == 0,
+                             e_off[re_cols] == 0, sizes.numel(), num_e)
+    coupling_u, coupling_p = keys // max(num_e, 1), keys % max(num_e, 1)
+    class_sizes, class_of, local = coupling_classes(coupling_u, sizes)
+    class_index = []
+    for c, size in enumerate(class_sizes):
+        mine = torch.nonzero(class_of[which] == c).flatten()
+        index = torch.full((int((class_of == c).sum()) * size * d,), nnz, dtype=torch.long)
+        k = local[which[mine]]
+        index[(k * size + offset[re_rows[mine]]) * d + e_off[re_cols[mine]]] = re[mine]
+        index = index.reshape(-1, size, d)
+        class_index.append(torch.cat([index, index[:1]]))
+    needs_zero = bool((block_index == nnz).any()) or any(bool((i == nnz).any()) for i in class_index)
+    return Analysis(kept, block_index, starts, sizes, rr, rr_rows, rr_cols, coupling_u, coupling_p,
+                    class_index, needs_zero)
 
 def _to(value, device: torch.device):
     if isinstance(value, torch.Tensor):
@@ -272,21 +288,23 @@ def _couplings(u_of: torch.Tensor, p_of: torch.Tensor, first_row: torch.Tensor,
 
 def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
     """``(first, second)``: every pair of couplings on the same eliminated variable with
-    ``u(first) <= u(second)``."""
-    count = coupling_u.numel()
+    ``u(first) <= u(second)``, by ``first`` then ``u(second)``. The couplings are sorted by
+    ``(u, p)``, so a point's couplings in coupling order have increasing ``u``: each pairs with
+    itself and those after it."""
+    point = coupling_p.numpy()
+    count = point.size
     if not count:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty
-    order = torch.argsort(coupling_p, stable=True)
-    per_point = torch.bincount(coupling_p, minlength=num_e)
-    begin = torch.cumsum(per_point, 0) - per_point
-    repeats = per_point[coupling_p]
-    first = torch.repeat_interleave(torch.arange(count), repeats)
-    within = torch.arange(int(repeats.sum())) - torch.repeat_interleave(
-        torch.cumsum(repeats, 0) - repeats, repeats)
-    second = order[begin[coupling_p[first]] + within]
-    keep = coupling_u[first] <= coupling_u[second]
-    return first[keep], second[keep]
+    order = np.argsort(point, kind="stable")
+    per_point = np.bincount(point, minlength=num_e)
+    begin = np.cumsum(per_point) - per_point
+    rank = np.empty(count, dtype=np.int64)
+    rank[order] = np.arange(count) - begin[point[order]]  # place among the point's couplings
+    after = per_point[point] - rank
+    first = np.repeat(np.arange(count), after)
+    second = order[np.repeat(begin[point] + rank - (np.cumsum(after) - after), after) + np.arange(first.size)]
+    return torch.from_numpy(first), torch.from_numpy(second)
 
 
 def _buckets(dest: torch.Tensor, num_dest: int, diagonal: torch.Tensor):
