@@ -55,7 +55,7 @@ def read(path: PathLike, *, initialization: Optional[str] = None,
     options = {key: value for key, value in (("initialization", initialization),
                                              ("information_order", information_order))
                if value is not None}
-    line, words = source.lines[0]
+    line, words = source.record(0)
     tag = words[0]
     if tag in _g2o.TAGS:
         return _g2o.read_source(source, **options)

@@ -32,6 +32,7 @@ from ..core.manifold import Point3, Vector, broadcast_batch
 from ..core.objective import Objective
 from ..core.variable import Variable
 from ..geometry.so3 import SO3
+from ._numbers import parse_numbers
 from ._text import PathLike, Records, Source, assemble, no_gc_pauses
 from .files import write_text_atomic
 
@@ -265,7 +266,7 @@ def read_bal(path: PathLike) -> BALProblem:
 def read_source(source: Source) -> BALProblem:
     """:func:`read_bal` of a file already split into records."""
     source.require_records("a BAL header 'num_cameras num_points num_observations'")
-    header_line, header = source.lines[0]
+    header_line, header = source.record(0)
     try:
         counts = [int(word) for word in header]
     except ValueError:
@@ -274,12 +275,10 @@ def read_source(source: Source) -> BALProblem:
         raise source.error(header_line, "BAL header must be three positive integers "
                            f"'num_cameras num_points num_observations', got {' '.join(header)!r}")
     num_cameras, num_points, num_observations = counts
-    lines = source.lines[1:]
-    if len(lines) < num_observations:
+    if source.num_records - 1 < num_observations:
         raise source.error(source.num_lines, f"the header announces {num_observations} "
-                           f"observations, the file has {len(lines)} lines after it")
-    observations = Records(source, "observation", [n for n, _ in lines[:num_observations]],
-                           [words for _, words in lines[:num_observations]])
+                           f"observations, the file has {source.num_records - 1} lines after it")
+    observations = Records(source, "observation", np.arange(1, 1 + num_observations), skip=0)
     cams_pts, uv = observations.table(("camera", "point", "u", "v"), ints=2)
     for column, count, what in ((0, num_cameras, "camera"), (1, num_points, "point")):
         bad = (cams_pts[:, column] < 0) | (cams_pts[:, column] >= count)
@@ -288,37 +287,36 @@ def read_source(source: Source) -> BALProblem:
             raise source.error(int(observations.lines[k]), f"observation of {what} "
                                f"{cams_pts[k, column]}, but the header declares num_{what}s = "
                                f"{count} (indices 0 to {count - 1})")
-    parameters = _parameters(source, lines[num_observations:], 9 * num_cameras + 3 * num_points)
+    parameters = _parameters(source, 1 + num_observations, 9 * num_cameras + 3 * num_points)
     return BALProblem(torch.from_numpy(parameters[:9 * num_cameras].reshape(num_cameras, 9)),
                       torch.from_numpy(parameters[9 * num_cameras:].reshape(num_points, 3)),
                       cams_pts, torch.from_numpy(uv), path=source.path)
 
 
-def _parameters(source: Source, lines, expected: int) -> np.ndarray:
-    """The camera and point numbers (any layout), exactly ``expected`` of them."""
-    words = [word for _, row in lines for word in row]
-    if len(words) != expected:
-        counts = np.cumsum([len(row) for _, row in lines]) if lines else np.zeros(0, int)
-        if len(words) < expected:
+def _parameters(source: Source, first_record: int, expected: int) -> np.ndarray:
+    """The camera and point numbers (any layout) of the records from ``first_record`` on,
+    exactly ``expected`` of them."""
+    first = (int(source.record_first[first_record]) if first_record < source.num_records
+             else source.starts.size)
+    found = source.starts.size - first
+    if found != expected:
+        if found < expected:
             raise source.error(source.num_lines, f"the header announces {expected} camera and "
                                f"point parameters (9 per camera, 3 per point), the file has "
-                               f"{len(words)}")
-        extra = lines[int(np.searchsorted(counts, expected, side="right"))][0]
-        raise source.error(extra, f"more numbers than the {expected} camera and point parameters "
-                           "the header announces")
-    try:
-        values = np.array(words, dtype=np.float64)
-    except ValueError:
-        values = None
-    if values is None or not np.isfinite(values).all():
-        for number, row in lines:
-            for word in row:
-                try:
-                    ok = np.isfinite(float(word))
-                except ValueError:
-                    ok = False
-                if not ok:
-                    raise source.error(number, f"camera/point parameter {word!r} is not a finite "
-                                       "number")
-    assert values is not None, "numpy parses words as float() does: a word it refused was refused above"
+                               f"{found}")
+        extra = np.searchsorted(source.record_first, first + expected, side="right") - 1
+        raise source.error(int(source.record_line[extra]), f"more numbers than the {expected} "
+                           "camera and point parameters the header announces")
+    values, ok = parse_numbers(source.buffer, source.starts[first:], source.ends[first:])
+    for k in np.flatnonzero(~ok).tolist():  # unusual forms, as float() reads them
+        try:
+            values[k] = float(source.word(first + k))
+        except ValueError:
+            values[k] = np.nan
+    bad = ~np.isfinite(values)
+    if bad.any():
+        k = int(np.argmax(bad))
+        record = np.searchsorted(source.record_first, first + k, side="right") - 1
+        raise source.error(int(source.record_line[record]), f"camera/point parameter "
+                           f"{source.word(first + k)!r} is not a finite number")
     return values
