@@ -27,7 +27,7 @@ Everything here is index arithmetic on the pattern (CPU, once); the numbers are 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -104,26 +104,30 @@ class SchurStructure:
                 size, index,
                 torch.cat([coupling_p[members], torch.tensor([num_e])]), block_rows))
         first_all, second_all = _pairs(coupling_u, coupling_p, num_e)
-        self.pattern = None
-        grouped: List[Tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.pattern: Optional[SparsePattern] = None
+        self._keys: Optional[torch.Tensor] = None  # the sorted keys i * nR + j of a sparse S
+        grouped: List[Tuple[int, int, np.ndarray, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]] = []
         num_u = sizes.numel()
+        u_of, class_np, local_np = coupling_u.numpy(), class_of.numpy(), local.numpy()
         for c1 in range(len(self.classes)):
             for c2 in range(len(self.classes)):
-                sel = torch.nonzero((class_of[first_all] == c1) & (class_of[second_all] == c2)).flatten()
-                if not sel.numel():
+                first, second = first_all, second_all
+                if len(self.classes) > 1:
+                    sel = np.flatnonzero((class_np[first_all] == c1) & (class_np[second_all] == c2))
+                    first, second = first_all[sel], second_all[sel]
+                if not first.size:
                     continue
-                first, second = first_all[sel], second_all[sel]
-                dest_keys, dest = torch.unique(coupling_u[first] * num_u + coupling_u[second],
-                                               return_inverse=True)
-                grouped.append((c1, c2, local[first], local[second], dest,
-                                dest_keys // num_u, dest_keys % num_u))
+                dest_keys, dest = _unique(u_of[first] * num_u + u_of[second], num_u * num_u)
+                grouped.append((c1, c2, local_np[first], local_np[second], dest,
+                                torch.from_numpy(dest_keys // num_u), torch.from_numpy(dest_keys % num_u)))
         if reduced == "sparse":
             columns = [torch.stack([rr_rows, rr_cols], dim=1)]
             for c1, c2, _, _, _, d1, d2 in grouped:
                 columns.append(torch.cat([starts[d1][:, None] + torch.arange(self.classes[c1].size),
                                           starts[d2][:, None] + torch.arange(self.classes[c2].size)],
                                          dim=1))
-            self.pattern = SparsePattern(num_r, columns)
+            # S is dense on pairs of kept blocks (their rows are identical): a pattern of blocks
+            self.pattern = SparsePattern(num_r, columns, torch.cat([starts, torch.tensor([num_r])]))
             self.size = self.pattern.nnz
         else:
             self.size = num_r * num_r
@@ -134,27 +138,30 @@ class SchurStructure:
         self.buckets: List[PairBucket] = []
         self.num_pairs = 0  # pairs of couplings summed into S (the work of forming it)
         for c1, c2, first, second, dest, d1, d2 in grouped:
-            self.num_pairs += first.numel()
+            self.num_pairs += first.size
             s1, s2 = self.classes[c1].size, self.classes[c2].size
             i = (starts[d1][:, None, None] + torch.arange(s1)[None, :, None]).expand(-1, s1, s2)
             j = (starts[d2][:, None, None] + torch.arange(s2)[None, None, :]).expand(-1, s1, s2)
             positions = self._positions(i, j)
             mirror_positions = self._positions(j, i)
             pads = (self.classes[c1].index.shape[0] - 1, self.classes[c2].index.shape[0] - 1)
-            for blocks, slots in _buckets(dest, d1.numel(), d1 == d2):
-                chosen = torch.nonzero(d1[blocks] != d2[blocks]).flatten()
+            off_diagonal = (d1 != d2).numpy()
+            for blocks, slots in _buckets(dest, d1.numel(), ~off_diagonal):
+                chosen = np.flatnonzero(off_diagonal[blocks])
                 self.buckets.append(PairBucket(
                     c1, c2, _padded(first, slots, pads[0]), _padded(second, slots, pads[1]),
-                    positions[blocks].reshape(-1), chosen,
-                    mirror_positions[blocks[chosen]].reshape(-1)))
+                    positions[torch.from_numpy(blocks)].reshape(-1), torch.from_numpy(chosen),
+                    mirror_positions[torch.from_numpy(blocks[chosen])].reshape(-1)))
+        self._keys = None
         self._device_cache: Dict[str, "SchurStructure"] = {}
 
     def _positions(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """Where entries ``(i, j)`` of ``S`` are stored."""
         if self.pattern is None:
             return i * self.num_kept + j
-        keys = self.pattern.rows * self.num_kept + self.pattern.cols
-        return torch.searchsorted(keys, i * self.num_kept + j)
+        if self._keys is None:
+            self._keys = self.pattern.rows * self.num_kept + self.pattern.cols
+        return torch.searchsorted(self._keys, i * self.num_kept + j)
 
     def on(self, device: torch.device) -> "SchurStructure":
         """A shallow copy whose index tensors are on ``device`` (moved once, then cached)."""
@@ -294,9 +301,9 @@ def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
     point = coupling_p.numpy()
     count = point.size
     if not count:
-        empty = torch.zeros(0, dtype=torch.long)
+        empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    order = np.argsort(point, kind="stable")
+    order = _stable_argsort(point)
     per_point = np.bincount(point, minlength=num_e)
     begin = np.cumsum(per_point) - per_point
     rank = np.empty(count, dtype=np.int64)
@@ -304,32 +311,46 @@ def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
     after = per_point[point] - rank
     first = np.repeat(np.arange(count), after)
     second = order[np.repeat(begin[point] + rank - (np.cumsum(after) - after), after) + np.arange(first.size)]
-    return torch.from_numpy(first), torch.from_numpy(second)
+    return first, second
 
 
-def _buckets(dest: torch.Tensor, num_dest: int, diagonal: torch.Tensor):
+def _stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, by torch (several times faster on integers)."""
+    return torch.argsort(torch.from_numpy(keys), stable=True).numpy()
+
+
+def _unique(keys: np.ndarray, span: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(sorted distinct keys, each key's place among them)`` of keys in ``[0, span)``: a table
+    of the span when it is small, a sort otherwise."""
+    if span > max(1 << 22, 4 * keys.size):
+        return np.unique(keys, return_inverse=True)
+    present = np.zeros(span, dtype=bool)
+    present[keys] = True
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[keys]
+
+
+def _buckets(dest: np.ndarray, num_dest: int, diagonal: np.ndarray):
     """Destination blocks grouped by their count of pairs rounded up to a quarter of its power
     of two (four widths an octave, at most a quarter padding), blocks on the diagonal of ``S``
     apart (their pairs are ``(k, k)``: one gather serves both sides):
     ``(blocks (n,), slots (n, L))`` per group, ``slots`` the pair indices of each block (-1
     where a block has fewer than ``L``)."""
-    order = torch.argsort(dest, stable=True)
-    counts = torch.bincount(dest, minlength=num_dest)
-    begin = torch.cumsum(counts, 0) - counts
-    counts1 = counts.clamp_min(1)
-    step = 2 ** (torch.floor(torch.log2(counts1.double())).long() - 2).clamp_min(0)
+    order = _stable_argsort(dest)
+    counts = np.bincount(dest, minlength=num_dest)
+    begin = np.cumsum(counts) - counts
+    counts1 = np.maximum(counts, 1)
+    step = 2 ** np.maximum(np.frexp(counts1)[1] - 3, 0)  # frexp: exactly floor(log2) + 1
     width = (counts1 + step - 1) // step * step  # at most a quarter more than the count
-    key = 2 * width + diagonal.long()
-    for value in torch.unique(key).tolist():
-        blocks = torch.nonzero(key == value).flatten()
+    key = 2 * width + diagonal
+    for value in np.unique(key).tolist():
+        blocks = np.flatnonzero(key == value)
         size = value // 2
-        within = torch.arange(size)
+        within = np.arange(size)
         where = begin[blocks][:, None] + within
-        slots = torch.where(within < counts[blocks][:, None], order[where.clamp_max(max(dest.numel() - 1, 0))],
-                            torch.full_like(where, -1))
+        slots = np.where(within < counts[blocks][:, None], order[np.minimum(where, max(dest.size - 1, 0))], -1)
         yield blocks, slots
 
 
-def _padded(couplings: torch.Tensor, slots: torch.Tensor, pad: int) -> torch.Tensor:
+def _padded(couplings: np.ndarray, slots: np.ndarray, pad: int) -> torch.Tensor:
     """``couplings[slots]`` with ``pad`` where a slot is -1."""
-    return torch.where(slots >= 0, couplings[slots.clamp_min(0)], torch.full_like(slots, pad))
+    return torch.from_numpy(np.where(slots >= 0, couplings[np.maximum(slots, 0)], pad))

@@ -53,7 +53,7 @@ def fields(structure):
             out.update({f"pattern.{k}": getattr(value, k) for k in ("rows", "cols", "crow", "diagonal")})
         elif isinstance(value, list):
             out.update({f"{name}[{i}].{k}": v for i, item in enumerate(value) for k, v in item.__dict__.items()})
-        elif name not in ("pattern", "_device_cache"):
+        elif name != "pattern" and not name.startswith("_"):
             out[name] = value
     return out
 
