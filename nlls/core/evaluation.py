@@ -25,6 +25,7 @@ values move per iteration. The objective is only read (it caches one evaluator f
 from __future__ import annotations
 
 import warnings
+from itertools import repeat
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -57,14 +58,13 @@ class Evaluator:
         # blocks of optim variables, in first-seen order
         by_kind: Dict[tuple, List[Manifold]] = {}
         for var in objective.optim_vars.values():
-            by_kind.setdefault((type(var), var.event_shape), []).append(var)
+            by_kind.setdefault((type(var), var.tensor.shape[1:]), []).append(var)
         self.blocks: List[Block] = []
         self._where: Dict[int, Tuple[int, int]] = {}  # id(var) -> (block, row)
         offset = 0
         for (cls, shape), variables in by_kind.items():
-            block = Block(cls, shape, variables, offset)
-            for row, var in enumerate(variables):
-                self._where[id(var)] = (len(self.blocks), row)
+            block = Block(cls, tuple(shape), variables, offset)
+            self._where.update(zip(map(id, variables), zip(repeat(len(self.blocks)), range(len(variables)))))
             self.blocks.append(block)
             offset += block.size
         self.dof = offset
@@ -90,13 +90,13 @@ class Evaluator:
     def _index_group(self, group: CostGroup) -> None:
         columns = []
         for slot in group.optim_slots:
-            rows = [self._where[id(v)] for v in slot.members]
-            block_index = rows[0][0]
+            block_of, row_of = zip(*map(self._where.__getitem__, map(id, slot.members)))
+            block_index = block_of[0]
             slot.block = block_index
             block = self.blocks[block_index]
-            index = torch.tensor([row for _, row in rows], dtype=torch.long)
+            index = torch.tensor(row_of, dtype=torch.long)
             if slot.source_index is not None:  # pre-stacked: members are the sequence indexed
-                if any(b != block_index for b, _ in rows):
+                if block_of.count(block_index) != len(block_of):
                     raise ValueError(f"{group.describe()}: the variables of one position must be of "
                                      f"one type and shape")
                 index = index[slot.source_index]
