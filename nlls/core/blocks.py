@@ -12,7 +12,7 @@ members' own. The members keep their data; ``block.tensor`` stacks it when read.
 from __future__ import annotations
 
 from collections.abc import Sequence as SequenceABC
-from typing import Generic, List, Optional, Sequence, Type, TypeVar, Union, overload
+from typing import Generic, Iterator, List, Optional, Sequence, Type, TypeVar, Union, overload
 
 import torch
 
@@ -51,10 +51,10 @@ class VariableBlock(SequenceABC, Generic[V]):
             raise ValueError(f"VariableBlock {name!r}: {len(names)} names for {count} members")
         self.members: List[V] = []
         new = cls.__new__
-        for k, member_name in enumerate(names):
+        for member_name, value in zip(names, tensor.unbind(1)):  # views, as tensor[:, k]
             member = new(cls)
             member._name = member_name
-            member.tensor = tensor[:, k]
+            member.tensor = value
             self.members.append(member)
 
     def _checked(self, tensor) -> torch.Tensor:
@@ -94,11 +94,14 @@ class VariableBlock(SequenceABC, Generic[V]):
         if tuple(tensor.shape[1:]) != expected:
             raise ValueError(f"VariableBlock {self._name!r}: update expects shape (B, "
                              f"{', '.join(map(str, expected))}), got {tuple(tensor.shape)}")
-        for k, member in enumerate(self.members):
-            member.tensor = tensor[:, k]
+        for member, value in zip(self.members, tensor.unbind(1)):
+            member.tensor = value
 
     def __len__(self) -> int:
         return len(self.members)
+
+    def __iter__(self) -> Iterator[V]:
+        return iter(self.members)
 
     @overload
     def __getitem__(self, k: int) -> V: ...

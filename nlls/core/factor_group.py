@@ -160,10 +160,12 @@ def _optim_source(what: str, p: int, source, stand_in: Variable) -> Tuple[List[M
     if not members:
         raise ValueError(f"{what}: variables[{p}] is empty")
     cls, shape = type(stand_in), torch.Size(stand_in.event_shape)
-    for var in members:
-        if type(var) is not cls or var.tensor.shape[1:] != shape:
-            raise TypeError(f"{what}: variables[{p}] holds {var!r}; the template's variable "
-                            f"{stand_in.name!r} is a {cls.__name__} of per-element shape {shape}")
+    kinds = {(type(var), var.tensor.shape) for var in members}  # one pass; the culprit if any
+    if any(kind is not cls or size[1:] != shape for kind, size in kinds):
+        for var in members:
+            if type(var) is not cls or var.tensor.shape[1:] != shape:
+                raise TypeError(f"{what}: variables[{p}] holds {var!r}; the template's variable "
+                                f"{stand_in.name!r} is a {cls.__name__} of per-element shape {shape}")
     index = as_tensor(index, f"{what}: index {p}")
     if index.ndim != 1 or index.is_floating_point() or index.dtype == torch.bool:
         raise ValueError(f"{what}: index {p} must be a 1-D integer tensor, got dtype {index.dtype} "

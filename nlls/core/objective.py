@@ -7,7 +7,7 @@ about how it is minimized: solvers read it (``nlls.core.evaluation``), and it ne
 from __future__ import annotations
 
 import copy as _copy
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -15,6 +15,7 @@ from .blocks import VariableBlock
 from .cost_function import CostFunction
 from .evaluation import Evaluator
 from .manifold import Manifold, Vector
+from .objective_checks import data_fits
 from .stacking import PreStacked
 from .variable import Variable
 
@@ -80,32 +81,17 @@ class Objective:
             if self.cost_functions[name] is cf:
                 raise ValueError(f"cost function {name!r} was already added to this objective")
             raise ValueError(f"cost function name {name!r} is used by another cost function")
-        new_optim: Dict[str, Manifold] = {}
-        new_aux: Dict[str, Variable] = {}
-        for var in cf.optim_vars:
-            self._check_name(var, cf, as_optim=True, pending=(new_optim, new_aux))
-            new_optim[var.name] = var
-        for aux_var in cf.aux_vars + cf.weight_vars:
-            self._check_name(aux_var, cf, as_optim=False, pending=(new_optim, new_aux))
-            new_aux[aux_var.name] = aux_var
+        new_optim, new_aux = self._new_variables(cf)
         dtype = self._dtype
         if dtype is None:
             dtype = next(iter({**self.optim_vars, **new_optim}.values())).dtype
-        for var in new_optim.values():
-            if var.dtype != dtype:
-                raise ValueError(
-                    f"cost function {name!r}: optim variable {var.name!r} has dtype {var.dtype}, "
-                    f"the objective's is {dtype}"
-                )
         device = self.device if self.optim_vars else next(iter(new_optim.values())).device
-        weights = {id(v): f"{type(cf.cost_weight).__name__} {v.name!r}" for v in cf.weight_vars}
-        every: List[Variable] = [*new_optim.values(), *new_aux.values()]
-        for data in every:
-            if data.follows_objective and data.tensor.is_floating_point():
-                data.tensor = data.tensor.to(dtype=dtype, device=device)  # a weight given as a number
-            kind = "optim" if data.name in new_optim else "aux"
-            what = weights.get(id(data), f"{kind} variable {data.name!r}")
-            check_data(data.tensor, dtype, device, f"cost function {name!r}: {what}")
+        if data_fits(new_optim, new_aux, dtype, device):  # one pass, no message to build
+            for data in new_aux.values():
+                if data.follows_objective and data.tensor.is_floating_point():
+                    data.tensor = data.tensor.to(dtype=dtype, device=device)
+        else:
+            self._check_data(cf, new_optim, new_aux, dtype, device)
         dim = cf.dim()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"cost function {name!r}: dim() must be a positive int, got {dim!r}")
@@ -125,6 +111,47 @@ class Objective:
         self._dtype = dtype
         self._structure_version += 1
         return self
+
+    def _new_variables(self, cf: CostFunction) -> Tuple[Dict[str, Manifold], Dict[str, Variable]]:
+        """``cf``'s optim and aux variables by name, checked against the objective's; the names
+        are compared in bulk, and only a clash takes the variable-by-variable path (messages)."""
+        optim, aux = tuple(cf.optim_vars), tuple(cf.aux_vars) + tuple(cf.weight_vars)
+        new_optim = {var.name: var for var in optim}
+        new_aux = {var.name: var for var in aux}
+        known, known_aux = self.optim_vars, self.aux_vars
+        if (len(new_optim) == len(optim) and len(new_aux) == len(aux)
+                and new_optim.keys().isdisjoint(new_aux) and new_optim.keys().isdisjoint(known_aux)
+                and new_aux.keys().isdisjoint(known)
+                and all(known[n] is new_optim[n] for n in new_optim.keys() & known.keys())
+                and all(known_aux[n] is new_aux[n] for n in new_aux.keys() & known_aux.keys())):
+            return new_optim, new_aux
+        new_optim, new_aux = {}, {}
+        for var in optim:
+            self._check_name(var, cf, as_optim=True, pending=(new_optim, new_aux))
+            new_optim[var.name] = var
+        for aux_var in aux:
+            self._check_name(aux_var, cf, as_optim=False, pending=(new_optim, new_aux))
+            new_aux[aux_var.name] = aux_var
+        return new_optim, new_aux
+
+    @staticmethod
+    def _check_data(cf, new_optim, new_aux, dtype, device) -> None:
+        """The checks variable by variable: raise on the first of another dtype or device,
+        naming it (weights given as numbers take the objective's dtype and device)."""
+        name = cf.name
+        for var in new_optim.values():
+            if var.dtype != dtype:
+                raise ValueError(
+                    f"cost function {name!r}: optim variable {var.name!r} has dtype {var.dtype}, "
+                    f"the objective's is {dtype}"
+                )
+        weights = {id(v): f"{type(cf.cost_weight).__name__} {v.name!r}" for v in cf.weight_vars}
+        for data in [*new_optim.values(), *new_aux.values()]:
+            if data.follows_objective and data.tensor.is_floating_point():
+                data.tensor = data.tensor.to(dtype=dtype, device=device)  # a weight given as a number
+            kind = "optim" if data.name in new_optim else "aux"
+            what = weights.get(id(data), f"{kind} variable {data.name!r}")
+            check_data(data.tensor, dtype, device, f"cost function {name!r}: {what}")
 
     def _check_name(self, var, cf, as_optim, pending):
         kind = "optim" if as_optim else "aux"
@@ -152,12 +179,12 @@ class Objective:
         if full or self._batch is None:
             variables = list(self.optim_vars.values()) + list(self.aux_vars.values()) + list(extra)
         else:
-            variables = [v for v in extra if v.batch_size != 1]
+            variables = [v for v in extra if v.tensor.shape[0] != 1]
             if not variables or all(v.batch_size == self._batch for v in variables):
                 return self._batch
             variables += [v for v in list(self.optim_vars.values()) + list(self.aux_vars.values())
                           if v.batch_size != 1]
-        sizes = {v.batch_size for v in variables} - {1}
+        sizes = {v.tensor.shape[0] for v in variables} - {1}  # each one's batch_size
         if len(sizes) > 1:
             by_size: Dict[int, str] = {}
             for v in variables:

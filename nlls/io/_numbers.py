@@ -164,7 +164,7 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
             continue  # no mantissa digit in this word
         total += words[:, k] * _POW10_U64[np.clip(shift, 0, 19)] // _POW10_U64[np.clip(-shift, 0, 19)]
     fraction = np.where(has_dot, exp_at - 1 - dot_at, 0)  # digits after the dot
-    scale = _POW10_U64[np.minimum(fraction, 19)]
+    scale = _POW10_U64[np.clip(fraction, 0, 19)]
     low = total % scale
     mantissa = np.where(has_dot, low + (total - low) // np.uint64(10), total)
     negative = chars[:, 0] == ord("-")

@@ -80,16 +80,10 @@ def _spanning_tree(index: np.ndarray, measured: np.ndarray, count: int) -> np.nd
     _, labels = connected_components(graph, directed=False)
     roots = np.unique(labels, return_index=True)[1]  # the lowest index of each part
     parent = np.full(count, -1)
-    order = []
     for root in roots.tolist():
         visited, predecessors = breadth_first_order(graph, root, directed=False)
         parent[visited[1:]] = predecessors[visited[1:]]
-        order.append(visited)
-    visit = np.concatenate(order)
-    depth = np.zeros(count, dtype=np.int64)
-    for v in visit.tolist():  # parents are visited first
-        if parent[v] >= 0:
-            depth[v] = depth[parent[v]] + 1
+    depth = _depths(parent)
     children = np.nonzero(parent >= 0)[0]
     parents = parent[children]
     edge = first[np.searchsorted(keys, np.minimum(parents, children) * count
@@ -98,10 +92,26 @@ def _spanning_tree(index: np.ndarray, measured: np.ndarray, count: int) -> np.nd
     relative = np.broadcast_to(np.eye(measured.shape[-1]), (count,) + measured.shape[1:]).copy()
     relative[children] = np.where(forward, measured[edge], _inverse(measured[edge]))
     poses = np.broadcast_to(np.eye(measured.shape[-1]), relative.shape).copy()
-    for level in range(1, int(depth.max(initial=0)) + 1):
-        members = np.nonzero(depth == level)[0]
+    by_depth = np.argsort(depth, kind="stable")  # level by level, ascending index in each
+    levels = int(depth.max(initial=0))
+    bounds = np.searchsorted(depth[by_depth], np.arange(levels + 2))
+    for level in range(1, levels + 1):
+        members = by_depth[bounds[level]:bounds[level + 1]]
         poses[members] = poses[parent[members]] @ relative[members]
     return poses
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    """Each vertex's number of ancestors in the forest ``parent`` (``-1`` at the roots), by
+    pointer jumping: ``log2(depth)`` passes over the arrays instead of one step per vertex."""
+    up = np.where(parent >= 0, parent, np.arange(parent.size))
+    depth = (parent >= 0).astype(np.int64)  # the distance from each vertex to ``up``
+    while True:
+        further = up[up]
+        if np.array_equal(further, up):
+            return depth
+        depth = depth + depth[up]
+        up = further
 
 
 def initial_poses(pairs: np.ndarray, measurements: torch.Tensor,

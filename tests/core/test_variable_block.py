@@ -90,3 +90,33 @@ def test_pose_graph_reader_names_the_block_poses(tmp_path):
     assert list(objective.blocks) == ["poses"] and [m.name for m in objective.blocks["poses"]] == ["x3", "x7"]
     objective.update({"poses": torch.tensor([[[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]]], dtype=F64)})
     assert objective.error_metric().item() < 1e-20
+
+
+def test_bulk_checks_of_a_group_still_name_the_culprit():
+    """Objective.add checks a group's thousands of members in one pass; a bad one is still named."""
+    def group(block, name="edges"):
+        return Between.many(block, torch.tensor([0, 1]), torch.tensor([1, 2]),
+                            nlls.SE2.identity(2).tensor[None].to(F64), name=name)
+
+    data = nlls.SE2.identity(3).tensor[None].to(F64)
+    block = VariableBlock(nlls.SE2, data.clone(), "poses")
+    assert list(iter(block)) == block.members and torch.equal(block[2].tensor, data[:, 2])
+    block[1].tensor = block[1].tensor.float()  # a member changed after the block was made
+    with pytest.raises(ValueError, match=r"'edges': optim variable 'poses\[1\]' has dtype torch.float32"):
+        nlls.Objective().add(group(block))
+    objective = nlls.Objective()
+    objective.add(nlls.Difference(nlls.SE2(tensor=data[:, 0], name="poses[2]"),
+                                  nlls.SE2(tensor=data[:, 0], name="zero"), name="prior"))
+    with pytest.raises(ValueError, match=r"'edges': variable name 'poses\[2\]' is already used"):
+        objective.add(group(VariableBlock(nlls.SE2, data.clone(), "poses")))
+    objective = nlls.Objective()
+    target = VariableBlock(nlls.SE2, data.clone(), "poses")
+    objective.add(nlls.Difference(nlls.SE2(tensor=data[:, 0], name="a"), target[0], name="prior"))
+    with pytest.raises(ValueError, match=r"variable 'poses\[0\]' is used as an optim variable here "
+                                         "and as an aux variable elsewhere"):
+        objective.add(group(target))
+    shared = VariableBlock(nlls.SE2, data.clone(), "poses")  # shared with an earlier factor: fine
+    objective = nlls.Objective()
+    objective.add(nlls.Difference(shared[0], nlls.SE2(tensor=data[:, 0], name="zero"), name="prior"))
+    objective.add(group(shared))
+    assert objective.optim_vars["poses[0]"] is shared[0] and len(objective.optim_vars) == 3
