@@ -185,10 +185,10 @@ def _row_columns(pair_columns: np.ndarray, shift: np.ndarray, rows: np.ndarray) 
 
 def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colstart, own) -> np.ndarray:
     """The positions in the values of every entry of a group's ``(K, Dg, Dg)`` blocks, flat: entry
-    ``(a, b)`` of a member is where its row ``a`` starts, plus the start of the pair of slots
-    (runs of columns of one variable) of ``a`` and ``b`` in that row (``(K, P, P)``, found once
-    per pair; ``own``: of a variable with itself), plus ``b``'s coordinate in its variable;
-    written chunk by chunk of members."""
+    ``(a, b)`` of a member is where its row ``a`` starts plus ``X[slot(a), b]``: the start of the
+    pair of slots (runs of columns of one variable) of ``a`` and ``b`` in that row (found once per
+    pair; ``own``: of a variable with itself) plus ``b``'s coordinate in its variable. Written a
+    run of rows at a time, chunk by chunk of members."""
     k, width = columns.shape
     count = variables.shape[1]
     start = np.empty((k, count, count), dtype=np.int64)
@@ -196,22 +196,18 @@ def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colsta
         for j in range(count):
             start[:, i, j] = own[variables[:, i]] if i == j else colstart[
                 np.searchsorted(pairs, variables[:, i] * nvar + variables[:, j])]
-    start = start.reshape(k, count * count)
-    row = crow[columns]  # (K, Dg): where the row of each column starts
     coord = columns - bounds[var_of[columns]]
     if k and (coord == coord[0]).all():  # every member's columns sit alike in their variables
         coord = coord[:1]
-    pair_of = (slot[:, None] * count + slot[None, :]).reshape(-1)  # (Dg * Dg,) slot pair of an entry
-    row_of = np.repeat(np.arange(width), width)
-    column_of = np.tile(np.arange(width), width)
-    out = np.empty((k, width * width), dtype=np.int64)
+    shifts = start[:, :, slot] + coord[:, None, :]  # (K, P, Dg): X of every member
+    row = crow[columns]  # (K, Dg): where the row of each column starts
+    runs = np.flatnonzero(np.diff(slot, prepend=-1, append=-1))  # slot boundaries in the columns
+    out = np.empty((k, width, width), dtype=np.int64)
     chunk = max(1, CHUNK // max(1, width * width))
     for begin in range(0, k, chunk):
-        end = min(begin + chunk, k)
-        block = out[begin:end]
-        np.take(start[begin:end], pair_of, axis=1, out=block)
-        block += np.take(row[begin:end], row_of, axis=1)
-        block += coord[begin:end, column_of] if len(coord) > 1 else coord[0, column_of]
+        end = begin + chunk
+        for a0, a1 in zip(runs[:-1], runs[1:]):
+            np.add(row[begin:end, a0:a1, None], shifts[begin:end, slot[a0], None, :], out=out[begin:end, a0:a1])
     return out.reshape(-1)
 
 
