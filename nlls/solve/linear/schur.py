@@ -98,8 +98,8 @@ class _SchurFactorization(Factorization):
         eye = torch.eye(d, dtype=values.dtype, device=values.device)
         # a non-finite element computes with identity blocks and zero couplings, and fails
         blocks = torch.where(finite[:, None, None], blocks, eye)
-        couplings = [torch.where(finite[:, None, None], f, torch.zeros_like(f)) for f in couplings]
-        kept = torch.where(finite, kept, torch.zeros_like(kept))
+        couplings = [torch.where(finite[:, None, None], f, 0.0) for f in couplings]
+        kept = torch.where(finite, kept, 0.0)
         factor, block_ok = _safe_cholesky(blocks)
         self.inverse = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
         # Z^T = L^{-1} F^T per coupling class: (K + 1, B, d, s), the last one zero (the padding:
