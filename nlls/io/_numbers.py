@@ -31,9 +31,8 @@ WIDTH = 24
 #: zero bytes the buffer must have on either side, so that every window stays inside it
 PAD = WIDTH
 
-#: ``_PREFIX[width][k]``: the words of a ``width``-byte mask whose first ``k`` bytes are 0xFF
-_PREFIX = {width: ((np.arange(width) < np.arange(width + 1)[:, None]).astype(np.uint8)
-                   * np.uint8(0xFF)).view("<u8") for width in (8, 16, 24)}
+#: ``_BYTES[k]``: a little-endian word whose first ``k`` bytes are 0xFF
+_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
 _POW10_U64 = np.array([10**k for k in range(20)], dtype=np.uint64)
 _POW10_F64 = np.array([10.0**k for k in range(23)])
 
@@ -66,6 +65,22 @@ def _row_count(mask: np.ndarray) -> np.ndarray:
     for k in range(1, counts.shape[1]):
         total += counts[:, k]
     return total
+
+
+def _keep_first(words: np.ndarray, count: np.ndarray) -> None:
+    """Zero all but the first ``count[i]`` bytes of each row of ``(n, k)`` words, in place."""
+    for k in range(words.shape[1]):
+        words[:, k] &= _BYTES[np.clip(count - 8 * k, 0, 8)]
+
+
+def _first(mask: np.ndarray, has: np.ndarray, default: np.ndarray) -> np.ndarray:
+    """The first set column of each row of ``mask`` where ``has``, else ``default``."""
+    rows = np.flatnonzero(has)
+    if rows.size == has.size:
+        return mask.argmax(axis=1)
+    out = default.copy()
+    out[rows] = mask[rows].argmax(axis=1)
+    return out
 
 
 def _eight_digits(words: np.ndarray) -> np.ndarray:
@@ -125,8 +140,7 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     width = min(WIDTH, -(-int(length.max()) // 8) * 8)  # 8, 16 or 24 bytes a token
     chars = sliding_window_view(buffer, width)[starts]
     words = chars.view("<u8")
-    prefix = _PREFIX[width]
-    words &= prefix[np.clip(length, 0, width)]  # zero bytes past the token
+    _keep_first(words, length)  # zero bytes past the token
     is_digit = chars - np.uint8(48) < 10
     is_dot = chars == ord(".")
     is_exp = (chars | np.uint8(32)) == ord("e")
@@ -134,14 +148,16 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     digit_count, dot_count = _row_count(is_digit), _row_count(is_dot)
     exp_count, sign_count = _row_count(is_exp), _row_count(is_sign)
     has_exp, has_dot = exp_count > 0, dot_count > 0
-    exp_at = np.where(has_exp, is_exp.argmax(axis=1), length)
+    exp_at = _first(is_exp, has_exp, length)
     dot_at = np.where(has_dot, is_dot.argmax(axis=1), exp_at)
     rows = np.arange(n)
     signed = is_sign[:, 0]
     after_exp = np.minimum(exp_at + 1, width - 1)
     exp_signed = has_exp & (exp_at + 1 < width) & is_sign[rows, after_exp]
     # the first significant digit (0 when there is none); at most 19 from there to the mark
-    leading = (is_digit & (chars != ord("0"))).argmax(axis=1)
+    long = np.flatnonzero(exp_at - signed > 19)
+    leading = signed.astype(np.int64)  # enough where the whole mantissa is 19 long at most
+    leading[long] = (is_digit[long] & (chars[long] != ord("0"))).argmax(axis=1)
     # valid: only those characters; a sign first or right after the exponent mark; one dot at
     # most, before the mark; digits in the mantissa and, if marked, in the exponent
     mantissa_digits = exp_at - signed - dot_count
@@ -155,14 +171,20 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     if integers:
         ok &= ~has_exp & ~has_dot & (exp_at - leading <= 18)
     # the mantissa's digits (everything else '0'), eight per word; word k holds columns 8k..8k+7
-    keep = is_digit.view("<u8") * np.uint64(0xFF) & prefix[np.clip(exp_at, 0, width)]
+    keep = is_digit.view("<u8") * np.uint64(0xFF)
+    _keep_first(keep, exp_at)
     words = _eight_digits((words & keep) | (np.uint64(0x3030303030303030) & ~keep))
     total = np.zeros(n, np.uint64)
     for k in range(width // 8):
         shift = exp_at - 8 * k - 8  # the word's last column has weight 10**shift in the mantissa
         if shift.max() <= -8:
             continue  # no mantissa digit in this word
-        total += words[:, k] * _POW10_U64[np.clip(shift, 0, 19)] // _POW10_U64[np.clip(-shift, 0, 19)]
+        part = words[:, k]
+        if shift.max() > 0:
+            part = part * _POW10_U64[np.clip(shift, 0, 19)]
+        if shift.min() < 0:
+            part = part // _POW10_U64[np.clip(-shift, 0, 19)]
+        total += part
     fraction = np.where(has_dot, exp_at - 1 - dot_at, 0)  # digits after the dot
     scale = _POW10_U64[np.clip(fraction, 0, 19)]
     low = total % scale
@@ -183,12 +205,17 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
             exponent += np.where(k < marked_digits, digit, 0) * 10**k
         negative_exp = chars[marked, after_exp[marked]] == ord("-")
         q[marked] += np.where(negative_exp, -exponent, exponent)
-    values = np.zeros(n)
     fast = ok & (mantissa < np.uint64(2**53)) & (np.abs(q) <= 22)
-    m = mantissa[fast].astype(np.float64)
-    qf = q[fast]
+    every = bool(fast.all())
+    m = (mantissa if every else mantissa[fast]).astype(np.float64)
+    qf = q if every else q[fast]
     power = _POW10_F64[np.abs(qf)]
-    values[fast] = np.where(qf >= 0, m * power, m / power)
+    scaled = m / power if qf.max(initial=0) <= 0 else np.where(qf >= 0, m * power, m / power)
+    if every:
+        values = scaled
+    else:
+        values = np.zeros(n)
+        values[fast] = scaled
     slow = ok & ~fast
     if slow.any():
         wide_ok = slow & (np.abs(q) <= 27) if _WIDE else np.zeros(n, bool)
@@ -204,4 +231,5 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
             ok[index[~exact]] = False
         ok &= fast | wide_ok
     values[~ok] = 0.0
-    return np.where(negative, -values, values), ok
+    np.negative(values, out=values, where=negative)
+    return values, ok
