@@ -45,15 +45,18 @@ class Analysis:
 
 def coupling_classes(coupling_u: torch.Tensor, sizes: torch.Tensor) -> Tuple[List[int], torch.Tensor, torch.Tensor]:
     """``(class sizes ascending, class_of, local)``: the couplings grouped by their kept block's
-    size, each coupling's class and its place among the class's couplings (in coupling order)."""
-    size_of = sizes[coupling_u]
-    class_sizes = torch.unique(size_of)
-    class_of = torch.searchsorted(class_sizes, size_of)
-    counts = torch.bincount(class_of, minlength=class_sizes.numel())
-    order = torch.argsort(class_of, stable=True)
-    local = torch.empty_like(class_of)
-    local[order] = torch.arange(class_of.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    return class_sizes.tolist(), class_of, local
+    size, each coupling's class and its place among the class's couplings (in coupling order).
+    Numpy: no sort of the couplings (torch's first sorts in a process are slow)."""
+    u_of, block_sizes = coupling_u.numpy(), sizes.numpy()
+    used = np.zeros(block_sizes.size, dtype=bool)
+    used[u_of] = True
+    class_sizes = np.unique(block_sizes[used])
+    class_of = np.searchsorted(class_sizes, block_sizes[u_of])
+    local = np.empty(u_of.size, dtype=np.int64)
+    for c in range(class_sizes.size):
+        members = np.flatnonzero(class_of == c)
+        local[members] = np.arange(members.size)
+    return class_sizes.tolist(), torch.from_numpy(class_of), torch.from_numpy(local)
 
 
 def _ranges(begin: np.ndarray, length: np.ndarray) -> np.ndarray:

@@ -303,7 +303,7 @@ def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
     if not count:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    order = _stable_argsort(point)
+    order = np.argsort(point, kind="stable")
     per_point = np.bincount(point, minlength=num_e)
     begin = np.cumsum(per_point) - per_point
     rank = np.empty(count, dtype=np.int64)
@@ -312,11 +312,6 @@ def _pairs(coupling_u: torch.Tensor, coupling_p: torch.Tensor, num_e: int):
     first = np.repeat(np.arange(count), after)
     second = order[np.repeat(begin[point] + rank - (np.cumsum(after) - after), after) + np.arange(first.size)]
     return first, second
-
-
-def _stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")``, by torch (several times faster on integers)."""
-    return torch.argsort(torch.from_numpy(keys), stable=True).numpy()
 
 
 def _unique(keys: np.ndarray, span: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -335,7 +330,7 @@ def _buckets(dest: np.ndarray, num_dest: int, diagonal: np.ndarray):
     apart (their pairs are ``(k, k)``: one gather serves both sides):
     ``(blocks (n,), slots (n, L))`` per group, ``slots`` the pair indices of each block (-1
     where a block has fewer than ``L``)."""
-    order = _stable_argsort(dest)
+    order = np.argsort(dest, kind="stable")
     counts = np.bincount(dest, minlength=num_dest)
     begin = np.cumsum(counts) - counts
     counts1 = np.maximum(counts, 1)
