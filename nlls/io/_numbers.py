@@ -31,8 +31,8 @@ WIDTH = 24
 #: zero bytes the buffer must have on either side, so that every window stays inside it
 PAD = WIDTH
 
-#: ``_BYTES[k]``: a little-endian word whose first ``k`` bytes are 0xFF
-_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
+#: ``_BYTES[k + 16]``: a little-endian word whose first ``k`` bytes are 0xFF (``-16 <= k <= 24``)
+_BYTES = np.array([(1 << (8 * min(max(k, 0), 8))) - 1 for k in range(-16, 25)], dtype=np.uint64)
 _POW10_U64 = np.array([10**k for k in range(20)], dtype=np.uint64)
 _POW10_F64 = np.array([10.0**k for k in range(23)])
 
@@ -70,7 +70,7 @@ def _row_count(mask: np.ndarray) -> np.ndarray:
 def _keep_first(words: np.ndarray, count: np.ndarray) -> None:
     """Zero all but the first ``count[i]`` bytes of each row of ``(n, k)`` words, in place."""
     for k in range(words.shape[1]):
-        words[:, k] &= _BYTES[np.clip(count - 8 * k, 0, 8)]
+        words[:, k] &= _BYTES.take(count - 8 * k + 16, mode="clip")
 
 
 def _first(mask: np.ndarray, has: np.ndarray, default: np.ndarray) -> np.ndarray:
@@ -137,6 +137,37 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     if n == 0:
         return np.zeros(0, dtype), np.zeros(0, bool)
     length = ends - starts
+    if integers:  # most ids: up to eight digits, in one word
+        small, ok = _short_integers(buffer, starts, length)
+        rest = np.flatnonzero(~ok)
+        if rest.size:
+            small[rest], ok[rest] = _parse(buffer, starts[rest], ends[rest], True)
+        return small, ok
+    return _parse(buffer, starts, ends, False)
+
+
+def _short_integers(buffer: np.ndarray, starts: np.ndarray,
+                    length: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``parse_numbers(..., integers=True)`` of the tokens of one to eight digits (no sign)."""
+    word = sliding_window_view(buffer, 8)[starts].view("<u8")[:, 0]
+    inside = _BYTES.take(length + 16, mode="clip")
+    zeros = np.uint64(0x3030303030303030)
+    digits = (word & inside) | (zeros & ~inside)  # '0' past the token
+    high = np.uint64(0x8080808080808080)
+    ok = ((((digits + np.uint64(0x4646464646464646)) | (digits - zeros)) & high) == 0)
+    ok &= (length >= 1) & (length <= 8)
+    shift = (np.uint64(8) - np.minimum(length, 8).astype(np.uint64)) * np.uint64(8)
+    aligned = ((digits & inside) << shift) | (zeros & _BYTES.take(24 - length, mode="clip"))
+    values = _eight_digits(aligned[:, None])[:, 0].astype(np.int64)
+    values[~ok] = 0
+    return values, ok
+
+
+def _parse(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+           integers: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`parse_numbers` of tokens of any form (flagged where not of the fast form)."""
+    n = starts.size
+    length = ends - starts
     width = min(WIDTH, -(-int(length.max()) // 8) * 8)  # 8, 16 or 24 bytes a token
     chars = sliding_window_view(buffer, width)[starts]
     words = chars.view("<u8")
@@ -181,12 +212,12 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
             continue  # no mantissa digit in this word
         part = words[:, k]
         if shift.max() > 0:
-            part = part * _POW10_U64[np.clip(shift, 0, 19)]
+            part = part * _POW10_U64.take(shift, mode="clip")
         if shift.min() < 0:
-            part = part // _POW10_U64[np.clip(-shift, 0, 19)]
+            part = part // _POW10_U64.take(-shift, mode="clip")
         total += part
     fraction = np.where(has_dot, exp_at - 1 - dot_at, 0)  # digits after the dot
-    scale = _POW10_U64[np.clip(fraction, 0, 19)]
+    scale = _POW10_U64.take(fraction, mode="clip")
     low = total % scale
     mantissa = np.where(has_dot, low + (total - low) // np.uint64(10), total)
     negative = chars[:, 0] == ord("-")
@@ -200,7 +231,7 @@ def parse_numbers(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
         exponent = np.zeros(marked.size, np.int64)
         marked_digits, marked_length = exp_digits[marked], length[marked]
         for k in range(int(marked_digits.max())):  # the exponent's digits, from its last one
-            at = np.clip(marked_length - 1 - k, 0, width - 1)
+            at = np.minimum(np.maximum(marked_length - 1 - k, 0), width - 1)
             digit = chars[marked, at].astype(np.int64) - 48
             exponent += np.where(k < marked_digits, digit, 0) * 10**k
         negative_exp = chars[marked, after_exp[marked]] == ord("-")

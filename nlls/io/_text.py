@@ -170,7 +170,9 @@ Scanned = Tuple[np.ndarray, int, Tuple[np.ndarray, np.ndarray],
 def scan_plain(data: bytes) -> Optional[Scanned]:
     """Tokens and records of a file of printable ASCII, tabs and ``\\n`` or ``\\r\\n`` line
     ends, in numpy (``None`` for other files: :func:`scan_text` reads those)."""
-    if not data.isascii() or data.translate(None, _PLAIN) or data.count(b"\r") != data.count(b"\r\n"):
+    if not data.isascii() or data.translate(None, _PLAIN):
+        return None
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):  # a lone CR ends a line too
         return None
     pad = bytes(PAD)
     buffer = np.frombuffer(pad + data + pad, np.uint8)
