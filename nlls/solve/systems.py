@@ -199,15 +199,15 @@ def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colsta
     coord = columns - bounds[var_of[columns]]
     if k and (coord == coord[0]).all():  # every member's columns sit alike in their variables
         coord = coord[:1]
-    shifts = start[:, :, slot] + coord[:, None, :]  # (K, P, Dg): X of every member
     row = crow[columns]  # (K, Dg): where the row of each column starts
     runs = np.flatnonzero(np.diff(slot, prepend=-1, append=-1))  # slot boundaries in the columns
     out = np.empty((k, width, width), dtype=np.int64)
     chunk = max(1, CHUNK // max(1, width * width))
     for begin in range(0, k, chunk):
         end = begin + chunk
-        for a0, a1 in zip(runs[:-1], runs[1:]):
-            np.add(row[begin:end, a0:a1, None], shifts[begin:end, slot[a0], None, :], out=out[begin:end, a0:a1])
+        shifts = start[begin:end][:, :, slot] + (coord if len(coord) == 1 else coord[begin:end])[:, None, :]
+        for a0, a1 in zip(runs[:-1], runs[1:]):  # (n, P, Dg): X of the chunk's members
+            np.add(row[begin:end, a0:a1, None], shifts[:, slot[a0], None, :], out=out[begin:end, a0:a1])
     return out.reshape(-1)
 
 

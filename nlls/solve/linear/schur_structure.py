@@ -81,7 +81,7 @@ class SchurStructure:
         if flat_e.numel() and (int(flat_e.min()) < 0 or int(flat_e.max()) >= dof):
             raise ValueError(f"{owner}: eliminated columns must lie in [0, {dof}), got "
                              f"{int(flat_e.min())} to {int(flat_e.max())}")
-        if flat_e.numel() and int(torch.bincount(flat_e, minlength=dof).max()) > 1:
+        if flat_e.numel() and int(np.bincount(flat_e.numpy(), minlength=dof).max()) > 1:
             raise ValueError(f"{owner}: an eliminated column is listed twice")
         self.dof, self.nnz, self.num_eliminated, self.d = dof, pattern.nnz, num_e, d
         self.reduced = reduced
