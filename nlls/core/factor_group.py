@@ -92,10 +92,12 @@ class FactorGroup(CostFunction, PreStacked):
         assert count is not None, "a CostFunction has at least one optim variable"
         if count == 0:
             raise ValueError(f"{what}: no factors (the index tensors are empty)")
-        unique: Dict[int, Manifold] = {}
-        for members, _ in sources:
-            for var in members:
-                unique.setdefault(id(var), var)
+        unique: Dict[int, Manifold] = {}  # first occurrence order (a repeated key keeps its place)
+        seen = set()
+        for (members, _), source in zip(sources, variables):
+            if id(source[0]) not in seen:  # a block indexed twice (i -> j) is walked once
+                seen.add(id(source[0]))
+                unique.update({id(var): var for var in members})
         group_name = name if name is not None else f"FactorGroup_{template.name}"
         data_vars = [_data_variable(what, k, entry, stand_in, count, f"{group_name}_data{k}")
                      for k, (entry, stand_in) in enumerate(zip(data, aux_positions))]
