@@ -120,12 +120,12 @@ class SparsePattern:
         nvar = len(bounds) - 1
         vdof = np.diff(bounds)
         var_of = np.repeat(np.arange(nvar), vdof)
-        groups = [np.asarray(c, dtype=np.int64).reshape(len(c), -1) for c in columns]
+        groups = [_member_rows(np.asarray(c, dtype=np.int64)) for c in columns]
         reps = [_representatives(c, var_of, bounds) for c in groups]
         keys = [np.arange(nvar) * (nvar + 1)]  # every diagonal block, touched or not
         keys += [(v[:, :, None] * nvar + v[:, None, :]).ravel() for v, _ in reps]
         pairs = np.sort(np.concatenate(keys))  # by row variable, then column variable
-        pairs = pairs[np.append(True, pairs[1:] != pairs[:-1])]
+        pairs = pairs[np.append(True, pairs[1:] != pairs[:-1])[:len(pairs)]]
         pa, pb = pairs // nvar, pairs % nvar
         width = np.bincount(pa, weights=vdof[pb], minlength=nvar).astype(np.int64)  # row length
         db = vdof[pb]
@@ -209,6 +209,13 @@ def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colsta
         for a0, a1 in zip(runs[:-1], runs[1:]):  # (n, P, Dg): X of the chunk's members
             np.add(row[begin:end, a0:a1, None], shifts[:, slot[a0], None, :], out=out[begin:end, a0:a1])
     return out.reshape(-1)
+
+
+def _member_rows(columns: np.ndarray) -> np.ndarray:
+    """``(K, Dg)``: one row of columns per member (a group of no members keeps its width)."""
+    if columns.size:
+        return columns.reshape(len(columns), -1)
+    return columns.reshape(len(columns), columns.shape[-1] if columns.ndim > 1 else 0)
 
 
 def _representatives(columns: np.ndarray, var_of: np.ndarray, bounds: np.ndarray):

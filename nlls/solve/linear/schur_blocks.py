@@ -138,7 +138,8 @@ def block_analysis(pattern: SparsePattern, eliminated: torch.Tensor, owner: str)
     ce = np.flatnonzero(kmask[pa] & ~kmask[pb])
     entry_keys = var_block[pa[ce]] * num_e + e_of[pb[ce]]
     if (entry_keys[1:] >= entry_keys[:-1]).all():  # points numbered in column order: no sort
-        first = np.append(True, entry_keys[1:] != entry_keys[:-1])
+        first = np.ones(entry_keys.size, dtype=bool)
+        first[1:] = entry_keys[1:] != entry_keys[:-1]
         keys, which = entry_keys[first], np.cumsum(first) - 1
     else:
         keys, which = np.unique(entry_keys, return_inverse=True)

@@ -100,6 +100,24 @@ def test_bundle_adjustment_linearization_takes_the_variable_path():
     assert_same(SchurStructure(pattern, columns, "dense"), SchurStructure(entry_pattern, columns, "dense"))
 
 
+@pytest.mark.parametrize("reduced", ["dense", "sparse"])
+@pytest.mark.parametrize("case", ["everything", "unlinked", "kept only"])
+def test_nothing_kept_or_nothing_coupled(case, reduced):
+    """Every variable eliminated (no kept block, no coupling), eliminated variables no cost
+    function links to a kept one, or nothing eliminated but an unused variable."""
+    starts = np.array([0, 2, 4, 7])
+    groups = [torch.tensor([[0, 1], [2, 3]]), torch.tensor([[4, 5, 6]])]  # three unary members
+    eliminated = {"everything": torch.tensor([[0, 1], [2, 3]]), "unlinked": torch.tensor([[0, 1]]),
+                  "kept only": torch.tensor([[2, 3]])}[case]
+    if case == "everything":
+        groups = groups[:1]
+        starts = starts[:3]
+    dof = int(starts[-1])
+    by_variable, by_entry = SparsePattern(dof, groups, starts), SparsePattern(dof, groups)
+    assert block_analysis(by_variable, eliminated, "Schur") is not None
+    assert_same(SchurStructure(by_variable, eliminated, reduced), SchurStructure(by_entry, eliminated, reduced))
+
+
 def test_linked_eliminated_variables_are_refused_with_the_same_message():
     starts = np.array([0, 2, 5, 8, 11])  # a kept variable of 2, three of 3
     groups = [torch.tensor([[0, 1, 2, 3, 4]]), torch.tensor([[5, 6, 7, 8, 9, 10]])]  # links 2 and 3
