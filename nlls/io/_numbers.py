@@ -268,7 +268,8 @@ def _parse(buffer: np.ndarray, starts: np.ndarray, ends: np.ndarray,
             mw = mantissa[wide_ok].astype(np.longdouble)
             qw = q[wide_ok]
             power_w = _POW10_LD[np.abs(qw)]
-            wide = np.where(qw >= 0, mw * power_w, mw / power_w)
+            wide = (mw / power_w if qw.max(initial=0) <= 0
+                    else np.where(qw >= 0, mw * power_w, mw / power_w))
             rounded = wide.astype(np.float64)
             exact = ~_midpoint(wide, rounded)
             index = np.flatnonzero(wide_ok)
