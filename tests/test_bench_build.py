@@ -21,5 +21,6 @@ def test_build_bench_emits_every_stage_of_both_formulations(capsys):
     assert records[0]["measure"] == "environment"
     rows = records[1:]
     assert {(r["formulation"], r["stage"]) for r in rows} == {
-        (f, s) for f in ("grouped", "objects") for s in ("objective", "evaluator", "pattern", "prepare", "total")}
+        (f, s) for f in ("grouped", "objects")
+        for s in ("read", "objective", "evaluator", "pattern", "prepare", "total")}
     assert all(r["bench"] == "build" and r["problem"] == "w100" and r["ms"] > 0 for r in rows)
