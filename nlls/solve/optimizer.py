@@ -214,7 +214,7 @@ class Optimizer:
         status = torch.where(finite, torch.where(active, int(Status.RUNNING), int(Status.CONVERGED)),
                              int(Status.FAILED)).to(torch.int8)  # (plain ints: see step)
         failure = (~finite).to(torch.int8) * int(Failure.NONFINITE_START)  # NONE elsewhere (0)
-        termination = (finite & ~active).to(torch.int8) * int(Termination.ABSOLUTE_ERROR)
+        termination = torch.where(finite, (~active).to(torch.int8) * int(Termination.ABSOLUTE_ERROR), int(Termination.NONFINITE))
         return SolveState(
             values=values, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
@@ -248,7 +248,7 @@ class Optimizer:
             else (state.values, state.aux, state.error, state.step_state))
         system = linearization.linearize(values, aux)
         system, gradient, x = box_system(evaluator, system, values, state.lower, state.upper)
-        gradient_norm, small_gradient = rules.gradient_test(self, gradient, state.active)
+        small_gradient = rules.gradient_test(self, gradient, state.active)
         delta, solved = self.compute_step(system, step_state_in)
         step = delta * self.step_size if self.step_size != 1.0 else delta
         candidate = evaluator.retract(values, step)
@@ -269,7 +269,8 @@ class Optimizer:
         else:
             accept, failed, stalled, step_state = self.accept(
                 system, step_state_in, delta, solved, error_in, new_error)
-        active, running = state.active, state.active & (state.status == int(Status.RUNNING))  # ints: see fired
+        active = state.active
+        running = active if state.freeze_converged else active & (state.status == int(Status.RUNNING))  # (frozen: the same)
         if small_gradient is not None:  # stops where it is, this step not taken (None: the rule is off)
             small_gradient = small_gradient & running
             accept, failed, stalled = accept & ~small_gradient, failed & ~small_gradient, stalled & ~small_gradient
@@ -277,23 +278,21 @@ class Optimizer:
             accept = accept | ((state.status == int(Status.CONVERGED)) & solved & torch.isfinite(new_error))
         accept = accept & active
         failed = failed & active & ~accept
-        stalled = stalled & active & ~accept & ~failed
-        rule, termination, plateau = rules.conclude(
-            self, state, gradient_norm, running,
-            small_gradient=small_gradient, accept=accept & running, stalled=stalled & running,
+        stalled = stalled & active & ~accept & ~failed if self.checks_steps else None  # (else never)
+        done, termination, plateau = rules.conclude(  # (frozen: every active element is running)
+            self, state, system, gradient, None if state.freeze_converged else running,
+            small_gradient=small_gradient, accept=accept, stalled=stalled, failed=failed,
             new_error=new_error, step=step, tried=(running & solved & torch.isfinite(new_error) & ~failed & ~accept)
             if self.function_tolerance > 0 else None)
         values, error = select(accept, candidate, state.values), torch.where(accept, new_error, state.error)
-        done = rule > 0  # (a rule fired; "!= an IntEnum" misleads torch.compile)
         failure = state.failure
-        if plateau is not None:
-            done, failed = done & ~plateau, failed | plateau
-            failure = None if failure is None else torch.where(plateau, int(Failure.NO_DECREASE), failure).to(torch.int8)
-        status = torch.where(failed, int(Status.FAILED), torch.where(done, int(Status.CONVERGED), state.status)).to(torch.int8)
-        # without freeze_converged converged elements keep stepping (the truncated backward)
+        if plateau is not None:  # (done already: NO_FURTHER_DECREASE fired)
+            failed = failed | plateau
+            failure = None if failure is None else failure.masked_fill(plateau, int(Failure.NO_DECREASE))
+        status = torch.where(failed, int(Status.FAILED), torch.where(done, int(Status.CONVERGED), state.status))
         new = SolveState(  # all fields spelled out: dataclasses.replace costs more per step
             values=values, aux=state.aux, error=error, status=status, step_state=step_state,
-            active=active & ~failed & (~done if state.freeze_converged else True),
+            active=active & ~done if state.freeze_converged else active & ~failed,  # (else: the truncated backward)
             iterations=state.iterations + active.long(), initial_error=state.initial_error,
             failure=failure,  # other failures are classified in postprocess (no work per step)
             termination=termination, lower=state.lower, upper=state.upper,
@@ -329,17 +328,17 @@ class Optimizer:
         """The :class:`OptimizerInfo` of a run; with ``write_back`` the solution goes into the
         objective's variables."""
         evaluator = self._built()[0]
-        running = state.status == Status.RUNNING
-        status = torch.where(running, Status.MAX_ITERATIONS, state.status).to(torch.int8)
-        state = classify_failures(self, state, status)
-        state = state.replace(termination=rules.final_termination(state, status))
+        running = state.status == int(Status.RUNNING)  # (plain ints: an IntEnum costs a conversion)
+        status = torch.where(running, int(Status.MAX_ITERATIONS), state.status)
+        state, before = classify_failures(self, state, status), state
+        termination = rules.final_termination(state, status, running, unchanged=state is before)
         if write_back:
             evaluator.scatter(state.values)
         info = OptimizerInfo(
             converged=status == Status.CONVERGED, iterations=state.iterations,
             initial_error=state.initial_error, final_error=state.error, status=status,
             linear_solver=repr(self.linear_solver), message=solve_message(self, state, status),
-            failure=state.failure, termination=state.termination, elapsed=time.perf_counter() - state.started,
+            failure=state.failure, termination=termination, elapsed=time.perf_counter() - state.started,
             active_bounds=bounds_report(self, state),
         )
         if state.best_values is not None:

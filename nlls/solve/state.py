@@ -117,7 +117,8 @@ class SolveState:
         active: ``(B,)`` bool, the element still iterates.
         status: ``(B,)`` int8 :class:`Status` codes.
         failure: ``(B,)`` int8 :class:`Failure` codes.
-        termination: ``(B,)`` int8 :class:`Termination` codes of the rules that have fired.
+        termination: ``(B,)`` int8 :class:`Termination` codes of the rules that have fired
+            (``NONFINITE`` for a failed element until ``postprocess`` knows its reason).
         lower, upper: ``(B, D)`` box bounds on the step's coordinates (vector variables only,
             infinite elsewhere), or ``None`` without bounds.
         iterations: ``(B,)`` iterations each element has run.

@@ -31,9 +31,12 @@ that the element has converged, and a plateau on which every step is rejected wo
 "converged" anywhere (at a minimum, where the model's decrease is below the cost's rounding, a
 rejected step ends the run at once, as in Ceres). Such an element reaches ``NO_FURTHER_DECREASE``. Ceres reports its analogue
 (the minimum trust region radius) as a convergence; here it is a convergence only at a point that
-is stationary to working precision by Dennis and Schnabel's scale-free test (*Numerical Methods
-for Unconstrained Optimization*, section 7.2), ``max_i |pg_i| max(|x_i|, 1) / max(cost, 1) <=
-eps^(1/3)``; elsewhere the element fails with ``Failure.NO_DECREASE`` and the message says so.
+is stationary to working precision by MINPACK's scale-invariant measure, the largest cosine
+between the residual and a column of the Jacobian, ``max_j |pg_j| / (||J_j|| ||r||) <= eps^(1/3)``
+(:func:`stationary`; unchanged by a rescaling of ``x``, of ``r`` or of single unknowns, which a
+size of the gradient, absolute or relative to the cost, is not: at a cost of 1e30 it calls any
+point stationary), or at a cost ``eps`` times the start's (a zero-residual minimum, where the
+cosine stays large); elsewhere the element fails with ``Failure.NO_DECREASE`` and the message says so.
 
 When several rules fire in one iteration the first of gradient, absolute error, function,
 parameter, no further decrease is recorded. A tolerance of 0 switches its rule off; with every
@@ -41,7 +44,7 @@ tolerance 0 a solve runs exactly ``max_iterations`` iterations.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -99,31 +102,42 @@ def values_norm(values: Values) -> torch.Tensor:
     return total.sqrt()
 
 
-def stationary(size: torch.Tensor, gradient_norm: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` whether the point is stationary to working precision: Dennis and Schnabel's relative
-    gradient with one scale for every coordinate, ``max_i |g_i| max(||x||, 1) / max(cost, 1) <=
-    eps^(1/3)`` (``size`` the norm of ``x``, ``gradient_norm`` the max-norm of the gradient)."""
-    relative = gradient_norm * size.clamp_min(1.0) / error.clamp_min(1.0)
-    return relative <= torch.finfo(error.dtype).eps ** (1.0 / 3.0)
+def stationary(gradient: torch.Tensor, diagonal: torch.Tensor, error: torch.Tensor,
+               initial_error: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` whether the point is stationary to working precision: MINPACK's scale-invariant
+    measure, the largest cosine between the residual and a column of ``J``,
+    ``max_j |g_j| / (||J_j|| ||r||) <= eps^(1/3)``, from ``g = J^T r`` ``(B, D)`` (projected, with
+    bounds), ``diagonal = diag(J^T J)`` ``(B, D)`` and the cost ``0.5 ||r||^2``. It does not change
+    when ``x`` or ``r`` is rescaled (a gradient's size, relative or not, does: a run of costs in
+    the 1e30 is "stationary" by it). Near a zero-residual minimum the cosine does not vanish
+    (``r`` and ``J^T r`` shrink together): a cost at most ``eps`` times the ``initial_error`` (the
+    start's cost at its rounding) counts as that minimum. A column of zeros, or the zero gradient
+    a bound gives a coordinate, counts 0."""
+    eps, tiny = torch.finfo(error.dtype).eps, torch.finfo(error.dtype).tiny
+    # |g_j| / ||J_j|| (0 where both are 0), then over ||r|| = sqrt(2 cost)
+    column = (gradient.abs() / diagonal.abs().clamp_min(tiny).sqrt()).amax(dim=-1)
+    residual = (2.0 * error).clamp_min(tiny).sqrt()
+    return (column <= eps ** (1.0 / 3.0) * residual) | (error <= eps * initial_error)
 
 
-def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor):
-    """``(gradient_norm, small_gradient)``: the max-norm ``(B,)`` of the (projected) gradient when a
-    rule needs it, and where it is at most ``gradient_tolerance`` (each ``None`` when not needed:
-    fewer operations per step)."""
-    needed = optimizer.gradient_tolerance > 0 or optimizer.checks_steps
-    gradient_norm = gradient.abs().amax(dim=-1) if needed else None
-    if optimizer.gradient_tolerance > 0 and gradient_norm is not None:
-        return gradient_norm, gradient_norm <= optimizer.gradient_tolerance
-    return gradient_norm, None
+def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor) -> Optional[torch.Tensor]:
+    """Where the max-norm of the (projected) gradient is at most ``gradient_tolerance`` (``None``
+    when the rule is off: fewer operations per step)."""
+    if optimizer.gradient_tolerance > 0:
+        return gradient.abs().amax(dim=-1) <= optimizer.gradient_tolerance
+    return None
 
 
-def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_error, step,
+def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, failed, new_error, step,
           values_size, settled) -> torch.Tensor:
     """``(B,)`` int8: the :class:`Termination` of the first rule that fired in this iteration
-    (``RUNNING`` where none did), from the masks of the iteration (see the module's description)."""
+    (``RUNNING`` where none did), from the masks of the iteration (see the module's description).
+    A ``failed`` element gets ``NONFINITE`` (the lowest priority; the reason is classified at the
+    end, :func:`final_termination`); ``stalled`` is ``None`` for a step rule that never stalls."""
     code = torch.zeros_like(state.status)  # RUNNING
-    rules = [(stalled, Termination.NO_FURTHER_DECREASE)]
+    rules = [(failed, Termination.NONFINITE)]
+    if stalled is not None:
+        rules.append((stalled, Termination.NO_FURTHER_DECREASE))
     if optimizer.parameter_tolerance > 0:
         # a step below 10 eps of ||x|| moves x by its rounding (float32: 1e-10 is below its eps)
         tolerance = max(optimizer.parameter_tolerance, 10 * torch.finfo(new_error.dtype).eps)
@@ -142,48 +156,87 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, new_
         rules.append((small_gradient, Termination.GRADIENT_TOLERANCE))
     for mask, rule in rules:  # the last assignment wins: the list runs from the lowest priority
         code = torch.where(mask, int(rule), code)  # (a plain int: torch.compile mistraces IntEnum here)
-    return code.to(torch.int8)
+    return code
 
 
-def conclude(optimizer, state: SolveState, gradient_norm: Optional[torch.Tensor], running: torch.Tensor,
+def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, running: Optional[torch.Tensor],
              **masks) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """``(rule, termination, plateau)`` of an iteration: the rule that fired (:func:`fired`, with
-    ``masks``), the elements' termination codes so far (the first rule that fired stays), and the
-    stalled elements that are not stationary (:func:`stationary`): they fail (``None`` for a step
-    rule that takes every step, ``optimizer.checks_steps`` false: it never stalls)."""
+    """``(done, termination, plateau)`` of an iteration: where a rule fired or the step failed
+    (:func:`fired`, with the ``masks`` of active elements restricted to the ``running`` ones;
+    ``running`` is ``None`` when every active element runs), the elements' termination codes so
+    far (the first rule that fired stays), and the stalled elements that are not stationary
+    (:func:`stationary`, from the iteration's ``system`` and ``gradient``): they fail (``None``
+    for a step rule that takes every step, ``optimizer.checks_steps`` false: it never stalls)."""
     tried = masks.pop("tried")
-    can_stall = optimizer.checks_steps and gradient_norm is not None
-    size = values_norm(state.values) if optimizer.parameter_tolerance > 0 or can_stall else None
-    still = stationary(size, gradient_norm, state.error) if can_stall and size is not None and gradient_norm is not None else None
+    if running is not None:  # (converged elements step on: their rules have fired)
+        masks.update({key: masks[key] & running for key in ("accept", "stalled", "failed") if masks[key] is not None})
+    size = values_norm(state.values) if optimizer.parameter_tolerance > 0 else None
+    still = None
+    if optimizer.checks_steps and masks["stalled"] is not None:
+        still = stationary(gradient, system.operator().diagonal(), state.error, state.initial_error)
     settled = None if still is None or tried is None else tried & still  # (tried: None without a function tolerance)
     rule = fired(optimizer, state, values_size=size, settled=settled, **masks)
     plateau = None if still is None else masks["stalled"] & ~still
-    termination = rule if state.termination is None else torch.where(
-        running & (rule > 0), rule, state.termination).to(torch.int8)
-    return rule, termination, plateau
+    done = rule > 0  # (every mask is of running elements: a rule that fired is the element's first)
+    termination = rule if state.termination is None else torch.where(done, rule, state.termination)
+    return done, termination, plateau
 
 
-def final_termination(state: SolveState, status: torch.Tensor) -> torch.Tensor:
+def _by_status_table(device: torch.device) -> torch.Tensor:
+    """``(len(Status) * len(Failure),)`` int8: the termination an element that no rule stopped
+    ends with, indexed by ``status * len(Failure) + failure`` (``status`` before ``RUNNING``
+    becomes ``MAX_ITERATIONS``). One lookup instead of a chain of ``torch.where`` s: a solve of
+    one element spends most of its time in such small operations."""
+    table = _TABLES.get(device)
+    if table is None:
+        codes = []
+        for status in Status:
+            for failure in Failure:
+                if status in (Status.RUNNING, Status.MAX_ITERATIONS):
+                    code = Termination.MAX_ITERATIONS
+                elif status == Status.STOPPED:
+                    code = Termination.STOPPED_BY_CALLBACK
+                elif status == Status.FAILED:
+                    code = {Failure.LINEAR_SOLVE: Termination.LINEAR_SOLVER_FAILURE,
+                            Failure.NO_DECREASE: Termination.NO_FURTHER_DECREASE}.get(failure, Termination.NONFINITE)
+                else:  # converged: a rule always fired (kept as RUNNING otherwise)
+                    code = Termination.RUNNING
+                codes.append(int(code))
+        table = _TABLES[device] = torch.tensor(codes, dtype=torch.int8, device=device)
+    return table
+
+
+_TABLES: Dict[torch.device, torch.Tensor] = {}
+
+
+def final_termination(state: SolveState, status: torch.Tensor, running: torch.Tensor,
+                      unchanged: bool = False) -> torch.Tensor:
     """``(B,)`` int8 termination codes at the end of a run: the rule that fired, else what the
-    status and failure say (out of iterations, stopped, a non-finite cost, a linear solve)."""
-    termination = state.termination if state.termination is not None else torch.zeros_like(status)
-    failure = state.failure if state.failure is not None else torch.zeros_like(status)
-    unset = termination == Termination.RUNNING
-    by_failure = torch.where(failure == Failure.LINEAR_SOLVE, Termination.LINEAR_SOLVER_FAILURE,
-                             torch.where(failure == Failure.NO_DECREASE, Termination.NO_FURTHER_DECREASE,
-                                         Termination.NONFINITE))
-    by_status = torch.where(status == Status.MAX_ITERATIONS, Termination.MAX_ITERATIONS,
-                            torch.where(status == Status.STOPPED, Termination.STOPPED_BY_CALLBACK,
-                                        torch.where(status == Status.FAILED, by_failure, Termination.RUNNING)))
+    status and failure say (out of iterations, stopped, a non-finite cost, a linear solve).
+    ``status`` is the final one (``MAX_ITERATIONS`` for the elements still ``running``);
+    ``unchanged``: no failure needed classifying at the end (``report.classify_failures``)."""
+    if unchanged and state.termination is not None and state.callback is None:
+        # every stopped element has its code (a failure's provisional one is right when no failure
+        # needed classifying): one operation, for the elements still running
+        return torch.where(running, int(Termination.MAX_ITERATIONS), state.termination)
+    key = status.long() * len(Failure)
+    if state.failure is not None:
+        key = key + state.failure
+    by_status = _by_status_table(status.device)[key]
+    if state.termination is None:
+        return by_status
     # an element stopped by a callback keeps the callback as its reason even if a rule fired later
-    stopped = status == Status.STOPPED
-    return torch.where(unset | stopped, by_status, termination).to(torch.int8)
+    # NONFINITE is the provisional code of an element that failed in a step (its reason is known
+    # here: a linear solve, a non-finite error)
+    unset = (state.termination == 0) | (state.termination == int(Termination.NONFINITE))
+    return torch.where(unset | (status == int(Status.STOPPED)), by_status, state.termination)
 
 
 def converged_reasons(termination: torch.Tensor, status: torch.Tensor) -> str:
     """``"2 gradient tolerance, 1 function tolerance"``: the rules that ended the converged
     elements, most frequent first ("" when none converged)."""
-    converged = termination[status == Status.CONVERGED].long()
+    # (no boolean indexing: it reads the count back to size its result)
+    converged = torch.where(status == int(Status.CONVERGED), termination, 0).long()
     counts = torch.bincount(converged, minlength=len(Termination)).tolist()
     parts: List[str] = [f"{counts[code]} {name}" for code, name in
                         sorted(_NAMES.items(), key=lambda item: -counts[item[0]]) if counts[code]]
