@@ -182,3 +182,48 @@ def test_bal_parameters_in_any_layout(tmp_path):
     path.write_text("1 1 1\n0 0 1.5 -2\n0.1 0.2 0.3 1 2 3 500 1e-05 0\n1 inf 3\n")
     with pytest.raises(FormatError, match=r"p.txt:4: camera/point parameter 'inf' is not a finite"):
         read_bal(path)
+
+
+BAL = "2 2 3\n0 0 1.5 -2\n1 1 3e-1 4\n1 0 -7.25 8\n" + "\n".join(
+    f"{0.1 * k:.17g}" for k in range(2 * 9 + 2 * 3)) + "\n"
+TORO = "VERTEX2 0 0 0 0\nVERTEX2 1 1 0 0.5\nEDGE2 0 1 1 0 0.5 1 0 1 1 0 0\nEQUIV 0 1\n"
+PIECES = ["0", "1", "7", "-", ".", "e", "E", "+", " ", "\t", "\n", "\r\n", "#", "x", "12.5e-3",
+          "VERTEX_SE2", "EDGE2", "nan", "1_0", "\u00e9", "", ""]
+
+
+def _outcome(path):
+    """The result of reading ``path``, comparable between the two tokenizers."""
+    from nlls.io import read
+
+    try:
+        problem = read(path)
+    except FormatError as error:
+        return "error", str(error)
+    if hasattr(problem, "cameras"):
+        return "bal", problem.cameras.tolist(), problem.points.tolist(), problem.observations.tolist()
+    return ("graph", problem.vertex_ids.tolist(), problem.poses.tolist(),
+            problem.edges.measurements.tolist(), problem.edges.information.tolist(), problem.notes)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([G2O, TORO, BAL]), st.lists(st.tuples(st.integers(0, 10**6),
+                                                               st.integers(0, 3),
+                                                               st.sampled_from(PIECES)), max_size=4))
+def test_mutated_files_read_the_same_on_both_paths(tmp_path_factory, text, edits):
+    """A mutated file never crashes, and the numpy path reads it exactly as the line-by-line one:
+    the same problem, or the same error at the same line."""
+    import nlls.io._text as text_module
+
+    for position, removed, inserted in edits:
+        at = position % (len(text) + 1)
+        text = text[:at] + inserted + text[at + removed:]
+    path = tmp_path_factory.mktemp("fuzz") / "file.txt"
+    path.write_bytes(text.encode("utf-8"))
+    fast = _outcome(path)
+    plain = text_module.scan_plain
+    text_module.scan_plain = lambda data: None  # every file the line-by-line way
+    try:
+        slow = _outcome(path)
+    finally:
+        text_module.scan_plain = plain
+    assert fast == slow
