@@ -7,8 +7,10 @@ number, and a pose graph or BAL file holds close to a million. Here every token 
 digit to the exponent mark, a 3-digit exponent) is
 converted at once:
 
-* the tokens' bytes, a ``(n, 24)`` matrix, are classified (digit, dot, exponent mark, sign),
-  and the grammar is checked by counting and locating those classes;
+* tokens are taken by length: single characters (the 0s and 1s of information matrices) and
+  ids of up to eight digits directly, the others as ``(n, 8 | 16 | 24)`` byte matrices whose
+  bytes are classified (digit, dot, exponent mark, sign), the grammar checked by counting and
+  locating those classes;
 * the mantissa's digits, right-aligned, are read eight at a time from ``uint64`` words (the
   classic SWAR digit trick), the dot removed arithmetically: an exact integer ``m < 10**19``;
 * ``m * 10**q`` is rounded once: in float64 when ``m < 2**53`` and ``|q| <= 22`` (both factors
