@@ -137,6 +137,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_anchor(problem, objective, dtype, device):
+    """``problem``'s objective without the anchor, at ``objective``'s values."""
+    free = problem.objective(dtype=dtype, device=device)
+    free.update({name: block.tensor for name, block in objective.blocks.items()} if objective.blocks else
+                {name: var.tensor for name, var in objective.optim_vars.items() if name in free.optim_vars})
+    return free
+
+
 class Progress:
     """The progress of a solve on ``stream``, as an ``optimize(callback=...)`` callback: a tqdm
     bar when ``bar`` (tqdm installed, a terminal), else plain lines (each of the first
@@ -324,8 +332,9 @@ def solve(args) -> int:
     say(f"  device, dtype    {device}, {args.dtype}")
     if info.failure is not None and bool((info.failure == Failure.LINEAR_SOLVE).any()):
         report["diagnosis"] = cli_report.diagnosis(objective, say)  # which variables leave it singular
-    if args.covariance and not failed:
-        report["covariance"] = cli_report.covariance(objective, problem, args.gauge, say)
+    if args.covariance and not failed:  # of the graph as the file states it: without the anchor's prior
+        free = _without_anchor(problem, objective, dtype, device) if anchored else objective
+        report["covariance"] = cli_report.covariance(free, problem, args.gauge, say)
     targets = [name for name in (args.output, args.plot) if name]
     if failed and targets:
         why = "the final cost is not finite" if not finite else "a batch element failed"

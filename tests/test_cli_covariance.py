@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nlls.cli import main
 
@@ -48,13 +49,13 @@ def test_pseudo_inverse_gauge_and_bundle_adjustment(capsys):
 def test_a_singular_solve_prints_the_diagnosis(tmp_path, capsys):
     config = tmp_path / "gn.yaml"
     config.write_text("optimizer:\n  name: gauss_newton\nlinear_solver:\n  name: dense_cholesky\n")
-    status = main(["solve", "--config", str(config), "--covariance"])
+    status = main(["solve", "--config", str(config), "--covariance", "--no-anchor"])  # (anchored: regular)
     out = capsys.readouterr().out
     assert status == 1
     assert "diagnosis (the normal equations are singular):" in out
     assert "3 gauge direction(s) shared by all 100 SE2 variables" in out
     assert "marginal standard deviations" not in out  # no covariance after a failed solve
-    status, report = _json(capsys, ["solve", "--config", str(config)])
+    status, report = _json(capsys, ["solve", "--config", str(config), "--no-anchor"])
     (finding,) = report["diagnosis"]["findings"]
     assert status == 1 and finding["kind"] == "gauge" and finding["directions"] == 3
     assert report["diagnosis"]["null_space_dim"] == [3] and len(finding["variables"]) == 20
@@ -67,3 +68,12 @@ def test_help_lists_the_options(capsys):
         pass
     out = capsys.readouterr().out
     assert "--covariance" in out and "--gauge" in out
+
+
+def test_the_anchor_does_not_change_the_covariance(capsys):
+    """The anchor's prior is left out of the covariance: the same marginals with and without it."""
+    for gauge in ("first", "pseudo_inverse"):
+        reports = [_json(capsys, ["solve", "--covariance", "--gauge", gauge, *extra])[1]["covariance"]
+                   for extra in ([], ["--no-anchor"])]
+        for name, entry in reports[0]["variables"].items():
+            assert entry["std"] == pytest.approx(reports[1]["variables"][name]["std"], rel=1e-6, abs=1e-12)

@@ -1,4 +1,5 @@
 """Levenberg-Marquardt's step rule: damping updates, rejection, stalling, fixed damping."""
+import pytest
 import torch
 
 import nlls
@@ -95,8 +96,6 @@ def test_a_fixed_damping_factor_has_a_floor_and_a_ceiling():
 
 
 def test_a_damping_factor_must_exceed_one():
-    import pytest
-
     for bad in (1.0, 0.5, float("nan")):
         with pytest.raises(ValueError, match="LevenbergMarquardt: damping_factor"):
             _lm(damping_factor=bad)
@@ -121,3 +120,35 @@ def test_a_fixed_damping_factor_solves_a_curve_fit_batch_like_nielsens_rule():
         assert info.converged.all()
         results.append(p.tensor.clone())
     torch.testing.assert_close(results[0], results[1], rtol=1e-7, atol=1e-9)
+
+
+def _pose_graph(batch=2):
+    torch.manual_seed(3)
+    objective = nlls.Objective()
+    def pose(name):
+        return nlls.SE2(tensor=nlls.SE2.exp_tensor(torch.randn(batch, 3, dtype=F64)), name=name)
+
+    poses = [pose(f"x{k}") for k in range(6)]
+    for k, (a, b) in enumerate([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0), (1, 4)]):
+        z = pose(f"z{k}")
+        objective.add(nlls.Between(poses[a], poses[b], z, cost_weight=1.0 + k, name=f"e{k}"))
+    return objective
+
+
+def test_the_model_decrease_from_the_solve_equals_the_product_with_a():
+    for solver in ("sparse_cholesky", nlls.Schur(eliminate=["x5"])):
+        for settings in ({}, {"diagonal_scaling": True}, {"jacobi_scaling": True, "diagonal_scaling": True},
+                         {"jacobi_scaling": True, "step_size": 0.5}):
+            lm = nlls.LevenbergMarquardt(_pose_graph(), linear_solver=solver, damping=0.3, **settings)
+            assert lm.linear_solver.model_from_solve
+            state = lm.init()
+            system = lm.linearization.linearize(state.values, state.aux)
+            delta, solved = lm.compute_step(system, state.step_state)
+            assert solved.all()
+            from_solve = lm._model_decrease(system, state.step_state, delta)
+            product = system.quadratic_decrease(delta * lm.step_size)
+            assert (product > 0).all()
+            torch.testing.assert_close(from_solve, product, rtol=1e-10, atol=0)
+            with pytest.raises(AssertionError):  # the identity is not the product for another damping
+                other = DampingState(state.step_state.damping * 2, state.step_state.growth, state.step_state.scale)
+                torch.testing.assert_close(lm._model_decrease(system, other, delta), product, rtol=1e-10, atol=0)

@@ -72,11 +72,15 @@ class LinearSolver:
             uncapturable library routines, so a whole solve can be captured in a CUDA graph
             (``optimize(cuda_graph=True)``).
         failure_advice: what the optimizer's message tells the user when elements fail.
+        model_from_solve: the step solves the damped system exactly (a direct factorization),
+            and applying ``A`` costs enough that Levenberg-Marquardt should take its model's
+            decrease from the solve's identity instead (the sparse and Schur solvers).
     """
 
     name = ""
     linearization = "dense"
     failure_advice = ""
+    model_from_solve = False
 
     @property
     def capturable(self) -> bool:

@@ -202,6 +202,7 @@ class Schur(LinearSolver):
 
     name = "schur"
     linearization = "sparse"
+    model_from_solve = True  # a direct factorization of a matrix whose products are not cheap
     failure_advice = SINGULAR_ADVICE
 
     def __init__(self, eliminate: Eliminate = None, reduced: str = "auto", max_dense: int = 2000,

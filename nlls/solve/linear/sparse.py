@@ -195,6 +195,7 @@ class SparseCholesky(LinearSolver):
 
     name = "sparse_cholesky"
     linearization = "sparse"
+    model_from_solve = True  # a direct factorization of a matrix whose products are not cheap
     failure_advice = SINGULAR_ADVICE
 
     def __init__(self, backend: str = "auto"):
