@@ -16,8 +16,11 @@ Variants (all return ``A (B, D, D)`` and ``g (B, D)``):
 * ``transposed_entries``: ``entries`` on the contiguous ``J^T`` (reductions along memory);
 * ``transposed_broadcast``: ``(M[..., :D, None, :] * M[..., None, :, :]).sum(-1)`` with ``M`` as
   in ``transposed_stacked_bmm`` (``A`` and ``g`` from one reduction);
+* ``outer``:          the sum of the outer products of ``J``'s rows, accumulated in place
+  (``nlls.solve.normal_equations.normal_outer``: short, wide blocks such as pose-graph edges
+  ``(3, 6)`` and reprojections ``(2, 12)``);
 * ``nlls``:           what nlls does (``nlls.solve.normal_equations.normal_blocks``: one of ``bmm``,
-  ``transposed``, ``entries`` by its rule; the line's ``rule`` says which).
+  ``transposed``, ``entries``, ``outer`` by its rule; the line's ``rule`` says which).
 
 Each variant is timed eagerly on a grid of shapes, and compiled (``torch.compile(dynamic=False)``
 of a function forming ``(A, g)`` from ``(J, r)``, after warm-up) on the shapes of the problems of
@@ -37,6 +40,8 @@ comes from ``bench_optimistix.py`` solves (see ``normal_rule`` in nlls/solve/nor
     .venv/bin/python bench/bench_normal_equations.py                 # ~2-3 min on 2 cores
     .venv/bin/python bench/bench_normal_equations.py --quick         # ~10 s, eager, fewer shapes
     .venv/bin/python bench/bench_normal_equations.py --no-compile
+    .venv/bin/python bench/bench_normal_equations.py --batch-sizes 100,1000,64311 --dims 2,3,6 \
+        --dofs 6,9,12 --dtypes float64 --no-compile --no-gradient --variants outer,nlls  # short, wide
     .venv/bin/python bench/bench_normal_equations.py --device cuda   # the GPU rule (not measured yet)
 """
 from __future__ import annotations
@@ -48,7 +53,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import harness
 import torch
 
-from nlls.solve.normal_equations import normal_blocks, normal_rule
+from nlls.solve.normal_equations import normal_blocks, normal_outer, normal_rule
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
 
@@ -121,13 +126,17 @@ def transposed_broadcast(J, r) -> Pair:
     return P[..., :D], P[..., D]
 
 
+def outer(J, r) -> Pair:
+    return normal_outer(J, r)
+
+
 def nlls(J, r) -> Pair:
     return normal_blocks(J, r)
 
 
 VARIANTS: Dict[str, Callable[[torch.Tensor, torch.Tensor], Pair]] = {
     f.__name__: f for f in (bmm, einsum, broadcast, entries, stacked_bmm, transposed_bmm,
-                            transposed_stacked_bmm, transposed_entries, transposed_broadcast, nlls)
+                            transposed_stacked_bmm, transposed_entries, transposed_broadcast, outer, nlls)
 }
 
 

@@ -18,6 +18,7 @@ from .tracing import is_compiling
 
 LARGE = 4096  # rows * dim from which the bmm of the transposed view stops being the fastest
 TALL = 20  # dim from which the contiguous transposed copy pays off
+MANY = 1000  # blocks from which the outer products of short, wide blocks beat bmm
 FUSED_BYTES = 4 * 2 ** 20  # largest J for which compiled per-entry reductions win (cache-bound)
 
 
@@ -49,8 +50,19 @@ def normal_entries(jac: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, to
     return torch.stack(rows, dim=-2), g
 
 
+def normal_outer(jac: torch.Tensor, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``J^T J`` as the sum of the outer products of ``J``'s rows, accumulated in place: for short,
+    wide blocks (pose-graph edges, reprojections) elementwise work beats one tiny matrix product
+    per block; exactly symmetric (every term is)."""
+    dim = jac.shape[-2]
+    A = jac[..., 0, :, None] * jac[..., 0, None, :]
+    for k in range(1, dim):
+        A = A.addcmul_(jac[..., k, :, None], jac[..., k, None, :])
+    return A, (jac * r[..., None]).sum(-2)
+
+
 NORMAL_VARIANTS: Dict[str, Callable] = {
-    "bmm": normal_bmm, "transposed": normal_transposed, "entries": normal_entries,
+    "bmm": normal_bmm, "transposed": normal_transposed, "entries": normal_entries, "outer": normal_outer,
 }
 
 
@@ -59,6 +71,9 @@ def normal_rule(jac: torch.Tensor) -> str:
 
     With ``rows`` the number of blocks (the product of the leading sizes):
 
+    * on the CPU, eagerly, at least ``MANY`` blocks that are short and wide (``dim <= 2`` and
+      ``D >= 6``, or ``dim <= 4`` and ``6 <= D <= 9``: pose-graph edges, reprojections): ``outer``
+      (two to five times faster than ``bmm`` there, ``bench/bench_normal_equations.py``);
     * not on CPU, ``D > 3``, or ``rows * dim < LARGE``: ``bmm`` (small batches are overhead;
       with larger ``D`` the alternatives are mixed; the GPU rule is not measured yet);
     * under ``torch.compile`` with ``J`` at most ``FUSED_BYTES``: ``entries`` (fused reductions
@@ -66,7 +81,10 @@ def normal_rule(jac: torch.Tensor) -> str:
     * ``dim >= TALL``: ``transposed``;
     * else ``bmm``.
     """
-    size = jac.shape[-1]
+    size, dim = jac.shape[-1], jac.shape[-2]
+    if (jac.is_cpu and size >= 6 and (dim <= 2 or (dim <= 4 and size <= 9)) and not is_compiling()
+            and jac.numel() >= MANY * dim * size):
+        return "outer"
     if size > 3 or not jac.is_cpu or jac.numel() < LARGE * size:  # rows * dim < LARGE
         return "bmm"
     if is_compiling() and jac.numel() * jac.element_size() <= FUSED_BYTES:

@@ -176,3 +176,33 @@ def test_gauss_newton_with_the_rule_matches_least_squares():
         objective, p, least_squares = _quadratic_fit(batch)
         nlls.GaussNewton(objective, max_iterations=3).optimize()
         torch.testing.assert_close(p.tensor, least_squares, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap of an in-place op: a fallback
+@pytest.mark.parametrize("dim, size", [(1, 6), (2, 12), (3, 6), (4, 9)])
+def test_outer_products_equal_bmm_exactly_symmetric_and_differentiable(dim, size):
+    from nlls.solve.normal_equations import normal_outer
+
+    generator = torch.Generator().manual_seed(dim * size)
+    jac = torch.randn(7, 2, dim, size, dtype=torch.float64, generator=generator, requires_grad=True)
+    r = torch.randn(7, 2, dim, dtype=torch.float64, generator=generator, requires_grad=True)
+    A, g = normal_outer(jac, r)
+    A_ref, g_ref = NORMAL_VARIANTS["bmm"](jac, r)
+    torch.testing.assert_close(A, A_ref, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(g, g_ref, rtol=1e-13, atol=1e-13)
+    assert torch.equal(A, A.transpose(-1, -2))
+    assert torch.autograd.gradcheck(lambda j, v: normal_outer(j, v), (jac, r))
+    # under torch.func as well: a per-sample Jacobian of A through vmap
+    per_sample = torch.func.vmap(torch.func.jacrev(lambda j: normal_outer(j, r[0, 0])[0]))(jac[:, 0].detach())
+    assert per_sample.shape == (7, size, size, dim, size)
+
+
+def test_the_rule_takes_outer_products_for_many_short_wide_blocks():
+    def jac(rows, dim, size):
+        return torch.zeros(rows, 1, dim, size, dtype=torch.float64)
+
+    assert normal_rule(jac(64311, 3, 6)) == "outer"  # pose-graph edges
+    assert normal_rule(jac(150049, 2, 12)) == "outer"  # reprojections
+    assert normal_rule(jac(100, 2, 12)) == "bmm"  # few blocks: one product is cheaper
+    assert normal_rule(jac(64311, 3, 12)) == "bmm"  # measured: bmm is as fast there
+    assert normal_rule(jac(64311, 20, 6)) != "outer"  # tall blocks keep their rule
