@@ -11,7 +11,13 @@ The rules are Ceres's (``Solver::Options``), applied per batch element with mask
   or for a rejected one at a point stationary to working precision (see below); a tolerance below
   100 machine epsilons of the dtype counts as 100 of them (smaller changes are rounding noise,
   and a run must not stop at an iteration the noise picks); the gradient and parameter
-  tolerances give more precision than the cost can.
+  tolerances give more precision than the cost can. The rule ends a run only where the cosine
+  of the stationarity test (below) is at most ``PROGRESS_COSINE * sqrt(function_tolerance)``
+  (1e-3 by default): a heavily damped or radius-bound step also changes the cost little, far
+  from any minimum (Levenberg-Marquardt with scaled damping on Chebyquad10 from 10 x0, at a cost
+  of 1e28). A change within the noise ends a run only at a stationary point for a step rule
+  that judges steps: Levenberg-Marquardt and the dogleg take a step the cost cannot judge as a
+  good one, on a plateau too.
 * ``parameter_tolerance``: ``||step|| <= parameter_tolerance * (||x|| + parameter_tolerance)`` for
   an **accepted** step: ``||step||`` the norm of the tangent step taken (after projection into the
   box), ``||x||`` the norm of every entry of the element's optim variables. A tolerance below 10
@@ -103,21 +109,38 @@ def values_norm(values: Values) -> torch.Tensor:
 
 
 def stationary(gradient: torch.Tensor, diagonal: torch.Tensor, error: torch.Tensor,
-               initial_error: torch.Tensor) -> torch.Tensor:
+               initial_error: torch.Tensor, cosine: Optional[float] = None) -> torch.Tensor:
     """``(B,)`` whether the point is stationary to working precision: MINPACK's scale-invariant
     measure, the largest cosine between the residual and a column of ``J``,
-    ``max_j |g_j| / (||J_j|| ||r||) <= eps^(1/3)``, from ``g = J^T r`` ``(B, D)`` (projected, with
-    bounds), ``diagonal = diag(J^T J)`` ``(B, D)`` and the cost ``0.5 ||r||^2``. It does not change
-    when ``x`` or ``r`` is rescaled (a gradient's size, relative or not, does: a run of costs in
-    the 1e30 is "stationary" by it). Near a zero-residual minimum the cosine does not vanish
-    (``r`` and ``J^T r`` shrink together): a cost at most ``eps`` times the ``initial_error`` (the
-    start's cost at its rounding) counts as that minimum. A column of zeros, or the zero gradient
-    a bound gives a coordinate, counts 0."""
-    eps, tiny = torch.finfo(error.dtype).eps, torch.finfo(error.dtype).tiny
-    # squared, without roots (fewer operations per step): max_j g_j^2 / ||J_j||^2 (0 where both
-    # are 0) against eps^(2/3) ||r||^2, ||r||^2 = 2 cost
-    column = (gradient * gradient / diagonal.clamp_min(tiny)).amax(dim=-1)
-    return (column <= (2.0 * eps ** (2.0 / 3.0)) * error) | (error <= eps * initial_error)
+    ``max_j |g_j| / (||J_j|| ||r||) <= eps^(1/3)`` (or ``<= cosine``), from ``g = J^T r``
+    ``(B, D)`` (projected, with bounds), ``diagonal = diag(J^T J)`` ``(B, D)`` and the cost
+    ``0.5 ||r||^2``. It does not change when ``x`` or ``r`` is rescaled (a gradient's size,
+    relative or not, does: a run of costs in the 1e30 is "stationary" by it). Near a zero-residual
+    minimum the cosine does not vanish (``r`` and ``J^T r`` shrink together): a cost at most
+    ``eps`` times the ``initial_error`` (the start's cost at its rounding) counts as that minimum.
+    A column of zeros, or the zero gradient a bound gives a coordinate, counts 0."""
+    return within(column_measure(gradient, diagonal), error, initial_error, cosine)
+
+
+def column_measure(gradient: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ``max_j g_j^2 / ||J_j||^2`` (0 where both are 0): the squared cosine of
+    :func:`stationary` times ``||r||^2``, without roots (fewer operations per step)."""
+    return (gradient * gradient / diagonal.clamp_min(torch.finfo(diagonal.dtype).tiny)).amax(dim=-1)
+
+
+def within(column: torch.Tensor, error: torch.Tensor, initial_error: torch.Tensor,
+           cosine: Optional[float] = None) -> torch.Tensor:
+    """:func:`stationary` from :func:`column_measure`'s ``column``."""
+    eps = torch.finfo(error.dtype).eps
+    cosine = eps ** (1.0 / 3.0) if cosine is None else cosine
+    return (column <= (2.0 * cosine * cosine) * error) | (error <= eps * initial_error)
+
+
+#: the function tolerance ends a run only where the cosine of :func:`stationary` is at most this
+#: many times ``sqrt(function_tolerance)`` (1e-3 at the default): a small change of the cost says
+#: the run has converged when the step is near the Gauss-Newton one (then the cosine is at most
+#: about the root of the relative change), not when a large damping or a small radius made it short
+PROGRESS_COSINE = 100.0
 
 
 def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor) -> Optional[torch.Tensor]:
@@ -129,7 +152,7 @@ def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor) -> Op
 
 
 def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, failed, new_error, step,
-          values_size, settled) -> torch.Tensor:
+          values_size, settled, still=None, near=None) -> torch.Tensor:
     """``(B,)`` int8: the :class:`Termination` of the first rule that fired in this iteration
     (``RUNNING`` where none did), from the masks of the iteration (see the module's description).
     A ``failed`` element gets ``NONFINITE`` (the lowest priority; the reason is classified at the
@@ -145,10 +168,17 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, fail
                       Termination.PARAMETER_TOLERANCE))
     if optimizer.function_tolerance > 0:
         change = (state.error - new_error).abs()
-        taken = accept if settled is None else accept | settled
         # a relative change below 100 eps is rounding noise: a lower tolerance would make the
         # iteration that stops depend on the noise (and the solve jump with its data)
-        tolerance = max(optimizer.function_tolerance, 100 * torch.finfo(new_error.dtype).eps)
+        noise = 100 * torch.finfo(new_error.dtype).eps
+        tolerance = max(optimizer.function_tolerance, noise)
+        # an accepted step ends the run near a stationary point only (PROGRESS_COSINE), and one
+        # the cost cannot judge (its change is noise; the step rules take such steps as good
+        # ones) only at a stationary point
+        judged = accept if near is None else accept & near
+        if still is not None:
+            judged = judged & (still | (change > noise * state.error))
+        taken = judged if settled is None else judged | settled
         rules.append((taken & (change <= tolerance * state.error),
                       Termination.FUNCTION_TOLERANCE))
     rules.append((accept & (new_error <= optimizer.abs_err_tolerance), Termination.ABSOLUTE_ERROR))
@@ -171,11 +201,15 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
     if running is not None:  # (converged elements step on: their rules have fired)
         masks.update({key: masks[key] & running for key in ("accept", "stalled", "failed") if masks[key] is not None})
     size = values_norm(state.values) if optimizer.parameter_tolerance > 0 else None
-    still = None
-    if optimizer.checks_steps and masks["stalled"] is not None:
-        still = stationary(gradient, system.operator().diagonal(), state.error, state.initial_error)
+    can_stall, still, near = optimizer.checks_steps and masks["stalled"] is not None, None, None
+    if can_stall or optimizer.function_tolerance > 0:
+        column = column_measure(gradient, system.operator().diagonal())
+        still = within(column, state.error, state.initial_error) if can_stall else None
+        if optimizer.function_tolerance > 0:
+            cosine = PROGRESS_COSINE * max(optimizer.function_tolerance, 100 * torch.finfo(state.error.dtype).eps) ** 0.5
+            near = within(column, state.error, state.initial_error, min(cosine, 1.0))
     settled = None if still is None or tried is None else tried & still  # (tried: None without a function tolerance)
-    rule = fired(optimizer, state, values_size=size, settled=settled, **masks)
+    rule = fired(optimizer, state, values_size=size, settled=settled, still=still, near=near, **masks)
     plateau = None if still is None else masks["stalled"] & ~still
     done = rule > 0  # (every mask is of running elements: a rule that fired is the element's first)
     termination = rule if state.termination is None else torch.where(done, rule, state.termination)

@@ -148,6 +148,7 @@ class CompiledDriver(Driver):
                 # TorchScript internals (not nlls's code, nothing a user can change) are not
                 # repeated to the user on every new problem shape
                 warnings.filterwarnings("ignore", message=_TORCHSCRIPT_NOTICE, category=DeprecationWarning)
+                warnings.filterwarnings("ignore", message=_PRIMS_CHECK_NOTICE, category=FutureWarning)
                 compiled = cache[key] = torch.compile(make(), dynamic=False, options=compile_options())
                 return compiled(*args)
         except Exception as exc:  # the compiler's failure is not the user's: run eagerly
@@ -174,6 +175,8 @@ class CompiledDriver(Driver):
 
 
 _TORCHSCRIPT_NOTICE = r"`torch\.jit\.script(_method)?` is deprecated"
+# (inductor's lowering of a matrix diagonal, diag(J^T J) in the stationarity test, calls it)
+_PRIMS_CHECK_NOTICE = r"`torch\._prims_common\.check` is deprecated"
 
 
 def _failed(*args, **kwargs):  # marker: this function could not be compiled
