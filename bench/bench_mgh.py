@@ -8,7 +8,7 @@ paper lists), its iterations and how it stopped. Methods:
 
 * ``nlls_gn``, ``nlls_lm``, ``nlls_dogleg`` (when ``nlls.Dogleg`` exists), ``nlls_lm_dense_qr``
   (when ``linear_solver="dense_qr"`` is registered): all starts of a problem in one batch, float64,
-  at most ``--max-iterations`` iterations;
+  at most ``--max-iterations`` iterations (default ``100 n``, the tests' budget);
 * ``scipy_lm`` (MINPACK's ``lmder``) and ``scipy_trf``: ``least_squares`` with the analytic
   Jacobian, one start at a time, at most ``--max-nfev`` evaluations (their ``iterations`` count
   Jacobian evaluations).
@@ -147,7 +147,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser.add_argument("--problems", default=",".join(p.name for p in PROBLEMS),
                         help="comma-separated names from tests/mgh.py (default: all 40)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"from {', '.join(METHODS)}")
-    parser.add_argument("--max-iterations", type=int, default=200, help="nlls's (default 200)")
+    parser.add_argument("--max-iterations", type=int, default=0,
+                        help="nlls's (default 0: 100 n per problem, the budget of tests/solve/test_mgh.py "
+                             "and of SciPy's evaluations by default)")
     parser.add_argument("--max-nfev", type=int, default=20000, help="SciPy's (default 20000)")
     parser.add_argument("--regimes", default=",".join(REGIMES),
                         help="tolerances: each library's defaults, each at its tightest (default both)")
@@ -168,7 +170,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
         for name in names:
             problem = BY_NAME[name]
             for method in runnable:
-                solve = runner(method, args.max_iterations, args.max_nfev, args.device, regime)
+                budget = args.max_iterations or 100 * problem.n
+                solve = runner(method, budget, args.max_nfev, args.device, regime)
                 started = time.perf_counter()
                 run = solve(problem)
                 seconds = time.perf_counter() - started
