@@ -142,14 +142,14 @@ class CompiledDriver(Driver):
         if compiled is _FAILED:
             return None
         try:
-            if compiled is not None:
-                return compiled(*args)
-            with warnings.catch_warnings():  # compiling: torch's own deprecation notices about its
-                # TorchScript internals (not nlls's code, nothing a user can change) are not
-                # repeated to the user on every new problem shape
+            with warnings.catch_warnings():  # compiling (also a recompilation inside a cached
+                # function): torch's own deprecation notices about its TorchScript internals and
+                # its lowering (not nlls's code, nothing a user can change) are not repeated to
+                # the user on every new problem shape
                 warnings.filterwarnings("ignore", message=_TORCHSCRIPT_NOTICE, category=DeprecationWarning)
                 warnings.filterwarnings("ignore", message=_PRIMS_CHECK_NOTICE, category=FutureWarning)
-                compiled = cache[key] = torch.compile(make(), dynamic=False, options=compile_options())
+                if compiled is None:
+                    compiled = cache[key] = torch.compile(make(), dynamic=False, options=compile_options())
                 return compiled(*args)
         except Exception as exc:  # the compiler's failure is not the user's: run eagerly
             warnings.warn(
