@@ -115,8 +115,9 @@ def peak_mb() -> float:
 
 
 # ---- the methods --------------------------------------------------------------------------
-def run_nlls(path: Path) -> Dict:
-    """``nlls solve``'s defaults on ``path``, phase by phase, with the run's peak memory."""
+def run_nlls(path: Path, backend: str = "auto") -> Dict:
+    """``nlls solve``'s defaults on ``path``, phase by phase, with the run's peak memory (pose
+    graphs: ``backend`` for the sparse Cholesky)."""
     gc.collect()
     resettable = reset_peak()
     before = _status_mb("VmRSS")
@@ -127,7 +128,10 @@ def run_nlls(path: Path) -> Dict:
     def build():
         # as nlls solve does: pose graphs with the first pose anchored
         objective = problem.objective(dtype=torch.float64, **({} if bal else {"anchor": True}))
-        return objective, nlls.build_optimizer(objective, nlls.load_config(BAL_CONFIG if bal else DEFAULT_CONFIG))
+        config = nlls.load_config(BAL_CONFIG if bal else DEFAULT_CONFIG)
+        if not bal:
+            config.linear_solver.options["backend"] = backend
+        return objective, nlls.build_optimizer(objective, config)
 
     objective, optimizer = harness.clock(build, times, "build_s")
     harness.clock(optimizer.prepare, times, "prepare_s")
@@ -221,7 +225,7 @@ def bench_problem(name: str, path: Path, args, emit, gtsam_why: Optional[str]) -
             "file": path.name, "threads": torch.get_num_threads()}
     harness.report(f"== {base['problem']}")
     bal = name in SCENES or name.startswith("dubrovnik")
-    nlls_record = best_of(lambda: run_nlls(path), args.repeats, args.max_seconds)
+    nlls_record = best_of(lambda: run_nlls(path, args.backend), args.repeats, args.max_seconds)
     row = {**base, "nlls": nlls_record}
     if gtsam_why is None:
         run = (lambda: run_gtsam_bal(path)) if bal else (lambda: run_gtsam_pose_graph(path))
@@ -274,6 +278,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     parser.add_argument("--work-dir", default=str(Path(harness.RESULTS) / "scale"),
                         help="where the edge-only graph is written (once)")
     parser.add_argument("--edge-only-poses", type=int, default=EDGE_ONLY_POSES)
+    parser.add_argument("--backend", default="auto",
+                        help="the sparse Cholesky's backend for pose graphs (default auto, as nlls solve)")
     parser.add_argument("--profile", action="store_true", help=f"also profile nlls's solve of {PROFILED}")
     parser.add_argument("--profile-top", type=int, default=12)
     harness.add_common_options(parser, threads=1, warmup=False, repeats=3, max_seconds=30.0, help={

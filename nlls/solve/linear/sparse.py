@@ -10,18 +10,21 @@ Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``
 * ``"qdldl"`` (CPU; the ``qdldl`` package, a dependency of nlls): ``L D L^T`` with an AMD
   ordering, analysed once per structure and batch size, refactored in place per iteration
   (:mod:`nlls.solve.linear.ldl`); an element is ``ok`` when all its pivots are positive.
-* ``"cholmod"`` (CPU; scikit-sparse, the optional ``nlls[cholmod]`` extra, which needs
-  SuiteSparse's headers and a compiler): CHOLMOD's own choice of simplicial or supernodal
-  Cholesky; the fill-reducing ordering and symbolic factorization are computed once per
-  structure and batch size and reused.
+* ``"cholmod"`` (CPU; the optional ``nlls[cholmod]`` extra: CVXOPT's wheel, GPL-3,
+  :mod:`nlls.solve.linear.cholmod_cvxopt`; or scikit-sparse, which needs SuiteSparse's headers
+  and a compiler): CHOLMOD's own choice of simplicial or supernodal Cholesky; the fill-reducing
+  ordering and symbolic factorization are computed once per structure and batch size and reused.
 * ``"scipy"`` (CPU; always available): SciPy's SuperLU in symmetric mode (minimum-degree
   ordering of ``A + A^T``, diagonal pivots); no symbolic reuse.
 * ``"cudss"`` (CUDA): ``torch.sparse.spsolve`` (NVIDIA cuDSS), data stays on the GPU.
 
-On CPU ``"auto"`` takes the first of QDLDL, CHOLMOD and SuperLU that is installed, the fastest
-first as measured by ``bench/bench_sparse_factor.py``: on the normal matrix of the 10,000-pose
-``w10000.graph`` a factorization and solve take about 0.33 of SuperLU's time with QDLDL, 0.42
-with CHOLMOD built on OpenBLAS and 0.62 on the reference BLAS; on CUDA it is cuDSS. (cholespy is
+On CPU ``"auto"`` takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through
+scikit-sparse and SuperLU that is installed, the fastest first as measured by
+``bench/bench_sparse_factor.py``: on the normal matrix of the 10,000-pose ``w10000.graph`` a
+factorization and solve take about 0.33 of SuperLU's time with QDLDL, 0.42 with scikit-sparse's
+CHOLMOD built on OpenBLAS and 0.62 on the reference BLAS; CVXOPT's CHOLMOD (supernodal, with
+its own BLAS) is a little faster than QDLDL there and five times faster on a 20,000-pose graph
+whose factor fills in more (QDLDL's factorization is scalar); on CUDA it is cuDSS. (cholespy is
 not offered: it aborts the whole process on a matrix that is not positive definite, which
 Gauss-Newton meets on any problem with a gauge freedom.)
 Solves are differentiable (a custom autograd function whose backward solves with the same
@@ -43,21 +46,31 @@ import torch
 from ..checks import check_choice
 from ..systems import SparseMatrix, SparsePattern
 from .base import SINGULAR_ADVICE, Factorization, LinearSolver
+from .cholmod_cvxopt import CholmodAnalysis, NotPositiveDefinite, cvxopt_available
 from .ldl import LDLAnalysis, qdldl_available
 
 BACKENDS = ("auto", "cholmod", "qdldl", "scipy", "cudss")
-_NEEDS = {"cholmod": "the CPU and scikit-sparse (pip install 'nlls[cholmod]', which needs "
-                     "SuiteSparse's headers)",
+_NEEDS = {"cholmod": "the CPU and cvxopt (pip install 'nlls[cholmod]') or scikit-sparse",
           "qdldl": "the CPU and qdldl (pip install qdldl)", "scipy": "the CPU",
           "cudss": "a CUDA device and a PyTorch with torch.sparse.spsolve (cuDSS)"}
 _TENSORS = {"cholmod": "CPU", "qdldl": "CPU", "scipy": "CPU", "cudss": "CUDA"}
-#: the CPU backends, fastest first: what ``"auto"`` tries in turn
-CPU_ORDER = ("qdldl", "cholmod", "scipy")
+#: the CPU backends, fastest first: what ``"auto"`` tries in turn ("cvxopt": CHOLMOD through
+#: CVXOPT, "cholmod" once more after QDLDL: through scikit-sparse)
+CPU_ORDER = ("cvxopt", "qdldl", "cholmod", "scipy")
+
+
+def _cholmod_module() -> Optional[str]:
+    """Which package gives CHOLMOD here: ``"cvxopt"``, ``"sksparse"`` or ``None``."""
+    if cvxopt_available():
+        return "cvxopt"
+    return "sksparse" if importlib.util.find_spec("sksparse") is not None else None
 
 
 def _available(backend: str, device: torch.device) -> bool:
+    if backend == "cvxopt":  # (an "auto" candidate only: the backend's name is "cholmod")
+        return device.type == "cpu" and cvxopt_available()
     if backend == "cholmod":
-        return device.type == "cpu" and importlib.util.find_spec("sksparse") is not None
+        return device.type == "cpu" and _cholmod_module() is not None
     if backend == "qdldl":
         return device.type == "cpu" and qdldl_available()
     if backend == "scipy":
@@ -232,7 +245,7 @@ class SparseCholesky(LinearSolver):
         order = CPU_ORDER if device.type == "cpu" else ("cudss",)
         for candidate in order:
             if _available(candidate, device):
-                return candidate
+                return "cholmod" if candidate == "cvxopt" else candidate
         raise RuntimeError(f"SparseCholesky: no backend available on {device}")
 
     def factor(self, matrix: SparseMatrix) -> Factorization:
@@ -265,6 +278,14 @@ class SparseCholesky(LinearSolver):
             if ok is None or not ok.all():
                 raise _FactorizationFailed("not positive definite", ok)
             return ("qdldl", solver)
+        if backend == "cholmod" and _cholmod_module() == "cvxopt":
+            if key not in self._symbolic:
+                self._symbolic[key] = CholmodAnalysis(pattern, batch)
+            analysis = self._symbolic[key]
+            try:
+                return ("cvxopt", (analysis, analysis.factor(values, owner)))
+            except NotPositiveDefinite as exc:
+                raise _FactorizationFailed(str(exc)) from None
         block = self._block(pattern, batch)
         if backend == "cudss":
             csr = torch.sparse_csr_tensor(
@@ -306,5 +327,8 @@ class SparseCholesky(LinearSolver):
         if kind == "cudss":
             return torch.sparse.spsolve(obj, rhs.to(obj.dtype))
         rhs_numpy = rhs.to(torch.float64).cpu().numpy()
+        if kind == "cvxopt":
+            analysis, factor = obj
+            return torch.from_numpy(analysis.solve(factor, rhs_numpy))
         x = obj(rhs_numpy) if kind == "cholmod" else obj.solve(rhs_numpy)
         return torch.from_numpy(np.asarray(x, dtype=np.float64))

@@ -9,7 +9,8 @@ from nlls.solve.linearization import DenseLinearization, JacobianLinearization, 
 
 F64 = torch.float64
 CPU_BACKENDS = (["scipy"] + (["qdldl"] if importlib.util.find_spec("qdldl") is not None else [])
-                + (["cholmod"] if importlib.util.find_spec("sksparse") is not None else []))
+                + (["cholmod"] if any(importlib.util.find_spec(m) is not None for m in ("sksparse", "cvxopt"))
+                   else []))
 
 
 def _between(optim, aux):

@@ -1,0 +1,85 @@
+"""SparseCholesky's CHOLMOD backend through CVXOPT (``nlls[cholmod]``): solves, failures per
+element, the pooled factors that held factorizations need, gradients in every backward mode."""
+import pytest
+import torch
+
+import nlls
+from nlls.solve.systems import SparseMatrix
+
+from .test_sparse import chain
+from .test_sparse_ldl import _dense_solve, _system
+
+pytest.importorskip("cvxopt")
+from nlls.solve.linear.cholmod_cvxopt import CholmodAnalysis  # noqa: E402
+
+F64 = torch.float64
+
+
+def test_cholmod_solves_a_batch_like_the_dense_solver():
+    system = _system(n=12, batch=3)
+    solver = nlls.SparseCholesky("cholmod")
+    x, ok = solver.factor(system.A).solve(system.g)
+    assert ok.all() and solver.backend_used == "cholmod"
+    torch.testing.assert_close(x, _dense_solve(system.A, system.g), rtol=1e-10, atol=1e-12)
+
+
+def test_an_indefinite_or_singular_element_fails_alone():
+    system = _system()
+    pattern = system.A.pattern
+    values = system.A.values.clone()
+    values[1] = -values[1]  # negative definite
+    unknown = 5  # element 2: no equation constrains this unknown
+    values[2, (pattern.rows == unknown) | (pattern.cols == unknown)] = 0.0
+    matrix = SparseMatrix(pattern, values)
+    x, ok = nlls.SparseCholesky("cholmod").factor(matrix).solve(system.g)
+    assert ok.tolist() == [True, False, False]
+    assert torch.isfinite(x).all() and torch.equal(x[1:], torch.zeros_like(x[1:]))
+    torch.testing.assert_close(x[0], _dense_solve(SparseMatrix(pattern, values[:1]), system.g[:1])[0])
+
+
+def test_one_analysis_serves_every_refactorization_and_a_held_factor_stays_valid():
+    system = _system()
+    analysis = CholmodAnalysis(system.A.pattern, batch=3)
+    for scale in (1.0, 2.0, 3.0):
+        analysis.factor(system.A.values * scale)
+    assert analysis.factors == 1  # nobody held them: one factor, refactored
+    holder = type("Holder", (), {})()
+    analysis.factor(system.A.values, owner=holder)
+    analysis.factor(system.A.values)  # the held one is kept: a second factor
+    assert analysis.factors == 2
+    solver = nlls.SparseCholesky("cholmod")
+    first = solver.factor(system.A)
+    second = solver.factor(SparseMatrix(system.A.pattern, system.A.values * 4.0))
+    x1, _ = first.solve(system.g)  # still the first matrix's factor
+    x2, _ = second.solve(system.g)
+    torch.testing.assert_close(x1, _dense_solve(system.A, system.g))
+    torch.testing.assert_close(x2, x1 / 4.0)
+
+
+@pytest.mark.parametrize("mode", ["implicit", "unroll", "truncated"])
+def test_gradients_through_cholmod_equal_dense(mode):
+    grads = []
+    for linear_solver in ("dense_cholesky", nlls.SparseCholesky("cholmod")):
+        obj, _ = chain(9, batch=2)
+        layer = nlls.OptimizationLayer(nlls.LevenbergMarquardt(obj, linear_solver=linear_solver,
+                                                               max_iterations=6))
+        m = obj.aux_vars["m3"].tensor.clone().requires_grad_(True)
+        extra = {"backward_num_iterations": 3} if mode == "truncated" else {}
+        solution, _ = layer({"m3": m}, backward_mode=mode, **extra)
+        loss = (solution["x7"] ** 2).sum() + solution["x2"].sum()
+        grads.append(torch.autograd.grad(loss, m)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-9)
+
+
+def test_auto_prefers_cholmod_through_cvxopt_and_a_pose_graph_reaches_the_same_cost():
+    graph = nlls.io.read(nlls.io.bundled_dataset())
+    costs = []
+    for backend in ("auto", "qdldl"):
+        objective = graph.objective(anchor=True)
+        solver = nlls.SparseCholesky(backend)
+        info = nlls.LevenbergMarquardt(objective, linear_solver=solver, max_iterations=20).optimize()
+        assert info.converged.all()
+        costs.append(float(info.final_error[0]))
+        if backend == "auto":
+            assert solver.backend_used == "cholmod"
+    assert costs[0] == pytest.approx(costs[1], rel=1e-9)
