@@ -7,7 +7,7 @@ pose graph it factors five times faster than QDLDL's scalar ``L D L^T``
 (``bench/bench_sparse_factor.py``). The symbolic analysis (ordering, supernodes) is done once per
 sparsity pattern and batch size; each iteration redoes the numeric factorization into a factor
 object that no live factorization holds (CVXOPT's ``numeric`` overwrites its factor, so factors
-are pooled as QDLDL's solvers are, :mod:`nlls.solve.linear.ldl`). A matrix that is not positive
+are pooled as QDLDL's solvers are, :class:`~nlls.solve.linear.ldl.FactorPool`). A matrix that is not positive
 definite makes CHOLMOD's Cholesky stop; which elements of a batch failed is then found by the
 caller, one element at a time.
 
@@ -17,14 +17,13 @@ extra and not part of the default install.
 from __future__ import annotations
 
 import importlib.util
-import weakref
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ..systems import SparsePattern
-from .ldl import upper_triangle
+from .ldl import FactorPool, upper_triangle
 
 
 def cvxopt_available() -> bool:
@@ -34,17 +33,6 @@ def cvxopt_available() -> bool:
 
 class NotPositiveDefinite(Exception):
     """CHOLMOD stopped on a pivot that is not positive."""
-
-
-class _Pooled:
-    """A CHOLMOD factor and the object whose factorization it holds."""
-
-    def __init__(self, factor: Any):
-        self.factor = factor
-        self.owner: Optional[weakref.ref] = None
-
-    def free(self) -> bool:
-        return self.owner is None or self.owner() is None
 
 
 class CholmodAnalysis:
@@ -63,7 +51,7 @@ class CholmodAnalysis:
         columns = np.repeat(np.arange(self.size), np.diff(indptr))
         self._rows = matrix(indices.astype(np.int64).tolist(), tc="i")
         self._columns = matrix(columns.astype(np.int64).tolist(), tc="i")
-        self._pool: List[_Pooled] = []
+        self._pool = FactorPool()
 
     def _matrix(self, values: torch.Tensor):
         from cvxopt import matrix, spmatrix
@@ -83,16 +71,12 @@ class CholmodAnalysis:
 
         cholmod.options["supernodal"] = 2  # CHOLMOD's own choice of simplicial or supernodal
         matrix = self._matrix(values)
-        entry = next((e for e in self._pool if e.free()), None)
-        if entry is None:
-            entry = _Pooled(cholmod.symbolic(matrix, uplo="U"))
-            self._pool.append(entry)
+        entry = self._pool.acquire(owner, lambda: cholmod.symbolic(matrix, uplo="U"))
         try:
             cholmod.numeric(matrix, entry.factor)
         except ArithmeticError as exc:
-            entry.owner = None
+            entry.hold(None)
             raise NotPositiveDefinite(str(exc)) from None
-        entry.owner = None if owner is None else weakref.ref(owner)
         return entry.factor
 
     @staticmethod
@@ -107,4 +91,4 @@ class CholmodAnalysis:
     @property
     def factors(self) -> int:
         """How many factors (numeric factorizations alive at once) the pool holds."""
-        return len(self._pool)
+        return len(self._pool.entries)

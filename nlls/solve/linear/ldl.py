@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import weakref
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,16 +53,38 @@ def upper_triangle(pattern: SparsePattern, batch: int) -> Tuple[torch.Tensor, np
     return torch.from_numpy(positions), indptr, indices
 
 
-class _Pooled:
-    """A ``qdldl.Solver``, its elimination order and the object whose factorization it holds."""
+class Pooled:
+    """A numeric factorization object and, weakly, the object whose factorization it holds."""
 
-    def __init__(self, solver: Any):
-        self.solver = solver
-        self.order: np.ndarray = solver.factors()[2]  # the AMD permutation, fixed by the analysis
+    def __init__(self, factor: Any):
+        self.factor = factor
         self.owner: Optional[weakref.ref] = None
 
     def free(self) -> bool:
         return self.owner is None or self.owner() is None
+
+    def hold(self, owner: Optional[object]) -> None:
+        """Keep the factorization for ``owner`` (``None``: reusable at once)."""
+        self.owner = None if owner is None else weakref.ref(owner)
+
+
+class FactorPool:
+    """Numeric factorizations of one analysis that later ones must not overwrite while their
+    owners live (see the module's description): a factorization takes an entry no live owner
+    holds, or a new one."""
+
+    def __init__(self) -> None:
+        self.entries: List[Pooled] = []
+
+    def acquire(self, owner: Optional[object], make: Callable[[], Any]) -> Pooled:
+        """A free entry (``make()`` gives a new factorization object when none is), held for
+        ``owner``."""
+        entry = next((e for e in self.entries if e.free()), None)
+        if entry is None:
+            entry = Pooled(make())
+            self.entries.append(entry)
+        entry.hold(owner)
+        return entry
 
 
 class LDLAnalysis:
@@ -84,17 +106,12 @@ class LDLAnalysis:
         self._identity = scipy.sparse.csc_matrix((diagonal.astype(np.float64), indices, indptr),
                                                  shape=(size, size))
         self.matrix = self._identity.copy()  # the values to factor, set in place
-        self._pool: List[_Pooled] = []
+        self._pool = FactorPool()
 
-    def _acquire(self, owner: Optional[object]) -> _Pooled:
-        entry = next((e for e in self._pool if e.free()), None)
-        if entry is None:
-            import qdldl
+    def _new_solver(self) -> Any:
+        import qdldl
 
-            entry = _Pooled(qdldl.Solver(self._identity, upper=True))
-            self._pool.append(entry)
-        entry.owner = None if owner is None else weakref.ref(owner)
-        return entry
+        return qdldl.Solver(self._identity, upper=True)
 
     def factor(self, values: torch.Tensor, owner: Optional[object] = None) -> Tuple[Any, Optional[np.ndarray]]:
         """Factor ``values (batch, nnz)`` in place of a pooled solver.
@@ -111,19 +128,19 @@ class LDLAnalysis:
         """
         upper = values.detach()[:, self.positions.to(values.device)].to(torch.float64)
         self.matrix.data = np.ascontiguousarray(upper.cpu().numpy().reshape(-1))
-        entry = self._acquire(owner)
-        entry.solver.update(self.matrix, upper=True)
-        pivots = entry.solver.factors()[1]
+        entry = self._pool.acquire(owner, self._new_solver)
+        entry.factor.update(self.matrix, upper=True)
+        _, pivots, order = entry.factor.factors()  # order: the AMD permutation of the analysis
         ok: Optional[np.ndarray] = None
         if not np.any(pivots == 0.0):
             in_original_order = np.empty_like(pivots)
-            in_original_order[entry.order] = pivots
+            in_original_order[order] = pivots
             ok = (in_original_order.reshape(self.batch, self.dof) > 0).all(axis=1)
         if ok is None or not ok.all():
-            entry.owner = None
-        return entry.solver, ok
+            entry.hold(None)
+        return entry.factor, ok
 
     @property
     def solvers(self) -> int:
         """How many solvers (numeric factorizations alive at once) the pool holds."""
-        return len(self._pool)
+        return len(self._pool.entries)

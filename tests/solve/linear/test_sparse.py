@@ -219,3 +219,19 @@ def test_solution_check_marks_failed_elements():
     x32 = torch.linalg.solve(dense.float(), system.g.float()[..., None])[..., 0]
     matrix32 = type(system.A)(system.A.pattern, system.A.values.float())
     assert solution_ok(matrix32, x32, system.g.float()).all()
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "scipy"])
+@pytest.mark.parametrize("mode", ["implicit", "unroll", "truncated"])
+def test_gradients_through_a_sparse_backend_equal_dense(mode, backend):
+    grads = []
+    for linear_solver in ("dense_cholesky", nlls.SparseCholesky(backend)):
+        obj, _ = chain(9, batch=2)
+        layer = nlls.OptimizationLayer(nlls.LevenbergMarquardt(obj, linear_solver=linear_solver,
+                                                               max_iterations=6))
+        m = obj.aux_vars["m3"].tensor.clone().requires_grad_(True)
+        extra = {"backward_num_iterations": 3} if mode == "truncated" else {}
+        solution, _ = layer({"m3": m}, backward_mode=mode, **extra)
+        loss = (solution["x7"] ** 2).sum() + solution["x2"].sum()
+        grads.append(torch.autograd.grad(loss, m)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-9)

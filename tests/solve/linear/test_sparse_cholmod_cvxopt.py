@@ -1,12 +1,11 @@
 """SparseCholesky's CHOLMOD backend through CVXOPT (``nlls[cholmod]``): solves, failures per
-element, the pooled factors that held factorizations need, gradients in every backward mode."""
+element, the pooled factors that held factorizations need (its gradients: tests/solve/linear/test_sparse.py)."""
 import pytest
 import torch
 
 import nlls
 from nlls.solve.systems import SparseMatrix
 
-from .test_sparse import chain
 from .test_sparse_ldl import _dense_solve, _system
 
 pytest.importorskip("cvxopt")
@@ -54,21 +53,6 @@ def test_one_analysis_serves_every_refactorization_and_a_held_factor_stays_valid
     x2, _ = second.solve(system.g)
     torch.testing.assert_close(x1, _dense_solve(system.A, system.g))
     torch.testing.assert_close(x2, x1 / 4.0)
-
-
-@pytest.mark.parametrize("mode", ["implicit", "unroll", "truncated"])
-def test_gradients_through_cholmod_equal_dense(mode):
-    grads = []
-    for linear_solver in ("dense_cholesky", nlls.SparseCholesky("cholmod")):
-        obj, _ = chain(9, batch=2)
-        layer = nlls.OptimizationLayer(nlls.LevenbergMarquardt(obj, linear_solver=linear_solver,
-                                                               max_iterations=6))
-        m = obj.aux_vars["m3"].tensor.clone().requires_grad_(True)
-        extra = {"backward_num_iterations": 3} if mode == "truncated" else {}
-        solution, _ = layer({"m3": m}, backward_mode=mode, **extra)
-        loss = (solution["x7"] ** 2).sum() + solution["x2"].sum()
-        grads.append(torch.autograd.grad(loss, m)[0])
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-9)
 
 
 def test_auto_prefers_cholmod_through_cvxopt_and_a_pose_graph_reaches_the_same_cost():

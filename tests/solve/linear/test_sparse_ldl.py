@@ -102,21 +102,6 @@ def test_a_whole_solve_builds_the_analysis_once(monkeypatch):
     assert len(made) <= 2 and {shape[0] for shape in made} == {3 * 60}  # the batch in one matrix
 
 
-@pytest.mark.parametrize("mode", ["implicit", "unroll", "truncated"])
-def test_gradients_through_qdldl_equal_dense(mode):
-    grads = []
-    for linear_solver in ("dense_cholesky", nlls.SparseCholesky("qdldl")):
-        obj, _ = chain(9, batch=2)
-        layer = nlls.OptimizationLayer(nlls.LevenbergMarquardt(obj, linear_solver=linear_solver,
-                                                               max_iterations=6))
-        m = obj.aux_vars["m3"].tensor.clone().requires_grad_(True)
-        extra = {"backward_num_iterations": 3} if mode == "truncated" else {}
-        solution, _ = layer({"m3": m}, backward_mode=mode, **extra)
-        loss = (solution["x7"] ** 2).sum() + solution["x2"].sum()
-        grads.append(torch.autograd.grad(loss, m)[0])
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-9)
-
-
 def test_float32_values_are_factored_in_float64_and_solved_in_float32():
     system = _system(dtype=torch.float32)
     x, ok = nlls.SparseCholesky("qdldl").factor(system.A).solve(system.g)
