@@ -20,7 +20,12 @@ The rules are Ceres's (``Solver::Options``), applied per batch element with mask
   good one, on a plateau too.
 * ``parameter_tolerance``: ``||step|| <= parameter_tolerance * (||x|| + parameter_tolerance)`` for
   an **accepted** step: ``||step||`` the norm of the tangent step taken (after projection into the
-  box), ``||x||`` the norm of every entry of the element's optim variables. A tolerance below 10
+  box), ``||x||`` the norm of every entry of the element's optim variables. Like the function
+  tolerance, the rule ends a run only where the stationarity cosine is at most
+  ``PROGRESS_COSINE * sqrt(function_tolerance)`` (1e-3 by default): a step held short by the trust
+  region, or small next to one huge coordinate, is no sign of convergence (the dogleg from a large
+  initial radius on Meyer's problem reached ``x1 ~ 1e19`` on a far plateau, where every step was
+  below 1e-10 of ``||x||`` at a cosine of 8e-3). A tolerance below 10
   machine epsilons of the dtype counts as 10 of them (smaller steps move ``x`` by its rounding:
   a float32 exact fit otherwise steps back and forth at the rounding of its cost to the end).
 * ``abs_err_tolerance``: ``cost <= abs_err_tolerance`` (at the start, or after an accepted step).
@@ -164,7 +169,10 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, fail
     if optimizer.parameter_tolerance > 0:
         # a step below 10 eps of ||x|| moves x by its rounding (float32: 1e-10 is below its eps)
         tolerance = max(optimizer.parameter_tolerance, 10 * torch.finfo(new_error.dtype).eps)
-        rules.append((accept & (step.norm(dim=-1) <= tolerance * (values_size + tolerance)),
+        # (near a stationary point only, as the function tolerance: a step bounded by a small
+        # radius or a large damping is short far from any minimum, and next to a huge ||x||)
+        moved = accept if near is None else accept & near
+        rules.append((moved & (step.norm(dim=-1) <= tolerance * (values_size + tolerance)),
                       Termination.PARAMETER_TOLERANCE))
     if optimizer.function_tolerance > 0:
         change = (state.error - new_error).abs()
@@ -202,10 +210,11 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
         masks.update({key: masks[key] & running for key in ("accept", "stalled", "failed") if masks[key] is not None})
     size = values_norm(state.values) if optimizer.parameter_tolerance > 0 else None
     can_stall, still, near = optimizer.checks_steps and masks["stalled"] is not None, None, None
-    if can_stall or optimizer.function_tolerance > 0:
+    relative = optimizer.function_tolerance > 0 or optimizer.parameter_tolerance > 0
+    if can_stall or relative:
         column = column_measure(gradient, system.operator().diagonal())
         still = within(column, state.error, state.initial_error) if can_stall else None
-        if optimizer.function_tolerance > 0:
+        if relative:
             cosine = PROGRESS_COSINE * max(optimizer.function_tolerance, 100 * torch.finfo(state.error.dtype).eps) ** 0.5
             near = within(column, state.error, state.initial_error, min(cosine, 1.0))
     settled = None if still is None or tried is None else tried & still  # (tried: None without a function tolerance)

@@ -192,13 +192,21 @@ def test_radius_rules():
     step, (accept, failed, stalled, state) = _judge(optimizer, system, small, ratio)
     torch.testing.assert_close(step.norm(dim=-1), small)
     assert accept.tolist() == [False, False, True, True, True] and not failed.any() and not stalled.any()
-    # rejected: halved; accepted with rho < 0.25: halved; in between: kept; rho > 0.75: 3 ||step||
-    torch.testing.assert_close(state.radius, small * torch.tensor([0.5, 0.5, 0.5, 1.0, 3.0], dtype=F64))
-    # a very successful step inside a large region does not shrink it, and growth stops at max_radius
-    big = torch.full((5,), 40.0, dtype=F64)
-    step, (accept, _, _, state) = _judge(optimizer, system, big, torch.full((5,), 0.9, dtype=F64))
-    grown = torch.clamp(torch.maximum(big, 3 * step.norm(dim=-1)), max=50.0)
-    assert accept.all() and torch.equal(state.radius, grown)
+    # rejected: halved; accepted with rho < 0.25: halved; in between: kept; rho > 0.75 on the
+    # boundary: doubled
+    torch.testing.assert_close(state.radius, small * torch.tensor([0.5, 0.5, 0.5, 1.0, 2.0], dtype=F64))
+    # a very successful step held by a large region doubles it up to max_radius
+    boundary = torch.full((5,), 40.0, dtype=F64)
+    system_far = DenseSystem(system.A, 1e4 * system.g)  # the Gauss-Newton step lies far outside
+    step, (accept, _, _, state) = _judge(optimizer, system_far, boundary, torch.full((5,), 0.9, dtype=F64))
+    torch.testing.assert_close(step.norm(dim=-1), boundary)
+    assert accept.all() and torch.equal(state.radius, torch.full((5,), 50.0, dtype=F64))
+    # a very successful step well inside the region (the Gauss-Newton step) leaves the radius:
+    # neither shrunk to the short step nor grown past what the model was trusted with
+    big = torch.full((5,), 1e3, dtype=F64)
+    step, (accept, _, _, state) = _judge(_dogleg(initial_radius=1.0), system, big, torch.full((5,), 0.9, dtype=F64))
+    assert torch.all(step.norm(dim=-1) < 0.5 * big)
+    assert accept.all() and torch.equal(state.radius, big)
     # a rejected step well inside the region (the Gauss-Newton step): the radius falls to half of it
     huge = torch.full((5,), 1e4, dtype=F64)
     step, (accept, _, _, state) = _judge(optimizer, system, huge, torch.full((5,), -1.0, dtype=F64))

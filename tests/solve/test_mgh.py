@@ -52,8 +52,8 @@ SHORT = {
     "dogleg": {
         ("bard", "10x0"): "5.5 digits of the minimum at infinity (8.71435), MAX_ITERATIONS while x runs off",
         ("bard", "100x0"): "5.5 digits of the minimum at infinity (8.71435), MAX_ITERATIONS while x runs off",
-        ("meyer", "10x0"): "0 digits, MAX_ITERATIONS at 3.9e6 after 300",
-        ("kowalik_osborne", "10x0"): "6.9 digits, MAX_ITERATIONS after 400",
+        ("kowalik_osborne", "10x0"): "4.1 digits, MAX_ITERATIONS after 400",
+        ("kowalik_osborne", "100x0"): "1.1 digits, MAX_ITERATIONS after 400",
         ("biggs_exp6", "x0"): "0.9 digits, MAX_ITERATIONS at 0.125 after 600 (J singular at x0)",
     },
 }
