@@ -21,8 +21,8 @@ The rules are Ceres's (``Solver::Options``), applied per batch element with mask
 * ``parameter_tolerance``: ``||step|| <= parameter_tolerance * (||x|| + parameter_tolerance)`` for
   an **accepted** step: ``||step||`` the norm of the tangent step taken (after projection into the
   box), ``||x||`` the norm of every entry of the element's optim variables. Like the function
-  tolerance, the rule ends a run only where the stationarity cosine is at most
-  ``PROGRESS_COSINE * sqrt(function_tolerance)`` (1e-3 by default): a step held short by the trust
+  tolerance, the rule ends a run only where the cosine of the stationarity test (below) is at most
+  ``PARAMETER_COSINE`` (1e-3): a step held short by the trust
   region, or small next to one huge coordinate, is no sign of convergence (the dogleg from a large
   initial radius on Meyer's problem reached ``x1 ~ 1e19`` on a far plateau, where every step was
   below 1e-10 of ``||x||`` at a cosine of 8e-3). A tolerance below 10
@@ -146,6 +146,9 @@ def within(column: torch.Tensor, error: torch.Tensor, initial_error: torch.Tenso
 #: the run has converged when the step is near the Gauss-Newton one (then the cosine is at most
 #: about the root of the relative change), not when a large damping or a small radius made it short
 PROGRESS_COSINE = 100.0
+#: the parameter tolerance ends a run only where the cosine of :func:`stationary` is at most this
+#: (MINPACK's measure as the tests judge a stationary point: a step's size says nothing of it)
+PARAMETER_COSINE = 1e-3
 
 
 def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor) -> Optional[torch.Tensor]:
@@ -157,7 +160,7 @@ def gradient_test(optimizer, gradient: torch.Tensor, active: torch.Tensor) -> Op
 
 
 def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, failed, new_error, step,
-          values_size, settled, still=None, near=None) -> torch.Tensor:
+          values_size, settled, still=None, near=None, near_parameter=None) -> torch.Tensor:
     """``(B,)`` int8: the :class:`Termination` of the first rule that fired in this iteration
     (``RUNNING`` where none did), from the masks of the iteration (see the module's description).
     A ``failed`` element gets ``NONFINITE`` (the lowest priority; the reason is classified at the
@@ -169,9 +172,9 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, fail
     if optimizer.parameter_tolerance > 0:
         # a step below 10 eps of ||x|| moves x by its rounding (float32: 1e-10 is below its eps)
         tolerance = max(optimizer.parameter_tolerance, 10 * torch.finfo(new_error.dtype).eps)
-        # (near a stationary point only, as the function tolerance: a step bounded by a small
-        # radius or a large damping is short far from any minimum, and next to a huge ||x||)
-        moved = accept if near is None else accept & near
+        # near a stationary point only (PARAMETER_COSINE): a step held short by a small radius
+        # or a large damping is short far from any minimum, and so is any step beside a huge ||x||
+        moved = accept if near_parameter is None else accept & near_parameter
         rules.append((moved & (step.norm(dim=-1) <= tolerance * (values_size + tolerance)),
                       Termination.PARAMETER_TOLERANCE))
     if optimizer.function_tolerance > 0:
@@ -210,15 +213,18 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
         masks.update({key: masks[key] & running for key in ("accept", "stalled", "failed") if masks[key] is not None})
     size = values_norm(state.values) if optimizer.parameter_tolerance > 0 else None
     can_stall, still, near = optimizer.checks_steps and masks["stalled"] is not None, None, None
-    relative = optimizer.function_tolerance > 0 or optimizer.parameter_tolerance > 0
-    if can_stall or relative:
+    moved = None
+    if can_stall or optimizer.function_tolerance > 0 or optimizer.parameter_tolerance > 0:
         column = column_measure(gradient, system.operator().diagonal())
         still = within(column, state.error, state.initial_error) if can_stall else None
-        if relative:
+        if optimizer.function_tolerance > 0:
             cosine = PROGRESS_COSINE * max(optimizer.function_tolerance, 100 * torch.finfo(state.error.dtype).eps) ** 0.5
             near = within(column, state.error, state.initial_error, min(cosine, 1.0))
+        if optimizer.parameter_tolerance > 0:
+            moved = within(column, state.error, state.initial_error, PARAMETER_COSINE)
     settled = None if still is None or tried is None else tried & still  # (tried: None without a function tolerance)
-    rule = fired(optimizer, state, values_size=size, settled=settled, still=still, near=near, **masks)
+    rule = fired(optimizer, state, values_size=size, settled=settled, still=still, near=near,
+                 near_parameter=moved, **masks)
     plateau = None if still is None else masks["stalled"] & ~still
     done = rule > 0  # (every mask is of running elements: a rule that fired is the element's first)
     termination = rule if state.termination is None else torch.where(done, rule, state.termination)

@@ -57,6 +57,28 @@ def test_parameter_tolerance_stops_a_small_step():
     assert _codes(info) == [Termination.PARAMETER_TOLERANCE] * 4, info.message
 
 
+def _far_coordinate():
+    """``x = (1e12, 0)``, one residual ``x_1 - 5``: ``x_0`` is unseen (a zero column), so any step
+    on ``x_1`` is below 1e-10 of ``||x||``."""
+    x = nlls.Vector(tensor=torch.tensor([[1e12, 0.0]], dtype=F64), name="x")
+    obj = nlls.Objective()
+    obj.add(nlls.AutoDiffCostFunction((x,), lambda optim, aux: optim[0].tensor[:, 1:] - 5.0, 1, name="far"))
+    return obj, x
+
+
+@pytest.mark.parametrize("optimizer", ["Dogleg", "LevenbergMarquardt"])
+def test_parameter_tolerance_needs_a_stationary_point(optimizer):
+    """A short step beside a huge ``||x||`` far from the answer (the residual's cosine with its
+    column is 1) does not stop a run: the small start radius doubles, the large damping shrinks,
+    until ``x_1 = 5``."""
+    obj, x = _far_coordinate()
+    settings = dict(initial_radius=1e-3) if optimizer == "Dogleg" else dict(damping=1e4)
+    info = getattr(nlls, optimizer)(obj, **{**OFF, "parameter_tolerance": 1e-10}, max_iterations=100,
+                                    **settings).optimize()
+    assert int(info.status[0]) == Status.CONVERGED and info.iterations.item() > 3, info.message
+    assert x.tensor[0, 1].item() == pytest.approx(5.0, abs=1e-8)
+
+
 def test_absolute_error_at_the_start_and_after_a_step():
     obj = _quad(noise=0.0)  # zero residual at the answer
     info = nlls.GaussNewton(obj, **{**OFF, "abs_err_tolerance": 1e-20}, max_iterations=10).optimize()
