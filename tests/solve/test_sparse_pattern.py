@@ -81,3 +81,24 @@ def test_variable_pairs_locate_every_entry(seed):
                 assert (int(pattern.rows[position]), int(pattern.cols[position])) == (i, j)
                 positions.append(position)
     assert sorted(positions) == list(range(pattern.nnz))
+
+
+def test_a_diagonal_shift_is_kept_beside_the_values_until_they_are_read():
+    """``SparseMatrix.add_diagonal`` copies nothing: ``diagonal``, ``matvec`` and ``to_dense`` see
+    the shift, shifts add up, and ``values`` adds it in once."""
+    from nlls.solve.systems import SparseMatrix
+
+    g = torch.Generator().manual_seed(0)
+    pattern = SparsePattern(7, [torch.tensor([[0, 1, 4], [2, 3, 4], [5, 6, 0]])])
+    values = torch.randn(2, pattern.nnz, generator=g, dtype=torch.float64)
+    values = values + values[:, torch.searchsorted(pattern.rows * 7 + pattern.cols, pattern.cols * 7 + pattern.rows)]
+    a, b = torch.rand(2, 7, generator=g, dtype=torch.float64), torch.rand(2, 7, generator=g, dtype=torch.float64)
+    shifted = SparseMatrix(pattern, values).add_diagonal(a).add_diagonal(b)
+    assert shifted.unshifted()[0] is values
+    expected = SparseMatrix(pattern, values).to_dense() + torch.diag_embed(a + b)
+    x = torch.randn(2, 7, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(shifted.diagonal(), expected.diagonal(dim1=1, dim2=2))
+    torch.testing.assert_close(shifted.matvec(x), (expected @ x[..., None])[..., 0])
+    torch.testing.assert_close(shifted.to_dense(), expected)
+    assert shifted.unshifted()[1] is None and shifted.unshifted()[0] is shifted.values  # added in once
+    torch.testing.assert_close(SparseMatrix(pattern, shifted.values).to_dense(), expected)

@@ -80,7 +80,7 @@ class _SchurFactorization(Factorization):
     Pieces are kept entity first, ``(n, B, ...)``: gathers read contiguous rows."""
 
     def __init__(self, solver: "Schur", structure: SchurStructure, matrix: SparseMatrix):
-        values = matrix.values
+        values, shift = matrix.unshifted()  # (the damping's shift goes on the blocks, not a copy of A)
         batch = values.shape[0]
         self.structure = st = structure.on(values.device)
         self.batch, self.dof = batch, matrix.pattern.dof
@@ -92,7 +92,11 @@ class _SchurFactorization(Factorization):
         blocks = blocks.permute(0, 3, 1, 2)  # (nE, B, d, d)
         couplings = [_rows(table, c.index, batch).permute(0, 3, 1, 2) for c in st.classes]
         kept = table.index_select(0, st.rr_source)  # (n, B)
+        if shift is not None:  # on the points' blocks here, on S's diagonal below
+            blocks = blocks + torch.diag_embed(shift[:, st.eliminated].reshape(batch, st.num_eliminated, d).transpose(0, 1))
         finite = _all_finite(blocks) & _all_finite(kept)
+        if shift is not None:
+            finite = finite & torch.isfinite(shift).all(dim=1)
         for piece in couplings:
             finite = finite & _all_finite(piece)
         eye = torch.eye(d, dtype=values.dtype, device=values.device)
@@ -108,6 +112,8 @@ class _SchurFactorization(Factorization):
         padded = [_rows(inverses, c.point, batch, d, d) @ f.mT for c, f in zip(st.classes, couplings)]
         self.zt = [z[:-1] for z in padded]
         reduced = values.new_zeros(batch, st.size).index_add(1, st.rr_positions, kept.t())
+        if shift is not None:
+            reduced = reduced.index_add(1, st.diagonal, torch.where(finite[:, None], shift[:, st.kept], 0.0))
         for bucket in st.buckets:
             reduced = reduced - _pair_sum(padded[bucket.c1], padded[bucket.c2], bucket, st.size)
         ok = finite & block_ok.all(dim=0)

@@ -135,6 +135,8 @@ class SchurStructure:
         #: whether some block reads an entry the pattern lacks (then the values get a zero slot)
         self.needs_zero = front.needs_zero
         self.rr_positions = self._positions(rr_rows, rr_cols)
+        #: where S's diagonal is stored (a shift of A's diagonal on the kept columns lands there)
+        self.diagonal = self._positions(torch.arange(num_r), torch.arange(num_r))
         self.buckets: List[PairBucket] = []
         self.num_pairs = 0  # pairs of couplings summed into S (the work of forming it)
         for c1, c2, first, second, dest, d1, d2 in grouped:

@@ -321,3 +321,30 @@ def test_yaml_configuration():
     assert optimizer.linear_solver.eliminated == "Point3 x 10"
     with pytest.raises(nlls.ConfigError, match="reduced"):
         nlls.load_config({"linear_solver": {"name": "schur", "reduced": "banded"}})
+
+
+@pytest.mark.parametrize("reduced", ["dense", "sparse"])
+def test_a_damped_matrix_is_factored_without_copying_its_values(reduced):
+    """``add_diagonal`` keeps the values and the shift apart; the Schur complement puts the shift
+    on the point blocks and on ``S``'s diagonal: the same step as the matrix with the shift added,
+    and gradients reach the shift (Levenberg-Marquardt's damping in an unrolled solve)."""
+    A, points = random_ba_system(batch=3, seed=11)
+    base, shift = A.unshifted()
+    assert shift is not None and A.unshifted()[0] is base  # nothing added in yet
+    rhs = torch.randn(3, A.shape[1], dtype=F64)
+    lam = torch.rand(3, A.shape[1], dtype=F64, requires_grad=True)
+    lazy = A.add_diagonal(lam)
+    dense = SparseMatrix(A.pattern, base.index_add(1, A.pattern.diagonal, shift + lam))
+    x_lazy, ok = Schur(eliminate=points, reduced=reduced).factor(lazy).solve(rhs)
+    x_dense, _ = Schur(eliminate=points, reduced=reduced).factor(dense).solve(rhs)
+    assert ok.all()
+    torch.testing.assert_close(x_lazy, x_dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x_lazy, dense_solve(dense, rhs), rtol=1e-9, atol=1e-10)
+    grad_lazy, = torch.autograd.grad(x_lazy.sum(), lam)
+    grad_dense, = torch.autograd.grad(x_dense.sum(), lam)
+    torch.testing.assert_close(grad_lazy, grad_dense, rtol=1e-10, atol=1e-12)
+    # a non-finite shift fails its element alone
+    bad = lam.detach().clone()
+    bad[1, 0] = float("nan")
+    x, ok = Schur(eliminate=points, reduced=reduced).factor(A.add_diagonal(bad)).solve(rhs)
+    assert ok.tolist() == [True, False, True] and (x[1] == 0).all() and torch.isfinite(x).all()
