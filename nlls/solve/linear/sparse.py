@@ -14,8 +14,10 @@ Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``
   :mod:`nlls.solve.linear.cholmod_cvxopt`; or scikit-sparse, which needs SuiteSparse's headers
   and a compiler): CHOLMOD's own choice of simplicial or supernodal Cholesky; the fill-reducing
   ordering and symbolic factorization are computed once per structure and batch size and reused.
-* ``"scipy"`` (CPU; always available): SciPy's SuperLU in symmetric mode (minimum-degree
-  ordering of ``A + A^T``, diagonal pivots); no symbolic reuse.
+* ``"scipy"`` (CPU; always available): SciPy's SuperLU in symmetric mode (diagonal pivots).
+  The minimum-degree ordering of ``A + A^T`` that SuperLU chooses at the first factorization of
+  a structure is kept: later ones factor the matrix permuted by it (one gather of the values)
+  with no ordering of their own (on w10000's normal matrix 78 ms instead of 100, the same fill).
 * ``"cudss"`` (CUDA): ``torch.sparse.spsolve`` (NVIDIA cuDSS), data stays on the GPU.
 
 On CPU ``"auto"`` takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through
@@ -188,6 +190,39 @@ class _SparseFactorization(Factorization):
         return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
 
 
+def _superlu(csc, permc_spec: str):
+    """SuperLU in symmetric mode with diagonal pivots (a Cholesky's work, done as an LU)."""
+    import scipy.sparse.linalg
+
+    return scipy.sparse.linalg.splu(csc, permc_spec=permc_spec, diag_pivot_thresh=0.0,
+                                    options={"SymmetricMode": True})
+
+
+class _SuperLUOrdering:
+    """SuperLU's fill-reducing order of one structure, applied symmetrically: ``order`` lists the
+    original index of each permuted row and column, and ``permuted(data)`` is the CSC matrix
+    ``A[order][:, order]`` from ``A``'s CSC values ``data`` (one gather: the positions were found
+    once, by permuting the matrix of the entries' own indices)."""
+
+    def __init__(self, csc, perm_c: np.ndarray):
+        import scipy.sparse
+
+        self.order = np.argsort(perm_c)
+        size = csc.shape[0]
+        # the entries' indices (1-based: a stored 0 would be dropped) through the permutation
+        marked = scipy.sparse.csc_matrix((np.arange(1, csc.nnz + 1, dtype=np.float64), csc.indices, csc.indptr),
+                                         shape=csc.shape)
+        permuted = marked[self.order][:, self.order].tocsc()
+        permuted.sort_indices()
+        self.source = permuted.data.astype(np.int64) - 1
+        self.indices, self.indptr, self.size = permuted.indices, permuted.indptr, size
+
+    def permuted(self, data: np.ndarray):
+        import scipy.sparse
+
+        return scipy.sparse.csc_matrix((data[self.source], self.indices, self.indptr), shape=(self.size, self.size))
+
+
 class _FactorizationFailed(Exception):
     """A factorization failed; ``ok (B,)`` says which elements, when the backend knows."""
 
@@ -310,17 +345,21 @@ class SparseCholesky(LinearSolver):
             if not np.all(factor.D() > 0):
                 raise _FactorizationFailed("not positive definite")
             return ("cholmod", factor)
-        import scipy.sparse.linalg
-
+        ordering = self._symbolic.get(key)
         try:
-            lu = scipy.sparse.linalg.splu(csc, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                                         options={"SymmetricMode": True})
+            if ordering is None:
+                lu = _superlu(csc, "MMD_AT_PLUS_A")
+                # SuperLU's column order (structural: no numeric pivoting), kept for this pattern
+                self._symbolic[key] = ordering = _SuperLUOrdering(csc, lu.perm_c)
+                permutation = None
+            else:
+                lu, permutation = _superlu(ordering.permuted(data), "NATURAL"), ordering.order
         except RuntimeError as exc:  # exactly singular
             raise _FactorizationFailed(str(exc)) from None
         pivots = lu.U.diagonal()  # builds U: once
         if not np.all(np.isfinite(pivots)) or np.any(pivots <= 0):
             raise _FactorizationFailed("not positive definite")
-        return ("scipy", lu)
+        return ("scipy", (lu, permutation))
 
     def _solve_values(self, handle, rhs: torch.Tensor) -> torch.Tensor:
         kind, obj = handle
@@ -330,5 +369,15 @@ class SparseCholesky(LinearSolver):
         if kind == "cvxopt":
             analysis, factor = obj
             return torch.from_numpy(analysis.solve(factor, rhs_numpy))
-        x = obj(rhs_numpy) if kind == "cholmod" else obj.solve(rhs_numpy)
+        if kind == "cholmod":
+            x = obj(rhs_numpy)
+        elif kind == "scipy":  # SuperLU, on the permuted matrix after the first factorization
+            lu, order = obj
+            if order is None:
+                x = lu.solve(rhs_numpy)
+            else:
+                x = np.empty_like(rhs_numpy)
+                x[order] = lu.solve(rhs_numpy[order])
+        else:
+            x = obj.solve(rhs_numpy)
         return torch.from_numpy(np.asarray(x, dtype=np.float64))

@@ -74,6 +74,34 @@ def test_backends_solve_like_dense(backend):
     torch.testing.assert_close(x, torch.linalg.solve(dense, system.g))
 
 
+def test_superlu_keeps_its_first_ordering_for_the_structure():
+    """The first factorization of a structure orders it (minimum degree); later ones factor the
+    matrix permuted by that order, with the same solutions as dense solves, also when an element
+    fails and when the matrices of every call differ."""
+    from nlls.solve.linear.sparse import _SuperLUOrdering
+
+    obj, _ = chain(25)
+    ev = Evaluator(obj)
+    system = SparseLinearization(ev).linearize(ev.gather(), ev.aux())
+    solver = nlls.SparseCholesky("scipy")
+    g = torch.Generator().manual_seed(4)
+    for call in range(4):
+        shift = torch.rand(2, ev.dof, generator=g, dtype=F64) * (call + 1)
+        values = system.A.add_diagonal(shift).values.clone()
+        if call == 2:
+            values[1] = -values[1]  # element 1 fails alone
+        matrix = type(system.A)(system.A.pattern, values)
+        x, ok = solver.factor(matrix).solve(system.g)
+        orderings = [key for key, o in solver._symbolic.items() if isinstance(o, _SuperLUOrdering)]
+        # one per structure and batch size, from the first call (a failure is then located by
+        # factoring the elements one by one: batch size 1, its own ordering)
+        assert sorted(batch for _, batch in orderings) == ([1, 2] if call >= 2 else [2])
+        expected = torch.linalg.solve(matrix.to_dense(), system.g)
+        assert ok.tolist() == ([True, False] if call == 2 else [True, True])
+        torch.testing.assert_close(x[ok], expected[ok], rtol=1e-10, atol=1e-12)
+        assert (x[~ok] == 0).all()
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_failed_element_is_reported_with_zero_solution(backend):
     obj, _ = chain(6)
