@@ -15,9 +15,9 @@ Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``
   and a compiler): CHOLMOD's own choice of simplicial or supernodal Cholesky; the fill-reducing
   ordering and symbolic factorization are computed once per structure and batch size and reused.
 * ``"scipy"`` (CPU; always available): SciPy's SuperLU in symmetric mode (diagonal pivots).
-  The minimum-degree ordering of ``A + A^T`` that SuperLU chooses at the first factorization of
-  a structure is kept: later ones factor the matrix permuted by it (one gather of the values)
-  with no ordering of their own (on w10000's normal matrix 78 ms instead of 100, the same fill).
+  The minimum-degree ordering of ``A + A^T`` that SuperLU chooses for a structure is found once
+  and kept: every factorization is of the matrix permuted by it (one gather of the values), with
+  no ordering of its own (on w10000's normal matrix 78 ms instead of 100, the same fill).
 * ``"cudss"`` (CUDA): ``torch.sparse.spsolve`` (NVIDIA cuDSS), data stays on the GPU.
 
 On CPU ``"auto"`` takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through
@@ -348,12 +348,12 @@ class SparseCholesky(LinearSolver):
         ordering = self._symbolic.get(key)
         try:
             if ordering is None:
-                lu = _superlu(csc, "MMD_AT_PLUS_A")
-                # SuperLU's column order (structural: no numeric pivoting), kept for this pattern
-                self._symbolic[key] = ordering = _SuperLUOrdering(csc, lu.perm_c)
-                permutation = None
-            else:
-                lu, permutation = _superlu(ordering.permuted(data), "NATURAL"), ordering.order
+                # SuperLU's column order (structural: no numeric pivoting), kept for this pattern;
+                # every factorization, the first too, is then of the permuted matrix (the same
+                # rounding whichever call of a structure comes first)
+                ordering = _SuperLUOrdering(csc, _superlu(csc, "MMD_AT_PLUS_A").perm_c)
+                self._symbolic[key] = ordering
+            lu, permutation = _superlu(ordering.permuted(data), "NATURAL"), ordering.order
         except RuntimeError as exc:  # exactly singular
             raise _FactorizationFailed(str(exc)) from None
         pivots = lu.U.diagonal()  # builds U: once
@@ -373,11 +373,8 @@ class SparseCholesky(LinearSolver):
             x = obj(rhs_numpy)
         elif kind == "scipy":  # SuperLU, on the permuted matrix after the first factorization
             lu, order = obj
-            if order is None:
-                x = lu.solve(rhs_numpy)
-            else:
-                x = np.empty_like(rhs_numpy)
-                x[order] = lu.solve(rhs_numpy[order])
+            x = np.empty_like(rhs_numpy)
+            x[order] = lu.solve(rhs_numpy[order])
         else:
             x = obj.solve(rhs_numpy)
         return torch.from_numpy(np.asarray(x, dtype=np.float64))
