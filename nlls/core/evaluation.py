@@ -121,10 +121,13 @@ class Evaluator:
     def gather(self, batch_size: Optional[int] = None) -> State:
         """The optim variables' values as block tensors ``(N, B, *shape)``."""
         batch = batch_size or self.batch_size()
-        return tuple(
-            torch.stack([v.tensor.expand(batch, *b.event_shape) for v in b.variables])
-            for b in self.blocks
-        )
+        out = []
+        for b in self.blocks:
+            tensors = [v.tensor for v in b.variables]
+            if any(t.shape[0] != batch for t in tensors):  # a batch of 1 broadcasts
+                tensors = [t.expand(batch, *b.event_shape) for t in tensors]
+            out.append(torch.stack(tensors))
+        return tuple(out)
 
     def scatter(self, state: State) -> None:
         """Write block values back into the objective's variables."""

@@ -301,3 +301,20 @@ def test_library_cost_functions_stack_without_warnings():
         warnings.simplefilter("error")
         evaluator = Evaluator(obj)
     assert sorted(g.size for g in evaluator.groups) == [1, 2, 2]
+
+
+def test_gather_stacks_blocks_and_broadcasts_batch_one_variables():
+    """``gather``: one ``(N, B, ...)`` tensor per block, a batch-1 variable repeated over the batch
+    (a view: the values are its own), and ``scatter`` hands each variable its row back."""
+    obj, _ = _many_costs(4, batch=3)
+    single = nlls.Vector(tensor=torch.tensor([[0.5]], dtype=torch.float64), name="shared")
+    obj.add(nlls.AutoDiffCostFunction((single,), lambda o, a: o[0].tensor - 1.0, 1, name="prior"))
+    ev = Evaluator(obj)
+    (block,) = ev.gather()
+    assert block.shape == (5, 3, 1)
+    names = [v.name for v in ev.blocks[0].variables]
+    for k, name in enumerate(names):
+        torch.testing.assert_close(block[k], obj.optim_vars[name].tensor.expand(3, 1))
+    ev.scatter((block + 1.0,))
+    assert obj.optim_vars["shared"].tensor.shape == (3, 1)
+    torch.testing.assert_close(obj.optim_vars["shared"].tensor, torch.full((3, 1), 1.5, dtype=torch.float64))
