@@ -135,10 +135,9 @@ class LevenbergMarquardt(Optimizer):
 
     def damped(self, system, step_state: DampingState):
         """``A + lambda D`` for the step, ``D`` as the settings say (see the module's description)."""
-        if step_state.scale is None:
-            return system.damped(step_state.damping, self.diagonal_scaling, MIN_DIAGONAL)
         diagonal = self._diagonal(system, step_state)
-        assert diagonal is not None, "with jacobi_scaling D is never the identity"
+        if diagonal is None:
+            return system.damped(step_state.damping)
         return system.operator().add_diagonal(step_state.damping[:, None] * diagonal)
 
     def _diagonal(self, system, step_state: DampingState) -> Optional[torch.Tensor]:

@@ -213,7 +213,7 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
         masks.update({key: masks[key] & running for key in ("accept", "stalled", "failed") if masks[key] is not None})
     size = values_norm(state.values) if optimizer.parameter_tolerance > 0 else None
     can_stall, still, near = optimizer.checks_steps and masks["stalled"] is not None, None, None
-    moved = None
+    near_parameter = None
     if can_stall or optimizer.function_tolerance > 0 or optimizer.parameter_tolerance > 0:
         column = column_measure(gradient, system.operator().diagonal())
         still = within(column, state.error, state.initial_error) if can_stall else None
@@ -221,10 +221,10 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
             cosine = PROGRESS_COSINE * max(optimizer.function_tolerance, 100 * torch.finfo(state.error.dtype).eps) ** 0.5
             near = within(column, state.error, state.initial_error, min(cosine, 1.0))
         if optimizer.parameter_tolerance > 0:
-            moved = within(column, state.error, state.initial_error, PARAMETER_COSINE)
+            near_parameter = within(column, state.error, state.initial_error, PARAMETER_COSINE)
     settled = None if still is None or tried is None else tried & still  # (tried: None without a function tolerance)
     rule = fired(optimizer, state, values_size=size, settled=settled, still=still, near=near,
-                 near_parameter=moved, **masks)
+                 near_parameter=near_parameter, **masks)
     plateau = None if still is None else masks["stalled"] & ~still
     done = rule > 0  # (every mask is of running elements: a rule that fired is the element's first)
     termination = rule if state.termination is None else torch.where(done, rule, state.termination)

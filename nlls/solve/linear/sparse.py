@@ -222,6 +222,22 @@ class _SuperLUOrdering:
 
         return scipy.sparse.csc_matrix((data[self.source], self.indices, self.indptr), shape=(self.size, self.size))
 
+    def factor(self, data: np.ndarray) -> "_PermutedLU":
+        """SuperLU of the permuted matrix of ``A``'s CSC values ``data`` (no ordering of its own)."""
+        return _PermutedLU(_superlu(self.permuted(data), "NATURAL"), self.order)
+
+
+class _PermutedLU:
+    """SuperLU's factors of ``A[order][:, order]``, solving with ``A`` itself."""
+
+    def __init__(self, lu, order: np.ndarray):
+        self.lu, self.order = lu, order
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        x = np.empty_like(rhs)
+        x[self.order] = self.lu.solve(rhs[self.order])
+        return x
+
 
 class _FactorizationFailed(Exception):
     """A factorization failed; ``ok (B,)`` says which elements, when the backend knows."""
@@ -353,13 +369,13 @@ class SparseCholesky(LinearSolver):
                 # rounding whichever call of a structure comes first)
                 ordering = _SuperLUOrdering(csc, _superlu(csc, "MMD_AT_PLUS_A").perm_c)
                 self._symbolic[key] = ordering
-            lu, permutation = _superlu(ordering.permuted(data), "NATURAL"), ordering.order
+            factorization = ordering.factor(data)
         except RuntimeError as exc:  # exactly singular
             raise _FactorizationFailed(str(exc)) from None
-        pivots = lu.U.diagonal()  # builds U: once
+        pivots = factorization.lu.U.diagonal()  # builds U: once
         if not np.all(np.isfinite(pivots)) or np.any(pivots <= 0):
             raise _FactorizationFailed("not positive definite")
-        return ("scipy", (lu, permutation))
+        return ("scipy", factorization)
 
     def _solve_values(self, handle, rhs: torch.Tensor) -> torch.Tensor:
         kind, obj = handle
@@ -369,12 +385,5 @@ class SparseCholesky(LinearSolver):
         if kind == "cvxopt":
             analysis, factor = obj
             return torch.from_numpy(analysis.solve(factor, rhs_numpy))
-        if kind == "cholmod":
-            x = obj(rhs_numpy)
-        elif kind == "scipy":  # SuperLU, on the permuted matrix after the first factorization
-            lu, order = obj
-            x = np.empty_like(rhs_numpy)
-            x[order] = lu.solve(rhs_numpy[order])
-        else:
-            x = obj.solve(rhs_numpy)
+        x = obj(rhs_numpy) if kind == "cholmod" else obj.solve(rhs_numpy)
         return torch.from_numpy(np.asarray(x, dtype=np.float64))

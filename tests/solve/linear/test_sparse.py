@@ -103,6 +103,23 @@ def test_superlu_keeps_its_first_ordering_for_the_structure():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_held_factorization_stays_valid_after_the_next_one(backend):
+    """A factorization kept by its caller still solves its own matrix after the solver has
+    factored another one of the same structure (QDLDL's and CHOLMOD's are pooled, refactored in
+    place only when nobody holds them)."""
+    obj, _ = chain(15, batch=3)
+    ev = Evaluator(obj)
+    system = SparseLinearization(ev).linearize(ev.gather(), ev.aux())
+    solver = nlls.SparseCholesky(backend)
+    first = solver.factor(system.A)
+    second = solver.factor(type(system.A)(system.A.pattern, system.A.values * 4.0))
+    x1, _ = first.solve(system.g)  # still the first matrix's factors
+    x2, _ = second.solve(system.g)
+    torch.testing.assert_close(x1, torch.linalg.solve(system.A.to_dense(), system.g))
+    torch.testing.assert_close(x2, x1 / 4.0)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_failed_element_is_reported_with_zero_solution(backend):
     obj, _ = chain(6)
     ev = Evaluator(obj)

@@ -45,14 +45,7 @@ def test_one_analysis_serves_every_refactorization_and_a_held_factor_stays_valid
     holder = type("Holder", (), {})()
     analysis.factor(system.A.values, owner=holder)
     analysis.factor(system.A.values)  # the held one is kept: a second factor
-    assert analysis.factors == 2
-    solver = nlls.SparseCholesky("cholmod")
-    first = solver.factor(system.A)
-    second = solver.factor(SparseMatrix(system.A.pattern, system.A.values * 4.0))
-    x1, _ = first.solve(system.g)  # still the first matrix's factor
-    x2, _ = second.solve(system.g)
-    torch.testing.assert_close(x1, _dense_solve(system.A, system.g))
-    torch.testing.assert_close(x2, x1 / 4.0)
+    assert analysis.factors == 2  # (a held factor through SparseCholesky: test_sparse.py)
 
 
 def test_auto_prefers_cholmod_through_cvxopt_and_a_pose_graph_reaches_the_same_cost():
