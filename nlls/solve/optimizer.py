@@ -39,8 +39,8 @@ from .drivers.select import select_driver
 from .guard import finite_start, finite_trial, guarded_inputs, recording, records
 from .linear import LinearSolver, make_linear_solver
 from .linearization import LINEARIZATIONS, Linearization
-from .report import classify_failures, print_iteration, solve_message
-from .state import Failure, OptimizerInfo, SolveState, Status, Termination, Values, flatten, select, unflatten
+from .report import classify_failures, print_iteration, settle, solve_message
+from .state import Failure, OptimizerInfo, SolveState, Status, Values, flatten, select, unflatten
 from .tracing import is_compiling
 
 
@@ -214,7 +214,7 @@ class Optimizer:
         status = torch.where(finite, torch.where(active, int(Status.RUNNING), int(Status.CONVERGED)),
                              int(Status.FAILED)).to(torch.int8)  # (plain ints: see step)
         failure = (~finite).to(torch.int8) * int(Failure.NONFINITE_START)  # NONE elsewhere (0)
-        termination = torch.where(finite, (~active).to(torch.int8) * int(Termination.ABSOLUTE_ERROR), int(Termination.NONFINITE))
+        termination = rules.initial_codes(self, finite, active)
         return SolveState(
             values=values, aux=aux, error=error, active=active, status=status,
             iterations=torch.zeros_like(error, dtype=torch.long),
@@ -330,14 +330,16 @@ class Optimizer:
         evaluator = self._built()[0]
         running = state.status == int(Status.RUNNING)  # (plain ints: an IntEnum costs a conversion)
         status = torch.where(running, int(Status.MAX_ITERATIONS), state.status)
-        state, before = classify_failures(self, state, status), state
-        termination = rules.final_termination(state, status, running, unchanged=state is before)
+        state, outcome = settle(self, state, status)  # (one read: the counts the rest needs)
+        state, before = classify_failures(self, state, status, outcome), state
+        termination = rules.final_termination(state, status, running, unchanged=state is before,
+                                              out_of_iterations=outcome.of(Status.MAX_ITERATIONS) == outcome.size)
         if write_back:
             evaluator.scatter(state.values)
         info = OptimizerInfo(
             converged=status == Status.CONVERGED, iterations=state.iterations,
             initial_error=state.initial_error, final_error=state.error, status=status,
-            linear_solver=repr(self.linear_solver), message=solve_message(self, state, status),
+            linear_solver=repr(self.linear_solver), message=solve_message(self, state, status, outcome),
             failure=state.failure, termination=termination, elapsed=time.perf_counter() - state.started,
             active_bounds=bounds_report(self, state),
         )

@@ -8,30 +8,94 @@ values, is a divergence; only a singular system gets the linear solver's advice.
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from itertools import repeat
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .state import Failure, SolveState, Status
-from .termination import converged_reasons
+from .state import Failure, SolveState, Status, Termination
+from .termination import converged_reasons, fixed_count_codes
 
 HUGE = 1e20  # parameters beyond this magnitude have run off: a divergence, not a singular model
 
 
-def solve_message(optimizer, state: SolveState, status: torch.Tensor) -> str:
-    """One line: converged / ran out of iterations / failed, and why, for ``state``."""
-    counts = torch.bincount(status.long().flatten(), minlength=len(Status)).tolist()
-    parts = [f"{counts[Status.CONVERGED]}/{status.numel()} converged"]
-    if state.termination is not None and counts[Status.CONVERGED]:
-        parts[0] += f": {converged_reasons(state.termination, status)}"
-    if counts[Status.MAX_ITERATIONS]:
+class Outcome:
+    """How many elements of a finished run ended how, per ``(status, failure, termination)``
+    (the codes of ``state`` as the steps left them, ``status`` the final one): read back to the
+    host once for everything :meth:`~nlls.Optimizer.postprocess` asks (whether a failure needs
+    classifying, the message's counts). A solve of one element spends more time in such small
+    reads than in its compiled iterations."""
+
+    #: up to this many elements the codes are read as lists and counted on the host (tiny reads
+    #: cost less than the device operations of a bincount); more are counted on the device
+    FEW = 64
+
+    def __init__(self, state: SolveState, status: torch.Tensor):
+        self.size = status.numel()
+        self.terminations = state.termination is not None
+        self.counts: Dict[Tuple[int, int, int], int] = {}
+        if self.size <= self.FEW:
+            failures = repeat(0) if state.failure is None else state.failure.flatten().tolist()
+            terminations = repeat(0) if state.termination is None else state.termination.flatten().tolist()
+            for codes in zip(status.flatten().tolist(), failures, terminations):
+                self.counts[codes] = self.counts.get(codes, 0) + 1
+        else:
+            per_failure, per_status = len(Termination), len(Failure) * len(Termination)
+            key = status.flatten().long() * per_status
+            if state.failure is not None:
+                key = key + state.failure.flatten() * per_failure
+            if state.termination is not None:
+                key = key + state.termination.flatten()
+            histogram = torch.bincount(key, minlength=len(Status) * per_status).tolist()
+            self.counts = {(k // per_status, k % per_status // per_failure, k % per_failure): n
+                           for k, n in enumerate(histogram) if n}
+        self.by_status = [0] * len(Status)
+        for (code, _, _), n in self.counts.items():
+            self.by_status[code] += n
+
+    def of(self, status: Status, failure: Optional[Failure] = None, termination: Optional[Termination] = None) -> int:
+        """The number of elements with ``status`` (and ``failure``, ``termination``, when given)."""
+        if failure is None and termination is None:
+            return self.by_status[status]
+        return sum(n for (s, f, t), n in self.counts.items()
+                   if s == status and failure in (None, f) and termination in (None, t))
+
+    def converged_by(self) -> List[int]:
+        """Per :class:`Termination` code, the number of converged elements it stopped."""
+        out = [0] * len(Termination)
+        for (s, _, t), n in self.counts.items():
+            if s == Status.CONVERGED:
+                out[t] += n
+        return out
+
+
+def settle(optimizer, state: SolveState, status: torch.Tensor) -> Tuple[SolveState, Outcome]:
+    """``(state, outcome)`` at the end of a run: the :class:`Outcome` counts, and a fixed-count
+    solve's termination codes, which its steps do not track, settled where some element
+    converged (:func:`~nlls.solve.termination.fixed_count_codes`)."""
+    outcome = Outcome(state, status)
+    if state.termination is None and optimizer.fixed_count and outcome.of(Status.CONVERGED):
+        state = fixed_count_codes(optimizer, state, status)
+        outcome = Outcome(state, status)
+    return state, outcome
+
+
+def solve_message(optimizer, state: SolveState, status: torch.Tensor, outcome: Optional[Outcome] = None) -> str:
+    """One line: converged / ran out of iterations / failed, and why, for ``state`` (``outcome``:
+    its counts, when already read)."""
+    outcome = Outcome(state, status) if outcome is None else outcome
+    converged = outcome.of(Status.CONVERGED)
+    parts = [f"{converged}/{outcome.size} converged"]
+    if outcome.terminations and converged:
+        parts[0] += f": {converged_reasons(outcome.converged_by())}"
+    if outcome.of(Status.MAX_ITERATIONS):
         parts.append(
-            f"{counts[Status.MAX_ITERATIONS]} reached max_iterations={optimizer.max_iterations} "
+            f"{outcome.of(Status.MAX_ITERATIONS)} reached max_iterations={optimizer.max_iterations} "
             f"(increase max_iterations or loosen the tolerances)"
         )
-    if counts[Status.STOPPED]:
-        parts.append(f"{counts[Status.STOPPED]} stopped by the callback")
-    if counts[Status.FAILED]:
+    if outcome.of(Status.STOPPED):
+        parts.append(f"{outcome.of(Status.STOPPED)} stopped by the callback")
+    if outcome.of(Status.FAILED):
         parts.extend(_failures(optimizer, state, status))
     return "; ".join(parts)
 
@@ -93,15 +157,17 @@ def _culprit(optimizer, state: SolveState, elements: torch.Tensor) -> str:
     return f" for element(s) {index[:10]}"
 
 
-def classify_failures(optimizer, state: SolveState, status: torch.Tensor) -> SolveState:
+def classify_failures(optimizer, state: SolveState, status: torch.Tensor, outcome: Optional[Outcome] = None) -> SolveState:
     """``state`` with the reason of every failure that happened in a step: a failed element
     keeps the values from before its failing step, so that step's linear solve is repeated
-    there (host work, only when some element failed in a step)."""
+    there (host work, only when some element failed in a step; ``outcome``: the counts of
+    ``state``, when already read)."""
     if state.failure is None:
         return state
-    unknown = (status == Status.FAILED) & (state.failure == Failure.NONE)
-    if not bool(unknown.any()):
+    outcome = Outcome(state, status) if outcome is None else outcome
+    if not outcome.of(Status.FAILED, Failure.NONE):
         return state
+    unknown = (status == Status.FAILED) & (state.failure == Failure.NONE)
     with torch.no_grad():
         system = optimizer.linearization.linearize(state.values, state.aux)
         _, solved = optimizer.compute_step(system, state.step_state)

@@ -51,7 +51,9 @@ cosine stays large); elsewhere the element fails with ``Failure.NO_DECREASE`` an
 
 When several rules fire in one iteration the first of gradient, absolute error, function,
 parameter, no further decrease is recorded. A tolerance of 0 switches its rule off; with every
-tolerance 0 a solve runs exactly ``max_iterations`` iterations.
+tolerance 0 a solve runs exactly ``max_iterations`` iterations (a fixed count: its elements stop
+early only at an exact zero cost or a stall, and its steps track no termination codes, which are
+settled once at the end, :func:`fixed_count_codes`).
 """
 from __future__ import annotations
 
@@ -136,9 +138,21 @@ def column_measure(gradient: torch.Tensor, diagonal: torch.Tensor) -> torch.Tens
 def within(column: torch.Tensor, error: torch.Tensor, initial_error: torch.Tensor,
            cosine: Optional[float] = None) -> torch.Tensor:
     """:func:`stationary` from :func:`column_measure`'s ``column``."""
+    measure, floor = _limits(error, initial_error, cosine)
+    return (column <= measure) | (error <= floor)
+
+
+def beyond(column: torch.Tensor, error: torch.Tensor, initial_error: torch.Tensor) -> torch.Tensor:
+    """``~within(column, error, initial_error)`` in fewer operations."""
+    measure, floor = _limits(error, initial_error, None)
+    return (column > measure) & (error > floor)
+
+
+def _limits(error: torch.Tensor, initial_error: torch.Tensor, cosine: Optional[float]):
+    """The bounds of :func:`within`: of ``column`` (``2 cosine^2`` times the cost) and of the cost."""
     eps = torch.finfo(error.dtype).eps
     cosine = eps ** (1.0 / 3.0) if cosine is None else cosine
-    return (column <= (2.0 * cosine * cosine) * error) | (error <= eps * initial_error)
+    return (2.0 * cosine * cosine) * error, eps * initial_error
 
 
 #: the function tolerance ends a run only where the cosine of :func:`stationary` is at most this
@@ -201,14 +215,21 @@ def fired(optimizer, state: SolveState, *, small_gradient, accept, stalled, fail
 
 
 def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, running: Optional[torch.Tensor],
-             **masks) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+             **masks) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``(done, termination, plateau)`` of an iteration: where a rule fired or the step failed
     (:func:`fired`, with the ``masks`` of active elements restricted to the ``running`` ones;
     ``running`` is ``None`` when every active element runs), the elements' termination codes so
-    far (the first rule that fired stays), and the stalled elements that are not stationary
+    far (the first rule that fired stays; ``None`` in a fixed-count solve, which settles them at
+    the end: :func:`fixed_count_codes`), and the stalled elements that are not stationary
     (:func:`stationary`, from the iteration's ``system`` and ``gradient``): they fail (``None``
     for a step rule that takes every step, ``optimizer.checks_steps`` false: it never stalls)."""
     tried = masks.pop("tried")
+    if optimizer.fixed_count:  # every tolerance 0: no codes tracked (see fixed_count_codes)
+        done, stalled = masks["accept"] & (masks["new_error"] <= optimizer.abs_err_tolerance), masks["stalled"]
+        if stalled is None or not optimizer.checks_steps:
+            return done, None, None
+        column = column_measure(gradient, system.operator().diagonal())  # (a plateau: not stationary)
+        return done | stalled, None, stalled & beyond(column, state.error, state.initial_error)
     if running is not None:  # (converged elements step on: their rules have fired)
         masks.update({key: masks[key] & running for key in ("accept", "stalled", "failed") if masks[key] is not None})
     size = values_norm(state.values) if optimizer.parameter_tolerance > 0 else None
@@ -229,6 +250,31 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
     done = rule > 0  # (every mask is of running elements: a rule that fired is the element's first)
     termination = rule if state.termination is None else torch.where(done, rule, state.termination)
     return done, termination, plateau
+
+
+def initial_codes(optimizer, finite: torch.Tensor, active: torch.Tensor) -> Optional[torch.Tensor]:
+    """``(B,)`` int8 codes at the start: ``ABSOLUTE_ERROR`` where the start's cost stops the run,
+    ``NONFINITE`` where it is not finite; ``None`` in a fixed-count solve (:func:`fixed_count_codes`)."""
+    if optimizer.fixed_count:
+        return None
+    return torch.where(finite, (~active).to(torch.int8) * int(Termination.ABSOLUTE_ERROR), int(Termination.NONFINITE))
+
+
+def fixed_count_codes(optimizer, state: SolveState, status: torch.Tensor) -> SolveState:
+    """``state`` with the termination codes of a fixed-count solve (every tolerance 0), which its
+    steps do not track: there only an exact zero cost (``ABSOLUTE_ERROR``: a cost at most
+    ``abs_err_tolerance``, which is 0) and a stall (``NO_FURTHER_DECREASE``) end an element as
+    converged, and the cost tells them apart (a stall away from a stationary point has failed in
+    its step, as in every solve). The steps of such a solve do the least work per iteration (a
+    fixed-count solve is the one compiled or captured whole)."""
+    converged = torch.where(state.error <= optimizer.abs_err_tolerance, int(Termination.ABSOLUTE_ERROR),
+                            int(Termination.NO_FURTHER_DECREASE))
+    failed = int(Termination.NONFINITE) if state.failure is None else torch.where(  # (a plateau's, or
+        state.failure == int(Failure.NO_DECREASE), int(Termination.NO_FURTHER_DECREASE),  # the provisional
+        int(Termination.NONFINITE))  # code of a failure in a step)
+    code = torch.where(status == int(Status.CONVERGED), converged,
+                       torch.where(status == int(Status.FAILED), failed, 0))
+    return state.replace(termination=code.to(torch.int8))
 
 
 def _by_status_table(device: torch.device) -> torch.Tensor:
@@ -259,11 +305,14 @@ _TABLES: Dict[torch.device, torch.Tensor] = {}
 
 
 def final_termination(state: SolveState, status: torch.Tensor, running: torch.Tensor,
-                      unchanged: bool = False) -> torch.Tensor:
+                      unchanged: bool = False, out_of_iterations: bool = False) -> torch.Tensor:
     """``(B,)`` int8 termination codes at the end of a run: the rule that fired, else what the
     status and failure say (out of iterations, stopped, a non-finite cost, a linear solve).
     ``status`` is the final one (``MAX_ITERATIONS`` for the elements still ``running``);
-    ``unchanged``: no failure needed classifying at the end (``report.classify_failures``)."""
+    ``unchanged``: no failure needed classifying at the end (``report.classify_failures``);
+    ``out_of_iterations``: every element ran out of iterations (one operation)."""
+    if out_of_iterations:
+        return torch.full_like(status, int(Termination.MAX_ITERATIONS))
     if unchanged and state.termination is not None and state.callback is None:
         # every stopped element has its code (a failure's provisional one is right when no failure
         # needed classifying): one operation, for the elements still running
@@ -281,12 +330,10 @@ def final_termination(state: SolveState, status: torch.Tensor, running: torch.Te
     return torch.where(unset | (status == int(Status.STOPPED)), by_status, state.termination)
 
 
-def converged_reasons(termination: torch.Tensor, status: torch.Tensor) -> str:
+def converged_reasons(counts: List[int]) -> str:
     """``"2 gradient tolerance, 1 function tolerance"``: the rules that ended the converged
-    elements, most frequent first ("" when none converged)."""
-    # (no boolean indexing: it reads the count back to size its result)
-    converged = torch.where(status == int(Status.CONVERGED), termination, 0).long()
-    counts = torch.bincount(converged, minlength=len(Termination)).tolist()
+    elements, most frequent first ("" when none converged), from the number of converged
+    elements per :class:`Termination` code."""
     parts: List[str] = [f"{counts[code]} {name}" for code, name in
                         sorted(_NAMES.items(), key=lambda item: -counts[item[0]]) if counts[code]]
     return ", ".join(parts)

@@ -131,6 +131,52 @@ def test_a_plateau_away_from_a_stationary_point_fails_instead_of_converging():
     assert torch.equal(p.tensor, torch.zeros(2, 2, dtype=F64))  # no step was taken
 
 
+class Offset(nlls.CostFunction):
+    """r = p - 3 with its exact Jacobian: one Gauss-Newton step reaches a cost of exactly 0."""
+
+    def __init__(self, p):
+        super().__init__(optim_vars=(p,), name="offset")
+        self.p = p
+
+    def dim(self):
+        return self.p.dof()
+
+    def error(self):
+        return self.p.tensor - 3.0
+
+    def jacobians(self):
+        eye = torch.eye(self.p.dof(), dtype=self.p.tensor.dtype).expand(self.p.tensor.shape[0], -1, -1)
+        return [eye], self.error()
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_a_fixed_count_solve_settles_its_stalls_and_exact_zeros_at_the_end(compile):
+    """Every tolerance 0: the steps track no termination codes and test no stationarity; an
+    element that stalled is judged at the end as the steps of other solves judge it (stationary:
+    converged; a plateau: failed), and an exact zero cost is the absolute error rule."""
+    p = nlls.Vector(tensor=torch.tensor([[2.0 + 1e-9] * 2, [0.0, 0.0]], dtype=F64), name="p")
+    obj = nlls.Objective()
+    obj.add(WrongJacobian(p))
+    opt = nlls.LevenbergMarquardt(obj, **OFF, max_damping=1e4, max_iterations=40, check_every=40)
+    assert opt.fixed_count
+    info = opt.optimize(compile=compile)
+    assert _codes(info) == [Termination.NO_FURTHER_DECREASE] * 2
+    assert info.status.tolist() == [Status.CONVERGED, Status.FAILED]
+    assert info.failure.tolist() == [Failure.NONE, Failure.NO_DECREASE]
+    assert info.message.startswith("1/2 converged: 1 no further decrease; 1 stalled: no step decreases"), info.message
+    assert torch.equal(p.tensor[1], torch.zeros(2, dtype=F64))  # no step was taken
+    p.update(torch.zeros(1, 2, dtype=F64))  # a plateau alone (no element converged)
+    info = opt.optimize(compile=compile)
+    assert _codes(info) == [Termination.NO_FURTHER_DECREASE] and info.failure.tolist() == [Failure.NO_DECREASE]
+
+    q = nlls.Vector(tensor=torch.tensor([[0.0, 1.0], [3.0, 3.0], [5.0, -1.0]], dtype=F64), name="q")
+    obj = nlls.Objective()
+    obj.add(Offset(q))
+    info = nlls.GaussNewton(obj, **OFF, max_iterations=5, check_every=5).optimize(compile=compile)
+    assert _codes(info) == [Termination.ABSOLUTE_ERROR] * 3 and info.converged.all()
+    assert info.iterations.tolist() == [1, 0, 1] and info.message == "3/3 converged: 3 absolute error"
+
+
 class HugeFlat(WrongJacobian):
     """r = 1e10 + p with the Jacobian's sign flipped: a plateau at a cost of 1e20 whose gradient,
     1e10, is small beside the cost (a relative gradient of 1e-10, "stationary" by a gradient

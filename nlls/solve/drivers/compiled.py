@@ -32,7 +32,7 @@ from .stack_pass import compile_options
 
 
 def _signature(tensors) -> Tuple:
-    return tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors)
+    return tuple((t.shape, t.dtype, t.device) for t in tensors)
 
 
 def _fresh(function: Callable) -> Callable:
@@ -112,8 +112,7 @@ class CompiledDriver(Driver):
                          (values, aux))
         if out is None:
             return EagerDriver().run(optimizer, optimizer.init(*flags), num_iterations)
-        start = template.replace(aux=aux, started=started)
-        return self._unpack(start, out, num_iterations, restart=True)
+        return self._unpack(template, out, num_iterations, restart=True, aux=aux, started=started)
 
     def run(self, optimizer, state: SolveState, num_iterations: int) -> SolveState:
         size = optimizer.check_every
@@ -142,6 +141,9 @@ class CompiledDriver(Driver):
         if compiled is _FAILED:
             return None
         try:
+            if compiled is not None and key in self._settled(cache):
+                return compiled(*args)
+            graphs = _graphs_compiled()
             with warnings.catch_warnings():  # compiling (also a recompilation inside a cached
                 # function): torch's own deprecation notices about its TorchScript internals and
                 # its lowering (not nlls's code, nothing a user can change) are not repeated to
@@ -150,7 +152,12 @@ class CompiledDriver(Driver):
                 warnings.filterwarnings("ignore", message=_PRIMS_CHECK_NOTICE, category=FutureWarning)
                 if compiled is None:
                     compiled = cache[key] = torch.compile(make(), dynamic=False, options=compile_options())
-                return compiled(*args)
+                out = compiled(*args)
+            if graphs is not None and _graphs_compiled() == graphs:
+                # a call that compiled nothing: later calls of the key skip the filters (their
+                # setup costs more than a whole warm solve's Python around the compiled call)
+                self._settled(cache).add(key)
+            return out
         except Exception as exc:  # the compiler's failure is not the user's: run eagerly
             warnings.warn(
                 f"{type(optimizer).__name__}.optimize(compile=True): torch.compile could not "
@@ -162,10 +169,17 @@ class CompiledDriver(Driver):
             return None
 
     @staticmethod
-    def _unpack(state: SolveState, out, size: int, restart: bool = False) -> SolveState:
+    def _settled(cache: dict) -> set:
+        """The keys whose compiled function ran once without compiling anything."""
+        return cache.setdefault("settled", set())
+
+    @staticmethod
+    def _unpack(state: SolveState, out, size: int, restart: bool = False, **changes) -> SolveState:
+        """The state after a compiled call's ``out``, ``size`` iterations on from ``state``
+        (``restart``: from the start of the solve), with the host-side ``changes``."""
         tensors, new_history = out
         new = state.replace(**unflatten(_device_part(state), iter(tensors)),
-                            iteration=state.iteration + size)
+                            iteration=state.iteration + size, **changes)
         if state.history is not None:
             new.history = list(new_history) if restart else state.history + list(new_history)
         if state.verbose:
@@ -177,6 +191,15 @@ class CompiledDriver(Driver):
 _TORCHSCRIPT_NOTICE = r"`torch\.jit\.script(_method)?` is deprecated"
 # (inductor's lowering of a matrix diagonal, diag(J^T J) in the stationarity test, calls it)
 _PRIMS_CHECK_NOTICE = r"`torch\._prims_common\.check` is deprecated"
+
+
+def _graphs_compiled():
+    """How many graphs dynamo has compiled in this process (``None`` where torch does not say)."""
+    try:
+        from torch._dynamo.utils import counters
+        return counters["stats"]["unique_graphs"]
+    except Exception:  # a torch without the counter: every call keeps the filters
+        return None
 
 
 def _failed(*args, **kwargs):  # marker: this function could not be compiled
