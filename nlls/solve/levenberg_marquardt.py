@@ -183,7 +183,7 @@ class LevenbergMarquardt(Optimizer):
             return finite, ~finite, torch.zeros_like(finite), step_state
         predicted = self._model_decrease(system, step_state, delta)
         actual = error - new_error
-        ratio = actual / torch.where(predicted > 0, predicted, torch.ones_like(predicted))
+        ratio = actual / torch.where(predicted > 0, predicted, 1.0)
         if self.gradient_tolerance > 0 or self.parameter_tolerance > 0:
             # below the cost's rounding (a few eps of it) the cost cannot judge a step the model
             # says descends: it is taken as a good one, so that the parameters converge to the
@@ -205,6 +205,6 @@ class LevenbergMarquardt(Optimizer):
         else:
             shrink = torch.clamp(1.0 - (2.0 * ratio - 1.0) ** 3, min=1.0 / 3.0)
             damping = torch.where(accept, damping * shrink, damping * growth)
-            growth = torch.where(accept, torch.full_like(growth, 2.0), growth * 2.0)
+            growth = torch.where(accept, 2.0, growth * 2.0)
         stalled = ~accept & (damping > self.max_damping)
         return accept, torch.zeros_like(accept), stalled, DampingState(damping, growth, self._scale(system, step_state))

@@ -58,10 +58,8 @@ class NormalEquations:
         """
         operator = self.operator()
         if diagonal_scaling:
-            diagonal = operator.diagonal().clamp_min(min_diagonal)
-        else:
-            diagonal = torch.ones_like(self.g)
-        return operator.add_diagonal(damping[:, None] * diagonal)
+            return operator.add_diagonal(damping[:, None] * operator.diagonal().clamp_min(min_diagonal))
+        return operator.add_diagonal(damping[:, None].expand_as(self.g))  # (a view: no operation)
 
     def quadratic_decrease(self, delta: torch.Tensor) -> torch.Tensor:
         """Decrease of the linear model ``-(g.delta + 0.5 delta^T A delta)``, ``(B,)``."""
