@@ -297,8 +297,8 @@ class Optimizer:
             failure=failure,  # other failures are classified in postprocess (no work per step)
             termination=termination, lower=state.lower, upper=state.upper,
             best_values=state.best_values, best_error=state.best_error, history=state.history,
-            freeze_converged=state.freeze_converged, iteration=state.iteration + 1,
-            started=state.started, verbose=state.verbose, callback=state.callback,
+            freeze_converged=state.freeze_converged, iteration=state.iteration + 1, started=state.started,
+            verbose=state.verbose, callback=state.callback, stalls_pending=rules.defers_stalls(self, state),
             step_norm=None if state.step_norm is None else torch.where(
                 accept, step.norm(dim=-1), torch.zeros_like(state.step_norm)),
         )
@@ -330,7 +330,7 @@ class Optimizer:
         evaluator = self._built()[0]
         running = state.status == int(Status.RUNNING)  # (plain ints: an IntEnum costs a conversion)
         status = torch.where(running, int(Status.MAX_ITERATIONS), state.status)
-        state, outcome = settle(self, state, status)  # (one read: the counts the rest needs)
+        state, status, outcome = settle(self, state, status)  # (one read: the counts the rest needs)
         state, before = classify_failures(self, state, status, outcome), state
         termination = rules.final_termination(state, status, running, unchanged=state is before,
                                               out_of_iterations=outcome.of(Status.MAX_ITERATIONS) == outcome.size)

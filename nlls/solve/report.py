@@ -13,8 +13,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .bounds import box_system
 from .state import Failure, SolveState, Status, Termination
-from .termination import converged_reasons, fixed_count_codes
+from .termination import converged_reasons, fixed_count_codes, stationary
 
 HUGE = 1e20  # parameters beyond this magnitude have run off: a divergence, not a singular model
 
@@ -69,15 +70,34 @@ class Outcome:
         return out
 
 
-def settle(optimizer, state: SolveState, status: torch.Tensor) -> Tuple[SolveState, Outcome]:
-    """``(state, outcome)`` at the end of a run: the :class:`Outcome` counts, and a fixed-count
-    solve's termination codes, which its steps do not track, settled where some element
-    converged (:func:`~nlls.solve.termination.fixed_count_codes`)."""
+def settle(optimizer, state: SolveState, status: torch.Tensor) -> Tuple[SolveState, torch.Tensor, Outcome]:
+    """``(state, status, outcome)`` at the end of a run: the :class:`Outcome` counts, and a
+    fixed-count solve's termination codes, which its steps do not track, settled where some
+    element converged (:func:`~nlls.solve.termination.fixed_count_codes`), with the stalls its
+    eager steps left pending judged (:func:`classify_stalls`)."""
     outcome = Outcome(state, status)
     if state.termination is None and optimizer.fixed_count and outcome.of(Status.CONVERGED):
         state = fixed_count_codes(optimizer, state, status)
         outcome = Outcome(state, status)
-    return state, outcome
+        if state.stalls_pending and outcome.of(Status.CONVERGED, termination=Termination.NO_FURTHER_DECREASE):
+            state, status = classify_stalls(optimizer, state, status)
+            outcome = Outcome(state, status)
+    return state, status, outcome
+
+
+def classify_stalls(optimizer, state: SolveState, status: torch.Tensor) -> Tuple[SolveState, torch.Tensor]:
+    """``(state, status)`` with the stalled elements that are not at a stationary point failed
+    (``Failure.NO_DECREASE``), as a step that tests them fails them: judged at the values where
+    they stopped, from one linearization (host work, only where some element stalled)."""
+    with torch.no_grad():
+        system = optimizer.linearization.linearize(state.values, state.aux)
+        system, gradient, _ = box_system(optimizer.evaluator, system, state.values, state.lower, state.upper)
+        still = stationary(gradient, system.operator().diagonal(), state.error, state.initial_error)
+    assert state.termination is not None, "fixed_count_codes set them"
+    plateau = (status == Status.CONVERGED) & (state.termination == Termination.NO_FURTHER_DECREASE) & ~still
+    failure = torch.zeros_like(state.termination) if state.failure is None else state.failure
+    state = state.replace(failure=failure.masked_fill(plateau, int(Failure.NO_DECREASE)))
+    return state, torch.where(plateau, int(Status.FAILED), status).to(status.dtype)
 
 
 def solve_message(optimizer, state: SolveState, status: torch.Tensor, outcome: Optional[Outcome] = None) -> str:

@@ -135,6 +135,8 @@ class SolveState:
         started: ``time.perf_counter()`` at ``init``; verbose: print progress.
         callback: called by ``Optimizer.terminate`` with an :class:`IterationInfo` (see
             ``optimize(callback=...)``).
+        stalls_pending: some step left its stalls to be judged at the end (an eager step of a
+            fixed-count solve: :func:`nlls.solve.termination.defers_stalls`).
     """
 
     values: Values
@@ -158,6 +160,7 @@ class SolveState:
     started: float = 0.0
     verbose: bool = False
     callback: Optional[Callable] = None
+    stalls_pending: bool = False
 
     # ---- what drivers use to pass the device part through compiled or captured code ----------
     def device_part(self) -> Dict[str, Any]:

@@ -63,6 +63,7 @@ import torch
 
 from .checks import check_number
 from .state import Failure, SolveState, Status, Termination, Values
+from .tracing import is_compiling
 
 #: the defaults, measured on the Moré-Garbow-Hillstrom problems (docs/guide/optimizers.md)
 FUNCTION_TOLERANCE = 1e-10
@@ -226,8 +227,8 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
     tried = masks.pop("tried")
     if optimizer.fixed_count:  # every tolerance 0: no codes tracked (see fixed_count_codes)
         done, stalled = masks["accept"] & (masks["new_error"] <= optimizer.abs_err_tolerance), masks["stalled"]
-        if stalled is None or not optimizer.checks_steps:
-            return done, None, None
+        if stalled is None or not optimizer.checks_steps or defers_stalls(optimizer, state):
+            return (done if stalled is None else done | stalled), None, None
         column = column_measure(gradient, system.operator().diagonal())  # (a plateau: not stationary)
         return done | stalled, None, stalled & beyond(column, state.error, state.initial_error)
     if running is not None:  # (converged elements step on: their rules have fired)
@@ -250,6 +251,17 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
     done = rule > 0  # (every mask is of running elements: a rule that fired is the element's first)
     termination = rule if state.termination is None else torch.where(done, rule, state.termination)
     return done, termination, plateau
+
+
+def defers_stalls(optimizer, state: SolveState) -> bool:
+    """Whether this step leaves its stalls to be judged at the end (``state.stalls_pending`` from
+    then on): an eager step of a fixed-count solve whose converged elements stop. There the test
+    that tells a stall at a stationary point from a plateau costs more in every iteration than
+    one linearization at the end (:func:`~nlls.solve.report.classify_stalls`), and it gives the
+    same answer: a stalled element stops where it stalled. Compiled steps fuse the test into
+    the iteration's code and keep it."""
+    return state.stalls_pending or (optimizer.fixed_count and optimizer.checks_steps
+                                    and state.freeze_converged and not is_compiling())
 
 
 def initial_codes(optimizer, finite: torch.Tensor, active: torch.Tensor) -> Optional[torch.Tensor]:
