@@ -325,8 +325,7 @@ class Optimizer:
         return state.freeze_converged and not bool(state.active.any())
 
     def postprocess(self, state: SolveState, write_back: bool = True) -> OptimizerInfo:
-        """The :class:`OptimizerInfo` of a run; with ``write_back`` the solution goes into the
-        objective's variables."""
+        """The :class:`OptimizerInfo` of a run; with ``write_back`` the solution goes into the variables."""
         evaluator = self._built()[0]
         running = state.status == int(Status.RUNNING)  # (plain ints: an IntEnum costs a conversion)
         status = torch.where(running, int(Status.MAX_ITERATIONS), state.status)
