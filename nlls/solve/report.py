@@ -15,7 +15,7 @@ import torch
 
 from .bounds import box_system
 from .state import Failure, SolveState, Status, Termination
-from .termination import converged_reasons, fixed_count_codes, stationary
+from .termination import converged_reasons, fixed_count_codes, plateaus
 
 HUGE = 1e20  # parameters beyond this magnitude have run off: a divergence, not a singular model
 
@@ -89,15 +89,15 @@ def classify_stalls(optimizer, state: SolveState, status: torch.Tensor) -> Tuple
     """``(state, status)`` with the stalled elements that are not at a stationary point failed
     (``Failure.NO_DECREASE``), as a step that tests them fails them: judged at the values where
     they stopped, from one linearization (host work, only where some element stalled)."""
+    assert state.termination is not None, "fixed_count_codes set them"
+    stalled = (status == Status.CONVERGED) & (state.termination == Termination.NO_FURTHER_DECREASE)
     with torch.no_grad():
         system = optimizer.linearization.linearize(state.values, state.aux)
         system, gradient, _ = box_system(optimizer.evaluator, system, state.values, state.lower, state.upper)
-        still = stationary(gradient, system.operator().diagonal(), state.error, state.initial_error)
-    assert state.termination is not None, "fixed_count_codes set them"
-    plateau = (status == Status.CONVERGED) & (state.termination == Termination.NO_FURTHER_DECREASE) & ~still
+        failed = plateaus(stalled, system, gradient, state)
     failure = torch.zeros_like(state.termination) if state.failure is None else state.failure
-    state = state.replace(failure=failure.masked_fill(plateau, int(Failure.NO_DECREASE)))
-    return state, torch.where(plateau, int(Status.FAILED), status).to(status.dtype)
+    state = state.replace(failure=failure.masked_fill(failed, int(Failure.NO_DECREASE)))
+    return state, torch.where(failed, int(Status.FAILED), status).to(status.dtype)
 
 
 def solve_message(optimizer, state: SolveState, status: torch.Tensor, outcome: Optional[Outcome] = None) -> str:

@@ -229,8 +229,7 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
         done, stalled = masks["accept"] & (masks["new_error"] <= optimizer.abs_err_tolerance), masks["stalled"]
         if stalled is None or not optimizer.checks_steps or defers_stalls(optimizer, state):
             return (done if stalled is None else done | stalled), None, None
-        column = column_measure(gradient, system.operator().diagonal())  # (a plateau: not stationary)
-        return done | stalled, None, stalled & beyond(column, state.error, state.initial_error)
+        return done | stalled, None, plateaus(stalled, system, gradient, state)
     if running is not None:  # (converged elements step on: their rules have fired)
         masks.update({key: masks[key] & running for key in ("accept", "stalled", "failed") if masks[key] is not None})
     size = values_norm(state.values) if optimizer.parameter_tolerance > 0 else None
@@ -251,6 +250,13 @@ def conclude(optimizer, state: SolveState, system, gradient: torch.Tensor, runni
     done = rule > 0  # (every mask is of running elements: a rule that fired is the element's first)
     termination = rule if state.termination is None else torch.where(done, rule, state.termination)
     return done, termination, plateau
+
+
+def plateaus(stalled: torch.Tensor, system, gradient: torch.Tensor, state: SolveState) -> torch.Tensor:
+    """``(B,)`` the ``stalled`` elements that are not stationary (:func:`stationary`, from the
+    ``system`` and ``gradient`` at their values): they fail."""
+    column = column_measure(gradient, system.operator().diagonal())
+    return stalled & beyond(column, state.error, state.initial_error)
 
 
 def defers_stalls(optimizer, state: SolveState) -> bool:

@@ -6,6 +6,7 @@ import torch
 
 import nlls
 from nlls import Termination
+from nlls.solve.report import Outcome
 from nlls.solve.state import Failure, Status
 from tests.problems import QuadFit, exp_data, exp_error, quad_data, rosenbrock_error
 
@@ -235,7 +236,9 @@ def test_the_function_tolerance_ends_no_run_far_from_a_stationary_point(settings
 
 
 # ---- one batch, several rules ------------------------------------------------------------------
-def test_one_batch_reports_each_elements_rule_and_counts_them():
+@pytest.mark.parametrize("few", [64, 0], ids=["host_counts", "device_counts"])
+def test_one_batch_reports_each_elements_rule_and_counts_them(few, monkeypatch):
+    monkeypatch.setattr(Outcome, "FEW", few)  # the codes counted as lists, or by one bincount
     obj, x, y = _exp(batch=5)
     y = y.clone()
     y[1, 3] = float("nan")  # non-finite data
