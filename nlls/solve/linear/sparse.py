@@ -1,32 +1,28 @@
 """Sparse Cholesky for large problems: symbolic analysis once, numeric factorization per iteration.
 
 The normal matrix of a pose graph or a bundle adjustment problem has a few nonzeros per row. Its
-pattern is fixed by the problem's structure (``SparsePattern``); only values change. A batch of
-``B`` problems is factored as one block-diagonal matrix, so the backends see one matrix and no
-Python loop runs over the batch.
+pattern is fixed by the problem's structure (``SparsePattern``); only values change.
 
 Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``repr``):
 
-* ``"qdldl"`` (CPU; the ``qdldl`` package, a dependency of nlls): ``L D L^T`` with an AMD
-  ordering, analysed once per structure and batch size, refactored in place per iteration
-  (:mod:`nlls.solve.linear.ldl`); an element is ``ok`` when all its pivots are positive.
+* ``"supernodal"`` (CPU and CUDA; nothing to install): nlls's own supernodal Cholesky in batched
+  tensor operations (:mod:`nlls.solve.linear.supernodal`): ordering and symbolic analysis once
+  per pattern, shared by every batch size; each element reports its own failure.
+* ``"qdldl"`` (CPU; the ``sparse`` extra): ``L D L^T`` with an AMD ordering, analysed once per
+  structure and batch size, refactored in place per iteration (:mod:`nlls.solve.linear.ldl`).
 * ``"cholmod"`` (CPU; the optional ``nlls[cholmod]`` extra: CVXOPT's wheel, GPL-3,
   :mod:`nlls.solve.linear.cholmod_cvxopt`; or scikit-sparse, which needs SuiteSparse's headers
-  and a compiler): CHOLMOD's own choice of simplicial or supernodal Cholesky; the fill-reducing
-  ordering and symbolic factorization are computed once per structure and batch size and reused.
-* ``"scipy"`` (CPU; always available): SciPy's SuperLU in symmetric mode (diagonal pivots).
-  The minimum-degree ordering of ``A + A^T`` that SuperLU chooses for a structure is found once
-  and kept: every factorization is of the matrix permuted by it (one gather of the values), with
-  no ordering of its own (on w10000's normal matrix 78 ms instead of 100, the same fill).
+  and a compiler): CHOLMOD's own choice of simplicial or supernodal Cholesky, analysed once.
+* ``"scipy"`` (CPU): SciPy's SuperLU in symmetric mode (diagonal pivots), its minimum-degree
+  ordering found once per structure and kept (every factorization is of the permuted matrix).
 * ``"cudss"`` (CUDA): ``torch.sparse.spsolve`` (NVIDIA cuDSS), data stays on the GPU.
 
-On CPU ``"auto"`` takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through
-scikit-sparse and SuperLU that is installed, the fastest first as measured by
-``bench/bench_sparse_factor.py``: on the normal matrix of the 10,000-pose ``w10000.graph`` a
-factorization and solve take about 0.33 of SuperLU's time with QDLDL, 0.42 with scikit-sparse's
-CHOLMOD built on OpenBLAS and 0.62 on the reference BLAS; CVXOPT's CHOLMOD (supernodal, with
-its own BLAS) is a little faster than QDLDL there and five times faster on a 20,000-pose graph
-whose factor fills in more (QDLDL's factorization is scalar); on CUDA it is cuDSS. (cholespy is
+The batch of the other backends is factored as one block-diagonal matrix. On CPU ``"auto"``
+takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through scikit-sparse, the supernodal
+backend and SuperLU that is available, the fastest first as measured by
+``bench/bench_sparse_factor.py``; the supernodal backend only where its analysis finds enough
+arithmetic for its groups of fronts (not on a small matrix or a chain-like one, whose elimination
+tree is deep: SuperLU is faster there). On CUDA it is cuDSS, else the supernodal backend. (cholespy is
 not offered: it aborts the whole process on a matrix that is not positive definite, which
 Gauss-Newton meets on any problem with a gauge freedom.)
 Solves are differentiable (a custom autograd function whose backward solves with the same
@@ -50,15 +46,18 @@ from ..systems import SparseMatrix, SparsePattern
 from .base import SINGULAR_ADVICE, Factorization, LinearSolver
 from .cholmod_cvxopt import CholmodAnalysis, NotPositiveDefinite, cvxopt_available
 from .ldl import LDLAnalysis, qdldl_available
+from .superlu import SuperLUOrdering as _SuperLUOrdering
+from .superlu import superlu as _superlu
+from .supernodal import SupernodalCholesky
 
-BACKENDS = ("auto", "cholmod", "qdldl", "scipy", "cudss")
-_NEEDS = {"cholmod": "the CPU and cvxopt (pip install 'nlls[cholmod]') or scikit-sparse",
+BACKENDS = ("auto", "supernodal", "cholmod", "qdldl", "scipy", "cudss")
+_NEEDS = {"supernodal": "nothing", "cholmod": "the CPU and cvxopt (pip install 'nlls[cholmod]') or scikit-sparse",
           "qdldl": "the CPU and qdldl (pip install qdldl)", "scipy": "the CPU",
           "cudss": "a CUDA device and a PyTorch with torch.sparse.spsolve (cuDSS)"}
-_TENSORS = {"cholmod": "CPU", "qdldl": "CPU", "scipy": "CPU", "cudss": "CUDA"}
+_TENSORS = {"supernodal": "CPU or CUDA", "cholmod": "CPU", "qdldl": "CPU", "scipy": "CPU", "cudss": "CUDA"}
 #: the CPU backends, fastest first: what ``"auto"`` tries in turn ("cvxopt": CHOLMOD through
 #: CVXOPT, "cholmod" once more after QDLDL: through scikit-sparse)
-CPU_ORDER = ("cvxopt", "qdldl", "cholmod", "scipy")
+CPU_ORDER = ("cvxopt", "qdldl", "cholmod", "supernodal", "scipy")
 
 
 def _cholmod_module() -> Optional[str]:
@@ -77,6 +76,8 @@ def _available(backend: str, device: torch.device) -> bool:
         return device.type == "cpu" and qdldl_available()
     if backend == "scipy":
         return device.type == "cpu"
+    if backend == "supernodal":
+        return device.type in ("cpu", "cuda")
     if backend == "cudss":
         return device.type == "cuda" and hasattr(torch.sparse, "spsolve")
     return False
@@ -131,6 +132,8 @@ class _Numeric:
         self.ok = torch.ones(self.batch, dtype=torch.bool, device=self.device)
         try:
             self.handle = solver._factor_values(self.pattern, values, self)
+            if self.handle[0] == "supernodal":  # each element's own verdict, nothing raised
+                self.ok = self.handle[1].ok
         except _FactorizationFailed as failure:
             if failure.ok is not None:  # the backend told which elements failed
                 self.ok = torch.as_tensor(failure.ok, dtype=torch.bool, device=self.device)
@@ -190,55 +193,6 @@ class _SparseFactorization(Factorization):
         return torch.where(ok[:, None], x, torch.zeros_like(x)), ok
 
 
-def _superlu(csc, permc_spec: str):
-    """SuperLU in symmetric mode with diagonal pivots (a Cholesky's work, done as an LU)."""
-    import scipy.sparse.linalg
-
-    return scipy.sparse.linalg.splu(csc, permc_spec=permc_spec, diag_pivot_thresh=0.0,
-                                    options={"SymmetricMode": True})
-
-
-class _SuperLUOrdering:
-    """SuperLU's fill-reducing order of one structure, applied symmetrically: ``order`` lists the
-    original index of each permuted row and column, and ``permuted(data)`` is the CSC matrix
-    ``A[order][:, order]`` from ``A``'s CSC values ``data`` (one gather: the positions were found
-    once, by permuting the matrix of the entries' own indices)."""
-
-    def __init__(self, csc, perm_c: np.ndarray):
-        import scipy.sparse
-
-        self.order = np.argsort(perm_c)
-        size = csc.shape[0]
-        # the entries' indices (1-based: a stored 0 would be dropped) through the permutation
-        marked = scipy.sparse.csc_matrix((np.arange(1, csc.nnz + 1, dtype=np.float64), csc.indices, csc.indptr),
-                                         shape=csc.shape)
-        permuted = marked[self.order][:, self.order].tocsc()
-        permuted.sort_indices()
-        self.source = permuted.data.astype(np.int64) - 1
-        self.indices, self.indptr, self.size = permuted.indices, permuted.indptr, size
-
-    def permuted(self, data: np.ndarray):
-        import scipy.sparse
-
-        return scipy.sparse.csc_matrix((data[self.source], self.indices, self.indptr), shape=(self.size, self.size))
-
-    def factor(self, data: np.ndarray) -> "_PermutedLU":
-        """SuperLU of the permuted matrix of ``A``'s CSC values ``data`` (no ordering of its own)."""
-        return _PermutedLU(_superlu(self.permuted(data), "NATURAL"), self.order)
-
-
-class _PermutedLU:
-    """SuperLU's factors of ``A[order][:, order]``, solving with ``A`` itself."""
-
-    def __init__(self, lu, order: np.ndarray):
-        self.lu, self.order = lu, order
-
-    def solve(self, rhs: np.ndarray) -> np.ndarray:
-        x = np.empty_like(rhs)
-        x[self.order] = self.lu.solve(rhs[self.order])
-        return x
-
-
 class _FactorizationFailed(Exception):
     """A factorization failed; ``ok (B,)`` says which elements, when the backend knows."""
 
@@ -251,7 +205,7 @@ class SparseCholesky(LinearSolver):
     """Sparse Cholesky of the normal matrix; see the module docs for the backends.
 
     Args:
-        backend: ``"auto"``, ``"cholmod"``, ``"qdldl"``, ``"scipy"`` or ``"cudss"``.
+        backend: ``"auto"``, ``"supernodal"``, ``"cholmod"``, ``"qdldl"``, ``"scipy"`` or ``"cudss"``.
 
     Raises:
         ValueError: an unknown backend, or one this machine lacks (the message lists those it has).
@@ -282,7 +236,7 @@ class SparseCholesky(LinearSolver):
         self._symbolic = {}
         self._blocks = {}
 
-    def _choose(self, device: torch.device) -> str:
+    def _choose(self, device: torch.device, pattern: Optional[SparsePattern] = None) -> str:
         if self.backend != "auto":
             if not _available(self.backend, device):
                 usable = ", ".join(available_backends(device))
@@ -293,19 +247,29 @@ class SparseCholesky(LinearSolver):
                 raise RuntimeError(f"SparseCholesky: backend {self.backend!r} needs "
                                    f"{_NEEDS[self.backend]}; on {device.type}: {usable}")
             return self.backend
-        order = CPU_ORDER if device.type == "cpu" else ("cudss",)
+        order = CPU_ORDER if device.type == "cpu" else ("cudss", "supernodal")
         for candidate in order:
-            if _available(candidate, device):
-                return "cholmod" if candidate == "cvxopt" else candidate
+            if not _available(candidate, device):
+                continue
+            if candidate == "supernodal" and candidate != order[-1] and pattern is not None \
+                    and not self._supernodal(pattern).analysis.suits:
+                continue  # a deep elimination tree, or a small matrix: too many groups for its work
+            return "cholmod" if candidate == "cvxopt" else candidate
         raise RuntimeError(f"SparseCholesky: no backend available on {device}")
 
     def factor(self, matrix: SparseMatrix) -> Factorization:
         if not isinstance(matrix, SparseMatrix):
             raise TypeError("SparseCholesky factors the SparseMatrix of a sparse linearization")
-        self.backend_used = self._choose(matrix.values.device)
+        self.backend_used = self._choose(matrix.values.device, matrix.pattern)
         return _SparseFactorization(_Numeric(self, matrix), matrix)
 
     # ---- backends ----------------------------------------------------------------------
+    def _supernodal(self, pattern: SparsePattern) -> SupernodalCholesky:
+        """The supernodal analysis of ``pattern`` (one per pattern, whatever the batch size)."""
+        if (id(pattern), 0) not in self._symbolic:
+            self._symbolic[(id(pattern), 0)] = SupernodalCholesky(pattern)
+        return self._symbolic[(id(pattern), 0)]
+
     def _block(self, pattern: SparsePattern, batch: int) -> _BlockDiagonal:
         key = (id(pattern), batch)
         if key not in self._blocks:
@@ -322,6 +286,8 @@ class SparseCholesky(LinearSolver):
         backend = self.backend_used
         batch = values.shape[0]
         key = (id(pattern), batch)
+        if backend == "supernodal":
+            return ("supernodal", self._supernodal(pattern).factor(values))
         if backend == "qdldl":
             if key not in self._symbolic:
                 self._symbolic[key] = LDLAnalysis(pattern, batch)
@@ -379,6 +345,8 @@ class SparseCholesky(LinearSolver):
 
     def _solve_values(self, handle, rhs: torch.Tensor) -> torch.Tensor:
         kind, obj = handle
+        if kind == "supernodal":
+            return obj.solve(rhs.reshape(obj.batch, -1).to(obj.dtype)).reshape(-1)
         if kind == "cudss":
             return torch.sparse.spsolve(obj, rhs.to(obj.dtype))
         rhs_numpy = rhs.to(torch.float64).cpu().numpy()

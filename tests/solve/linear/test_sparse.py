@@ -8,7 +8,7 @@ from nlls.core.evaluation import Evaluator
 from nlls.solve.linearization import DenseLinearization, JacobianLinearization, SparseLinearization
 
 F64 = torch.float64
-CPU_BACKENDS = (["scipy"] + (["qdldl"] if importlib.util.find_spec("qdldl") is not None else [])
+CPU_BACKENDS = (["supernodal", "scipy"] + (["qdldl"] if importlib.util.find_spec("qdldl") is not None else [])
                 + (["cholmod"] if any(importlib.util.find_spec(m) is not None for m in ("sksparse", "cvxopt"))
                    else []))
 
