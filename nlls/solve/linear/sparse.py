@@ -22,7 +22,8 @@ takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through scikit-sparse,
 backend and SuperLU that is available, the fastest first as measured by
 ``bench/bench_sparse_factor.py``; the supernodal backend only where its analysis finds enough
 arithmetic for its groups of fronts (not on a small matrix or a chain-like one, whose elimination
-tree is deep: SuperLU is faster there). On CUDA it is cuDSS, else the supernodal backend. (cholespy is
+tree is deep: SuperLU is faster there), and before QDLDL where the factor fills in much (the
+dense products then win over QDLDL's scalar loop). On CUDA it is cuDSS, else the supernodal backend. (cholespy is
 not offered: it aborts the whole process on a matrix that is not positive definite, which
 Gauss-Newton meets on any problem with a gauge freedom.)
 Solves are differentiable (a custom autograd function whose backward solves with the same
@@ -254,6 +255,8 @@ class SparseCholesky(LinearSolver):
             if candidate == "supernodal" and candidate != order[-1] and pattern is not None \
                     and not self._supernodal(pattern).analysis.suits:
                 continue  # a deep elimination tree, or a small matrix: too many groups for its work
+            if candidate == "qdldl" and pattern is not None and self._supernodal(pattern).analysis.dense_enough:
+                return "supernodal"  # much fill: dense products beat QDLDL's scalar loop
             return "cholmod" if candidate == "cvxopt" else candidate
         raise RuntimeError(f"SparseCholesky: no backend available on {device}")
 

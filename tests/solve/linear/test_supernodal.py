@@ -130,6 +130,9 @@ def test_auto_takes_the_supernodal_backend_only_where_it_pays(monkeypatch):
     assert solver._choose(cpu, grid_pattern(60)) == "supernodal"
     assert solver._choose(cpu, chain_pattern(3000)) == "scipy"  # a deep elimination tree
     assert solver._choose(cpu, grid_pattern(3)) == "scipy"  # too small to pay for its groups
+    plain["qdldl"] = True  # the sparse extra: QDLDL unless the factor fills in much
+    assert solver._choose(cpu, grid_pattern(60)) == "qdldl"
+    assert solver._choose(cpu, grid_pattern(60, d=6)) == "supernodal"
 
 
 def test_a_pose_graph_solve_equals_superlu():
