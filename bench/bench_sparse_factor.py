@@ -6,7 +6,9 @@ own damping), for
 
 * ``w10000``: GTSAM's Manhattan world ``w10000.graph`` (30,000 unknowns, ~1.25 M nonzeros);
 * ``dubrovnik``: the BAL problem ``dubrovnik-3-7-pre.txt`` (48 unknowns);
-* ``w100``: the bundled ``w100.graph`` (300 unknowns), also as a batch of 4 (``w100x4``).
+* ``w100``: the bundled ``w100.graph`` (300 unknowns), also as a batch of 4 (``w100x4``);
+* ``edge_only``: ``bench_scale.py``'s 20,000-pose edge-only graph from its spanning-tree start
+  (60,000 unknowns; its factor fills in twice as much as w10000's), generated once.
 
 Methods, each called in turns with the others (one call of each per repetition):
 
@@ -48,7 +50,8 @@ from nlls.solve.systems import SparseMatrix
 
 DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 FILES = {"w10000": DATA / "w10000.graph", "dubrovnik": DATA / "dubrovnik-3-7-pre.txt",
-         "w100": nlls.io.bundled_dataset(), "w100x4": nlls.io.bundled_dataset()}
+         "w100": nlls.io.bundled_dataset(), "w100x4": nlls.io.bundled_dataset(),
+         "edge_only": Path(harness.RESULTS) / "scale" / "edge_only_20000-seed0.g2o"}
 BATCH = {"w100x4": 4}
 BASELINE = "nlls_scipy"
 
@@ -185,6 +188,10 @@ def main(argv: List[str] = None) -> None:
     harness.check_choices(parser, matrices + solves, FILES, "matrices")
     emit = harness.start(parser, args, "sparse_factor")
     for name in matrices:
+        if name == "edge_only" and not FILES[name].is_file():
+            from bench_scale import edge_only_file
+
+            edge_only_file(FILES[name].parent, 20000)
         if not FILES[name].is_file():
             emit({"measure": "factor", "matrix": name, "skipped": f"no file {FILES[name]}"})
             continue
