@@ -47,8 +47,8 @@ class SupernodalFactor:
         maps = self.maps = analysis.on(device)
         self.batch, self.dtype = batch, dtype
         buffer.zero_()  # scratch: nothing kept refers to it once the factorization is done
-        buffer[:, maps["identity"]] = 1.0
-        buffer[:, maps["value_target"]] = values[:, maps["value_source"]]
+        buffer.index_fill_(1, maps["identity"], 1.0)
+        buffer.index_copy_(1, maps["value_target"], values.index_select(1, maps["value_source"]))
         failed = torch.zeros(batch, dtype=torch.bool, device=device)
         self.blocks: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = []
         for group, _, _, _, source, target in maps["groups"]:
@@ -63,7 +63,7 @@ class SupernodalFactor:
                 below = panel[..., k:, :] @ inverse.mT  # L21
                 negative = below.neg()
                 update = (negative @ below.mT).reshape(batch, -1)
-                buffer.index_add_(1, target, update[:, source])  # F -= L21 L21^T
+                buffer.index_add_(1, target, update.index_select(1, source))  # F -= L21 L21^T
             self.blocks.append((inverse, negative))
         self.ok = ~failed
 
@@ -71,21 +71,21 @@ class SupernodalFactor:
         """``x (B, n)`` with ``A x = rhs (B, n)`` (original order of the unknowns)."""
         maps, batch, dof = self.maps, self.batch, self.analysis.dof
         work = rhs.new_zeros(batch, dof + 1)  # the last entry: where the padding points (stays 0)
-        work[:, :dof] = rhs[:, maps["permutation"]]
+        work[:, :dof] = rhs.index_select(1, maps["permutation"])
         groups = maps["groups"]
         for (group, columns, rows, _, _, _), (inverse, negative) in zip(groups, self.blocks):
-            y = inverse @ work[:, columns].view(batch, len(group.members), group.k, 1)
-            work[:, columns] = y.reshape(batch, -1)
+            y = inverse @ work.index_select(1, columns).view(batch, len(group.members), group.k, 1)
+            work.index_copy_(1, columns, y.reshape(batch, -1))
             if negative is not None:
                 work.index_add_(1, rows, (negative @ y).reshape(batch, -1))
         work[:, dof] = 0.0
         for (group, columns, rows, _, _, _), (inverse, negative) in zip(reversed(groups), reversed(self.blocks)):
             n = len(group.members)
-            y = work[:, columns].view(batch, n, group.k, 1)
+            y = work.index_select(1, columns).view(batch, n, group.k, 1)
             if negative is not None:
-                y = y + negative.mT @ work[:, rows].view(batch, n, group.m, 1)
-            work[:, columns] = (inverse.mT @ y).reshape(batch, -1)
-        return work[:, maps["inverse"]]
+                y = y + negative.mT @ work.index_select(1, rows).view(batch, n, group.m, 1)
+            work.index_copy_(1, columns, (inverse.mT @ y).reshape(batch, -1))
+        return work.index_select(1, maps["inverse"])
 
 
 class SupernodalCholesky:
