@@ -47,7 +47,7 @@ from .schur_structure import SchurStructure
 from .sparse import BACKENDS, SparseCholesky
 
 #: elements of the largest temporary of the pairwise products (per chunk of pairs)
-CHUNK_ELEMENTS = 1 << 23
+CHUNK_ELEMENTS = 1 << 20
 
 
 def _safe_cholesky(matrix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -100,10 +100,12 @@ class _SchurFactorization(Factorization):
         for piece in couplings:
             finite = finite & _all_finite(piece)
         eye = torch.eye(d, dtype=values.dtype, device=values.device)
-        # a non-finite element computes with identity blocks and zero couplings, and fails
-        blocks = torch.where(finite[:, None, None], blocks, eye)
-        couplings = [torch.where(finite[:, None, None], f, 0.0) for f in couplings]
-        kept = torch.where(finite, kept, 0.0)
+        # a non-finite element computes with identity blocks and zero couplings, and fails (on
+        # the CPU, where asking costs no synchronization, only when some element is not finite)
+        if not (values.is_cpu and bool(finite.all())):
+            blocks = torch.where(finite[:, None, None], blocks, eye)
+            couplings = [torch.where(finite[:, None, None], f, 0.0) for f in couplings]
+            kept = torch.where(finite, kept, 0.0)
         factor, block_ok = _safe_cholesky(blocks)
         self.inverse = torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
         # Z^T = L^{-1} F^T per coupling class: (K + 1, B, d, s), the last one zero (the padding:
