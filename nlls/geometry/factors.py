@@ -116,6 +116,23 @@ def _group_weight(what: str, weights: Optional[GroupData], count: int,
     return weight, [data]
 
 
+def _between_error(cls, x1: torch.Tensor, x2: torch.Tensor, measurement: torch.Tensor,
+                   with_jacobians: bool):
+    """``e = log(measurement^-1 ∘ x1^-1 ∘ x2)`` of the Lie group ``cls`` and, when
+    ``with_jacobians``, ``-Jr^-1(e) Ad(z^-1)`` and ``Jr^-1(e)`` (``z = x1^-1 ∘ x2``; else ``None``,
+    ``None``): by the group's closed form where it defines one (``between_error_tensor``, as
+    :class:`~nlls.geometry.se2.SE2` does), else from its maps."""
+    closed = getattr(cls, "between_error_tensor", None)
+    if closed is not None:
+        return closed(x1, x2, measurement, with_jacobians)
+    relative = cls.between_tensor(x1, x2)
+    error = cls.local_tensor(measurement, relative)
+    if not with_jacobians:
+        return error, None, None
+    jr_inv = cls.jr_inv_tensor(error)
+    return error, -jr_inv @ cls.adjoint_tensor(cls.inverse_tensor(relative)), jr_inv
+
+
 def _identity_jacobian(like: torch.Tensor, dof: int, sign: float = 1.0) -> torch.Tensor:
     identity = eye(dof, like, like.shape[:1])
     return identity if sign > 0 else -identity
@@ -276,19 +293,14 @@ class Between(CostFunction):
     def error(self) -> torch.Tensor:
         x1, x2, measurement = self._inputs()
         if isinstance(self.var1, LieGroup):
-            cls = type(self.var1)
-            return cls.local_tensor(measurement, cls.between_tensor(x1, x2))
+            return _between_error(type(self.var1), x1, x2, measurement, False)[0]
         return (x2 - x1) - measurement
 
     def jacobians(self) -> Tuple[List[torch.Tensor], torch.Tensor]:
         x1, x2, measurement = self._inputs()
         if isinstance(self.var1, LieGroup):
-            cls = type(self.var1)
-            relative = cls.between_tensor(x1, x2)
-            error = cls.local_tensor(measurement, relative)
-            jr_inv = cls.jr_inv_tensor(error)
-            jac1 = -jr_inv @ cls.adjoint_tensor(cls.inverse_tensor(relative))
-            return [jac1, jr_inv], error
+            error, jac1, jac2 = _between_error(type(self.var1), x1, x2, measurement, True)
+            return [jac1, jac2], error
         error = (x2 - x1) - measurement
         dof = error.shape[1]
         return [_identity_jacobian(error, dof, -1.0), _identity_jacobian(error, dof)], error

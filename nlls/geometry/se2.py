@@ -34,15 +34,17 @@ from .so2 import SO2, complex_mul, perp, rotate, rotation_matrix, unit
 _HALF_COT = (1.0, -1.0 / 12.0, -1.0 / 720.0, -1.0 / 30240.0)  # (w/2) cot(w/2)
 
 
-def _terms(w: torch.Tensor):
-    """``(A, w B, w C)`` of the angles ``w`` ``(N,)``, safe at 0."""
+def _terms(w: torch.Tensor, with_a: bool = True):
+    """``(A, w B, w C, B)`` of the angles ``w`` ``(N,)``, safe at 0 (``A`` ``None`` unless
+    ``with_a``)."""
     w2 = w * w
     small = small_angle(w2)
     ws = torch.where(small, torch.ones_like(w), w)
     half_sin = torch.sin(0.5 * ws)
-    a = torch.where(small, horner(w2, A_SERIES), torch.sin(ws) / ws)
+    sin = torch.sin(ws)
+    a = torch.where(small, horner(w2, A_SERIES), sin / ws) if with_a else None
     b = torch.where(small, horner(w2, B_SERIES), 2.0 * half_sin * half_sin / (ws * ws))
-    c = torch.where(small, horner(w2, C_SERIES), (ws - torch.sin(ws)) / (ws * ws * ws))
+    c = torch.where(small, horner(w2, C_SERIES), (ws - sin) / (ws * ws * ws))
     return a, w * b, w * c, b
 
 
@@ -52,6 +54,29 @@ def _half_cot(w: torch.Tensor) -> torch.Tensor:
     small = small_angle(w2)
     half = 0.5 * torch.where(small, torch.ones_like(w), w)
     return torch.where(small, horner(w2, _HALF_COT), half * torch.cos(half) / torch.sin(half))
+
+
+def _between(a, b):
+    """The components of ``a^-1 ∘ b`` from those of ``a`` and ``b`` (``(x, y, cos, sin)``, each
+    ``(N,)``), in the very operations of ``compose(inverse(a), b)``, unstacked."""
+    xa, ya, ca, sa = a
+    xb, yb, cb, sb = b
+    return ((ca * xb + sa * yb) - (ca * xa + sa * ya), (ca * yb - sa * xb) - (ca * ya - sa * xa),
+            ca * cb + sa * sb, ca * sb - sa * cb)
+
+
+def _log(x, y, c, s):
+    """``(vx, vy, w)`` of :meth:`SE2.log_tensor` from unstacked components, and ``(w/2) cot(w/2)``."""
+    w = torch.atan2(s, c)
+    alpha = _half_cot(w)
+    return alpha * x + 0.5 * w * y, alpha * y - 0.5 * w * x, w, alpha
+
+
+def _entry_major(entries, rows: int):
+    """``(N, rows, len(entries) // rows)`` from its entries ``(N,)`` in row-major order, as a view
+    of the ``(rows, cols, N)`` stack: each entry lands contiguous (an entry-major layout, which
+    the matrix cost weight reads without a copy)."""
+    return torch.stack(entries).reshape(rows, -1, *entries[0].shape).movedim((0, 1), (-2, -1))
 
 
 def _matrix(rows):
@@ -141,6 +166,35 @@ class SE2(LieGroup):
         return torch.stack([alpha * x + 0.5 * w * y, alpha * y - 0.5 * w * x, w], dim=-1)
 
     @classmethod
+    def between_tensor(cls, tensor, other):
+        return torch.stack(_between(tensor.unbind(-1), other.unbind(-1)), dim=-1)
+
+    @classmethod
+    def between_error_tensor(cls, a, b, measurement, with_jacobians):
+        """The ``Between`` factor's error ``e = log(measurement^-1 ∘ a^-1 ∘ b)`` and, when
+        ``with_jacobians``, its Jacobians by ``a`` and ``b`` (else ``None``, ``None``), in closed
+        form from the components (no intermediate stack, no matrix product): with
+        ``z = a^-1 ∘ b``, the Jacobian by ``b`` is ``Jr^-1(e) = [[alpha, -w/2, u0], [w/2, alpha,
+        u1], [0, 0, 1]]`` and the one by ``a``, ``-Jr^-1(e) Ad(z^-1)``, written out is
+        ``[[-P, Q, Q zx + P zy - u0], [-Q, -P, Q zy - P zx - u1], [0, 0, -1]]`` with
+        ``P = alpha zc + (w/2) zs``, ``Q = (w/2) zc - alpha zs``. The Jacobians are laid out
+        entry-major (each entry contiguous over the rows), as the matrix weights read them."""
+        zx, zy, zc, zs = z = _between(a.unbind(-1), b.unbind(-1))
+        vx, vy, w, alpha = _log(*_between(measurement.unbind(-1), z))
+        error = torch.stack([vx, vy, w], dim=-1)
+        if not with_jacobians:
+            return error, None, None
+        _, _, wc, b_ = _terms(w, with_a=False)
+        m1, m2 = vx * wc - vy * b_, vx * b_ + vy * wc
+        hw = 0.5 * w
+        u0, u1 = -(alpha * m1 - hw * m2), -(hw * m1 + alpha * m2)
+        p, q = alpha * zc + hw * zs, hw * zc - alpha * zs
+        zero, one = torch.zeros_like(w), torch.ones_like(w)
+        jac_a = _entry_major([-p, q, q * zx + p * zy - u0, -q, -p, q * zy - p * zx - u1, zero, zero, -one], 3)
+        jac_b = _entry_major([alpha, -hw, u0, hw, alpha, u1, zero, zero, one], 3)
+        return error, jac_a, jac_b
+
+    @classmethod
     def compose_tensor(cls, a, b):
         c, s = a[..., 2], a[..., 3]
         t = rotate(c, s, b[..., :2]) + a[..., :2]
@@ -176,7 +230,7 @@ class SE2(LieGroup):
     @classmethod
     def jr_inv_tensor(cls, tangent):
         vx, vy, w = tangent.unbind(-1)
-        _, wb, wc, b = _terms(w)
+        _, wb, wc, b = _terms(w, with_a=False)
         alpha = _half_cot(w)
         m1, m2 = vx * wc - vy * b, vx * b + vy * wc
         hw = 0.5 * w
