@@ -282,17 +282,20 @@ class Evaluator:
 
         Returns:
             list of ``(J (K, B, dim, sum dofs), r (K, B, dim))``, the Jacobian columns in the
-            order of ``group.offsets``.
+            order of ``group.offsets`` (their memory may be laid out entry-major, ``(dim, sum dofs,
+            K, B)``: :meth:`~nlls.core.cost_weight.MatrixCostWeight.weight_joined_jacobians`).
         """
         out = []
         for group, group_aux in zip(self.groups, aux):
             batch = self._load(group, state, group_aux)
-            jacobians, error = group.twin.weighted_jacobians_error()
-            if not group.checked:
+            if group.checked:
+                jac, error = _weighted_joined(group.twin)
+            else:
+                jacobians, error = group.twin.weighted_jacobians_error()
                 self._check_error(group, error, batch, self.objective.dtype)
                 self._check_jacobians(group, jacobians, batch)
                 group.checked = True
-            jac = jacobians[0] if len(jacobians) == 1 else torch.cat(jacobians, dim=-1)
+                jac = jacobians[0] if len(jacobians) == 1 else torch.cat(jacobians, dim=-1)
             out.append((
                 jac.reshape(group.size, batch, group.dim, jac.shape[-1]),
                 error.reshape(group.size, batch, group.dim),
@@ -320,6 +323,19 @@ class Evaluator:
                     f"{group.describe()}: Jacobian for variable {var.name!r} has shape {got}, "
                     f"expected (B={batch}, dim={group.dim}, dof={dof})"
                 )
+
+
+def _weighted_joined(cost_function: CostFunction) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``weighted_jacobians_error()`` with the Jacobians joined along their columns: weighted
+    joined at once by the cost weight (:meth:`~nlls.core.cost_weight.CostWeight.
+    weight_joined_jacobians`) unless the cost function weights its own way or masks rows."""
+    weight = cost_function.cost_weight
+    if (weight is None or cost_function.residual_mask is not None
+            or type(cost_function).weighted_jacobians_error is not CostFunction.weighted_jacobians_error):
+        jacobians, error = cost_function.weighted_jacobians_error()
+        return (jacobians[0] if len(jacobians) == 1 else torch.cat(jacobians, dim=-1)), error
+    jacobians, error = cost_function.jacobians()
+    return weight.weight_joined_jacobians(list(jacobians), error)
 
 
 def _half_squared_norm(errors: List[torch.Tensor]) -> torch.Tensor:
