@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Type
 import torch
 
 from ..core.evaluation import Evaluator, State
-from .normal_equations import gradient_blocks, normal_blocks
+from .normal_equations import gradient_blocks, normal_blocks, normal_rule, upper_rows
 from .systems import (
     DenseJacobian,
     DenseJacobianSystem,
@@ -40,6 +40,7 @@ class Linearization:
         self.evaluator = evaluator
         self._flat_g = [group.offsets.reshape(-1) for group in evaluator.groups]
         self._device = torch.device("cpu")
+        self._permuted: Dict[tuple, tuple] = {}  # index -> its reordering, per group
 
     def single_block(self) -> bool:
         """Whether a single group of a single cost function covers every column in order (a curve
@@ -66,13 +67,49 @@ class Linearization:
         g = ref.new_zeros(batch, self.evaluator.dof)
         A = None if index_A is None else ref.new_zeros(batch, size_A)
         for k, (jac, r) in enumerate(parts):
-            if A is not None and index_A is not None:
+            if A is not None and index_A is not None and normal_rule(jac) == "outer":
+                rows, jtr = upper_rows(jac, r)  # A (made here) gets each row and its mirror
+                for row, (upper, lower) in zip(rows, self._row_indices(k, index_A[k], len(rows))):
+                    A = A.index_add_(1, upper, row.reshape(-1, batch).t())
+                    if lower is not None:
+                        A = A.index_add_(1, lower, row[1:].reshape(-1, batch).t())
+            elif A is not None and index_A is not None:
                 jtj, jtr = normal_blocks(jac, r)
-                A = A.index_add(1, index_A[k], jtj.transpose(0, 1).reshape(batch, -1))
+                A = A.index_add_(1, *self._scatter(("A", k), index_A[k], jtj, 2))
             else:
                 jtr = gradient_blocks(jac, r)
-            g = g.index_add(1, self._flat_g[k], jtr.transpose(0, 1).reshape(batch, -1))
+            g = g.index_add(1, *self._scatter(("g", k), self._flat_g[k], jtr, 1))
         return A, g
+
+    def _row_indices(self, k: int, index: torch.Tensor,
+                     size: int) -> List[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """Per row ``i`` of group ``k``'s ``J^T J`` blocks (:func:`~nlls.solve.normal_equations.
+        upper_rows`): where ``A[i, i:]`` and, mirrored, ``A[i + 1:, i]`` go, ordered as the rows
+        ``(D - i, K, B)`` are; from ``index`` (laid out ``(K, D, D)``), once per index."""
+        cached = self._permuted.get(("rows", k))
+        if cached is None or cached[0] is not index:
+            full = index.reshape(-1, size, size)
+            rows = [(full[:, i, i:].t().reshape(-1),
+                     full[:, i + 1:, i].t().reshape(-1) if i + 1 < size else None) for i in range(size)]
+            cached = (index, rows)
+            self._permuted[("rows", k)] = cached
+        return cached[1]
+
+    def _scatter(self, key, index: torch.Tensor, blocks: torch.Tensor,
+                 entries: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(index, source (B, K * E))`` to add ``blocks (K, B, *E)`` at ``index`` (laid out as
+        ``(K, *E)``): the blocks in their memory's order when it is entry-major (``(*E, K, B)``,
+        as :mod:`~nlls.solve.normal_equations`' outer products give it) with the index permuted to match
+        (once per index), so nothing is copied; else the blocks copied into ``(B, K, *E)``."""
+        count, batch = blocks.shape[:2]
+        moved = blocks.movedim((0, 1), (-2, -1))
+        if blocks.is_contiguous() or not moved.is_contiguous():
+            return index, blocks.transpose(0, 1).reshape(batch, -1)
+        cached = self._permuted.get(key)
+        if cached is None or cached[0] is not index:
+            cached = (index, index.reshape(count, -1).t().reshape(-1))
+            self._permuted[key] = cached
+        return cached[1], moved.reshape(-1, batch).t()
 
     def gradient(self, state: State, aux) -> torch.Tensor:
         """Only ``g = J^T r``, ``(B, D)``: the gradient of the objective on the tangent."""
