@@ -21,7 +21,7 @@ The batch of the other backends is factored as one block-diagonal matrix. On CPU
 takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through scikit-sparse, the supernodal
 backend and SuperLU that is available, the fastest first as measured by
 ``bench/bench_sparse_factor.py``; the supernodal backend only where its analysis finds enough
-arithmetic for its groups of fronts (not on a small matrix or a chain-like one, whose elimination
+arithmetic for its groups of panels (not on a small matrix or a chain-like one, whose elimination
 tree is deep: SuperLU is faster there), and before QDLDL where the factor fills in much (the
 dense products then win over QDLDL's scalar loop). On CUDA it is cuDSS, else the supernodal backend. (cholespy is
 not offered: it aborts the whole process on a matrix that is not positive definite, which
@@ -228,6 +228,7 @@ class SparseCholesky(LinearSolver):
         # keyed by (id(pattern), batch): CHOLMOD's and QDLDL's analyses, block-diagonal layouts
         self._symbolic: Dict[Tuple[int, int], Any] = {}
         self._blocks: Dict[Tuple[int, int], _BlockDiagonal] = {}
+        self._patterns: Dict[int, SparsePattern] = {}
 
     def __repr__(self) -> str:
         used = f", used={self.backend_used!r}" if self.backend_used else ""
@@ -236,6 +237,7 @@ class SparseCholesky(LinearSolver):
     def setup(self, linearization) -> None:
         self._symbolic = {}
         self._blocks = {}
+        self._patterns = {}
 
     def _choose(self, device: torch.device, pattern: Optional[SparsePattern] = None) -> str:
         if self.backend != "auto":
@@ -263,12 +265,15 @@ class SparseCholesky(LinearSolver):
     def factor(self, matrix: SparseMatrix) -> Factorization:
         if not isinstance(matrix, SparseMatrix):
             raise TypeError("SparseCholesky factors the SparseMatrix of a sparse linearization")
+        # the caches are keyed by id(pattern): keep each pattern alive so that its id is not reused
+        self._patterns[id(matrix.pattern)] = matrix.pattern
         self.backend_used = self._choose(matrix.values.device, matrix.pattern)
         return _SparseFactorization(_Numeric(self, matrix), matrix)
 
     # ---- backends ----------------------------------------------------------------------
     def _supernodal(self, pattern: SparsePattern) -> SupernodalCholesky:
         """The supernodal analysis of ``pattern`` (one per pattern, whatever the batch size)."""
+        self._patterns[id(pattern)] = pattern
         if (id(pattern), 0) not in self._symbolic:
             self._symbolic[(id(pattern), 0)] = SupernodalCholesky(pattern)
         return self._symbolic[(id(pattern), 0)]
