@@ -8,22 +8,24 @@ Once per sparsity pattern, on the host with numpy, never per iteration:
    found by SciPy's SuperLU (``permc_spec="MMD_AT_PLUS_A"``) on a diagonally dominant matrix of that
    pattern; the same call's ``L`` is the pattern of the Cholesky factor (the values are random, so
    no entry cancels).
-2. **Supernodes.** Consecutive variables whose factor columns nest (a column's parent in the
-   elimination tree is the next column, with the same structure below) form one supernode: a
-   dense block of columns ``K`` and the rows below it ``M``, its *front* the dense
-   ``(K + M) x (K + M)`` matrix where its columns are factored. A supernode's level is its height
-   in the elimination tree of supernodes (leaves: 0): supernodes of one level are independent.
-3. **Groups.** The supernodes of a level are grouped by front size and padded to the largest
-   ``K`` and ``M`` of their group (identity on the padded diagonal), so the numeric phase factors
-   one group with a few batched tensor operations; a group is split only where padding would cost
-   more arithmetic than another group's fixed cost.
-4. **Index maps.** Where each stored entry of the normal matrix goes in its front (one scatter),
-   where each child's update matrix (lower triangle) goes in its parent's front (one scatter per
-   group), and which scalar unknowns each front's columns and rows are (for the solves).
+2. **Supernodes.** The elimination tree is postordered (the same fill), then consecutive variables
+   whose factor columns nest form a supernode: ``K`` columns of the factor, dense, over the
+   ``M`` rows below them, its *panel* (``(K + M) x K``). Small supernodes are then relaxed into
+   their parent while few explicit zeros come with it (:data:`RELAX`). A supernode's level is its
+   height in the tree of supernodes (leaves: 0): supernodes of one level are independent.
+3. **Groups.** The supernodes of a level are grouped by size and padded to the largest ``K`` and
+   ``M`` of their group (identity on the padded diagonal), so the numeric phase factors one group
+   with a few batched tensor operations; a group is split only where padding would cost more
+   arithmetic than another group's fixed cost (:data:`GROUP_COST`).
+4. **Index maps.** Where each stored entry of the normal matrix goes in its column's panel (one
+   scatter), where each entry of a supernode's update ``-L21 L21^T`` (lower triangle) goes in
+   the panels above (one scatter per group), and which scalar unknowns each panel's columns and
+   rows are (for the solves). They are found per pair of variables and then expanded to entries.
 
-Everything is expressed in flat positions of one buffer that holds every front of the matrix,
+Everything is expressed in flat positions of one buffer that holds every panel of the factor,
 so the numeric phase is a fixed sequence of tensor operations whose count grows with the number of
-levels, not of supernodes.
+levels, not of supernodes (a chain-like graph has a deep tree: :attr:`SupernodalAnalysis.suits`
+tells ``SparseCholesky("auto")`` to take another backend there).
 """
 from __future__ import annotations
 
@@ -35,15 +37,15 @@ import torch
 
 from ..systems import SparsePattern
 
-#: the fixed cost of one group in the numeric phase, in multiply-adds of padded front
-#: (a group costs ``GROUP_COST + members * front**3 / 3``): ~10 tensor operations
+#: the fixed cost of one group in the numeric phase, in multiply-adds (a group costs
+#: ``GROUP_COST + members * (K^3 / 3 + K^2 M + K M^2)``): ~10 tensor operations
 GROUP_COST = 3.0e5
 #: how much more arithmetic per group than :data:`GROUP_COST` makes the supernodal factorization
 #: faster than a scalar one (QDLDL's)
 SCALAR_RATIO = 10.0
 #: relaxed supernodes: (at most this many columns, at most this share of explicit zeros)
 RELAX = ((4, 1.0), (16, 0.8), (48, 0.1), (1 << 30, 0.05))
-#: how much larger, at most, the front sizes of one bucket of a level are before merging
+#: how much larger, at most, the panel sizes of one bucket of a level are before merging
 BUCKET_RATIO = 1.25
 
 
@@ -55,7 +57,7 @@ class Group:
     members: np.ndarray  # supernode ids
     k: int
     m: int
-    offset: int  # where the group's fronts start in the buffer
+    offset: int  # where the group's panels start in the buffer
     columns: np.ndarray  # (n, k) scalar unknowns (new order) of the columns; padding: dof
     rows: np.ndarray  # (n, m) scalar unknowns of the rows below; padding: dof
     update_source: Optional[np.ndarray] = None  # flat positions in the group's (n, m, m) updates
@@ -129,7 +131,7 @@ def _postorder(parent: np.ndarray) -> np.ndarray:
 def _segment_lookup(keys_sorted: np.ndarray, keys: np.ndarray, owner: str) -> np.ndarray:
     where = np.searchsorted(keys_sorted, keys)
     if np.any(where >= len(keys_sorted)) or np.any(keys_sorted[np.minimum(where, len(keys_sorted) - 1)] != keys):
-        raise RuntimeError(f"supernodal analysis: {owner} falls outside its front (inconsistent factor pattern)")
+        raise RuntimeError(f"supernodal analysis: {owner} falls outside its panel (inconsistent factor pattern)")
     return where
 
 
@@ -183,7 +185,7 @@ def _group_level(members: np.ndarray, k: np.ndarray, m: np.ndarray) -> List[np.n
         return GROUP_COST + len(piece) * (kk ** 3 / 3.0 + kk * kk * mm + kk * mm * mm)
 
     merged = [pieces[-1]] if pieces else []
-    for piece in reversed(pieces[:-1]):  # from the largest fronts down
+    for piece in reversed(pieces[:-1]):  # from the largest panels down
         joined = np.concatenate([piece, merged[-1]])
         if cost(joined) <= cost(piece) + cost(merged[-1]):
             merged[-1] = joined
@@ -200,7 +202,7 @@ class SupernodalAnalysis:
         permutation: ``(n,)`` the original unknown of each unknown in elimination order.
         inverse: ``(n,)`` the position in elimination order of each original unknown.
         groups: the groups in an order where every child comes before its parent.
-        buffer_size: the size of the buffer of every front.
+        buffer_size: the size of the buffer of every panel.
         identity: flat buffer positions of the padded diagonal (set to 1).
         value_source / value_target: the stored entries of the lower triangle (positions in the
             pattern's values) and their flat positions in the buffer.
