@@ -20,9 +20,10 @@ Backends (``backend=``; ``"auto"`` picks by device and availability, shown in ``
 The batch of the other backends is factored as one block-diagonal matrix. On CPU ``"auto"``
 takes the first of CHOLMOD through CVXOPT, QDLDL, CHOLMOD through scikit-sparse, the supernodal
 backend and SuperLU that is available, the fastest first as measured by
-``bench/bench_sparse_factor.py``; the supernodal backend only where its analysis finds enough
-arithmetic for its groups of panels (not on a small matrix or a chain-like one, whose elimination
-tree is deep: SuperLU is faster there), and before QDLDL where the factor fills in much (the
+``bench/bench_sparse_factor.py``; the supernodal backend only on matrices of at least
+:data:`~nlls.solve.linear.supernodal_symbolic.MIN_ENTRIES` stored entries whose analysis finds
+enough arithmetic for its groups of panels (not on a chain-like one, whose elimination tree is
+deep: SuperLU is faster there), and before QDLDL where the factor fills in much (the
 dense products then win over QDLDL's scalar loop). On CUDA it is cuDSS, else the supernodal backend. (cholespy is
 not offered: it aborts the whole process on a matrix that is not positive definite, which
 Gauss-Newton meets on any problem with a gauge freedom.)
@@ -50,6 +51,7 @@ from .ldl import LDLAnalysis, qdldl_available
 from .superlu import SuperLUOrdering as _SuperLUOrdering
 from .superlu import superlu as _superlu
 from .supernodal import SupernodalCholesky
+from .supernodal_symbolic import MIN_ENTRIES
 
 BACKENDS = ("auto", "supernodal", "cholmod", "qdldl", "scipy", "cudss")
 _NEEDS = {"supernodal": "nothing", "cholmod": "the CPU and cvxopt (pip install 'nlls[cholmod]') or scikit-sparse",
@@ -254,10 +256,11 @@ class SparseCholesky(LinearSolver):
         for candidate in order:
             if not _available(candidate, device):
                 continue
-            if candidate == "supernodal" and candidate != order[-1] and pattern is not None \
-                    and not self._supernodal(pattern).analysis.suits:
-                continue  # a deep elimination tree, or a small matrix: too many groups for its work
-            if candidate == "qdldl" and pattern is not None and self._supernodal(pattern).analysis.dense_enough:
+            analysis = self._supernodal(pattern).analysis if candidate in ("supernodal", "qdldl") \
+                and pattern is not None and pattern.nnz >= MIN_ENTRIES else None  # small: not worth one
+            if candidate == "supernodal" and candidate != order[-1] and not (analysis and analysis.suits):
+                continue  # small, or a deep elimination tree: too many groups for its work
+            if candidate == "qdldl" and analysis is not None and analysis.dense_enough:
                 return "supernodal"  # much fill: dense products beat QDLDL's scalar loop
             return "cholmod" if candidate == "cvxopt" else candidate
         raise RuntimeError(f"SparseCholesky: no backend available on {device}")

@@ -43,6 +43,10 @@ GROUP_COST = 3.0e5
 #: how much more arithmetic per group than :data:`GROUP_COST` makes the supernodal factorization
 #: faster than a scalar one (QDLDL's)
 SCALAR_RATIO = 10.0
+#: the fewest stored entries of a matrix for which ``SparseCholesky("auto")`` considers the
+#: supernodal backend at all (its analysis, ~30 ms at 70,000 entries, would cost more than it saves
+#: on a short solve of a smaller one: there the supernodal and the other backends are within ~20%)
+MIN_ENTRIES = 100_000
 #: relaxed supernodes: (at most this many columns, at most this share of explicit zeros)
 RELAX = ((4, 1.0), (16, 0.8), (48, 0.1), (1 << 30, 0.05))
 #: how much larger, at most, the panel sizes of one bucket of a level are before merging

@@ -127,12 +127,16 @@ def test_auto_takes_the_supernodal_backend_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(sparse, "_available", lambda b, device: plain.get(b, real(b, device)))
     cpu = torch.device("cpu")
     solver = nlls.SparseCholesky()
-    assert solver._choose(cpu, grid_pattern(60)) == "supernodal"
-    assert solver._choose(cpu, chain_pattern(3000)) == "scipy"  # a deep elimination tree
-    assert solver._choose(cpu, grid_pattern(3)) == "scipy"  # too small to pay for its groups
+    assert solver._choose(cpu, grid_pattern(100)) == "supernodal"
+    assert solver._choose(cpu, chain_pattern(30_000)) == "scipy"  # a deep elimination tree
+    assert solver._choose(cpu, grid_pattern(40)) == "scipy"  # too small to pay for an analysis
+    assert len(solver._symbolic) == 2  # (none made for the small one)
     plain["qdldl"] = True  # the sparse extra: QDLDL unless the factor fills in much
-    assert solver._choose(cpu, grid_pattern(60)) == "qdldl"
+    assert solver._choose(cpu, grid_pattern(100)) == "qdldl"
     assert solver._choose(cpu, grid_pattern(60, d=6)) == "supernodal"
+    plain["cvxopt"] = True  # the cholmod extra comes first, and no analysis is made for it
+    solver = nlls.SparseCholesky()
+    assert solver._choose(cpu, grid_pattern(100)) == "cholmod" and not solver._symbolic
 
 
 def test_a_pose_graph_solve_equals_superlu():
