@@ -55,15 +55,17 @@ class SupernodalFactor:
         buffer.zero_()  # scratch: nothing kept refers to it once the factorization is done
         buffer.index_fill_(1, maps["identity"], 1.0)
         buffer.index_copy_(1, maps["value_target"], values.index_select(1, maps["value_source"]))
-        failed = torch.zeros(batch, dtype=torch.bool, device=device)
+        infos = []
+        identities = maps.setdefault(("identities", dtype), {})  # the k x k identities, made once
         self.blocks: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = []
         for group, _, _, _, source, target in maps["groups"]:
             n, k, m, size = len(group.members), group.k, group.m, group.size
             panel = buffer[:, group.offset:group.offset + n * size * k].view(batch, n, size, k)
             lower, info = torch.linalg.cholesky_ex(panel[..., :k, :])
-            failed |= (info != 0).any(dim=-1)
-            eye = torch.eye(k, dtype=dtype, device=device).expand_as(lower)
-            inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+            infos.append(info.reshape(batch, -1))
+            if k not in identities:
+                identities[k] = torch.eye(k, dtype=dtype, device=device)
+            inverse = torch.linalg.solve_triangular(lower, identities[k].expand_as(lower), upper=False)
             negative = None
             if m:
                 below = panel[..., k:, :] @ inverse.mT  # L21
@@ -71,7 +73,7 @@ class SupernodalFactor:
                 update = (negative @ below.mT).reshape(batch, -1)
                 buffer.index_add_(1, target, update.index_select(1, source))  # F -= L21 L21^T
             self.blocks.append((inverse, negative))
-        self.ok = ~failed
+        self.ok = torch.cat(infos, dim=1).eq(0).all(dim=1) if infos else torch.ones(batch, dtype=torch.bool, device=device)
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """``x (B, n)`` with ``A x = rhs (B, n)`` (original order of the unknowns)."""
@@ -89,7 +91,7 @@ class SupernodalFactor:
             n = len(group.members)
             y = work.index_select(1, columns).view(batch, n, group.k, 1)
             if negative is not None:
-                y = y + negative.mT @ work.index_select(1, rows).view(batch, n, group.m, 1)
+                y = y.add_(negative.mT @ work.index_select(1, rows).view(batch, n, group.m, 1))
             work.index_copy_(1, columns, (inverse.mT @ y).reshape(batch, -1))
         return work.index_select(1, maps["inverse"])
 
