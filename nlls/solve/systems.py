@@ -168,6 +168,13 @@ class SparsePattern:
 CHUNK = 1 << 16
 
 
+def ranges(begin: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """``[begin_0, begin_0 + length_0) ++ [begin_1, ...)``: the concatenated integer ranges."""
+    length = np.asarray(length, dtype=np.int64)
+    before = np.cumsum(length) - length
+    return np.arange(int(length.sum()), dtype=np.int64) + np.repeat(np.asarray(begin, dtype=np.int64) - before, length)
+
+
 def _row_columns(pair_columns: np.ndarray, shift: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The CSR column of every entry: entry ``e`` of row ``i`` is ``pair_columns[e - shift[i]]``
     (the rows of one variable read the same list), chunk by chunk."""

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..systems import SparsePattern
+from ..systems import SparsePattern, ranges
 
 
 class Analysis:
@@ -57,12 +57,6 @@ def coupling_classes(coupling_u: torch.Tensor, sizes: torch.Tensor) -> Tuple[Lis
         members = np.flatnonzero(class_of == c)
         local[members] = np.arange(members.size)
     return class_sizes.tolist(), torch.from_numpy(class_of), torch.from_numpy(local)
-
-
-def _ranges(begin: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """``[begin_0, begin_0 + length_0) ++ [begin_1, ...)``: the concatenated integer ranges."""
-    total = int(length.sum())
-    return np.arange(total) + np.repeat(begin - (np.cumsum(length) - length), length)
 
 
 def block_analysis(pattern: SparsePattern, eliminated: torch.Tensor, owner: str) -> Optional[Analysis]:
@@ -118,18 +112,18 @@ def block_analysis(pattern: SparsePattern, eliminated: torch.Tensor, owner: str)
     reduced_start[kv] = np.cumsum(kdof) - kdof
     starts = reduced_start[kv][new]
     sizes = np.diff(np.append(starts, num_r))
-    kept = _ranges(bounds[kv], kdof)
+    kept = ranges(bounds[kv], kdof)
     var_of_kept = np.repeat(kv, kdof)
 
     # kept-kept entries, row by row: each kept variable's list of (place in its rows, column of S)
     kk = np.flatnonzero(kmask[pa] & kmask[pb])
     lengths = vdof[pb[kk]]
-    within = _ranges(np.zeros_like(lengths), lengths)
+    within = ranges(np.zeros_like(lengths), lengths)
     place = np.repeat(pair_start[kk], lengths) + within
     reduced_col = np.repeat(reduced_start[pb[kk]], lengths) + within
     width = np.bincount(pa[kk], weights=lengths, minlength=nvar).astype(np.int64)
     per_row = width[var_of_kept]
-    listed = _ranges((np.cumsum(width) - width)[var_of_kept], per_row)
+    listed = ranges((np.cumsum(width) - width)[var_of_kept], per_row)
     rr = np.repeat(crow[kept], per_row) + place[listed]
     rr_rows = np.repeat(np.arange(num_r), per_row)
 
@@ -152,10 +146,10 @@ def block_analysis(pattern: SparsePattern, eliminated: torch.Tensor, owner: str)
     for c, size in enumerate(class_sizes):
         mine = np.flatnonzero(class_of_entry == c)
         rows = vdof[a[mine]]
-        where = _ranges(local_entry[mine] * size + reduced_start[a[mine]] - starts[var_block[a[mine]]], rows)
+        where = ranges(local_entry[mine] * size + reduced_start[a[mine]] - starts[var_block[a[mine]]], rows)
         members = int((class_of.numpy() == c).sum())
         index = np.empty((members + 1) * size, dtype=np.int64)
-        index[where] = crow[_ranges(bounds[a[mine]], rows)] + np.repeat(pair_start[ce[mine]], rows)
+        index[where] = crow[ranges(bounds[a[mine]], rows)] + np.repeat(pair_start[ce[mine]], rows)
         index[members * size:] = index[:size]  # the padding coupling reads the first one's entries
         class_index.append(torch.from_numpy(index.reshape(-1, size, 1) + np.arange(d)))
     return Analysis(torch.from_numpy(kept), torch.from_numpy(block_index.reshape(-1)), torch.from_numpy(starts),

@@ -58,7 +58,7 @@ class SupernodalFactor:
         infos = []
         identities = maps.setdefault(("identities", dtype), {})  # the k x k identities, made once
         self.blocks: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = []
-        for group, _, _, _, source, target in maps["groups"]:
+        for group, _, _, source, target in maps["groups"]:
             n, k, m, size = len(group.members), group.k, group.m, group.size
             panel = buffer[:, group.offset:group.offset + n * size * k].view(batch, n, size, k)
             lower, info = torch.linalg.cholesky_ex(panel[..., :k, :])
@@ -81,13 +81,13 @@ class SupernodalFactor:
         work = rhs.new_zeros(batch, dof + 1)  # the last entry: where the padding points (stays 0)
         work[:, :dof] = rhs.index_select(1, maps["permutation"])
         groups = maps["groups"]
-        for (group, columns, rows, _, _, _), (inverse, negative) in zip(groups, self.blocks):
+        for (group, columns, rows, _, _), (inverse, negative) in zip(groups, self.blocks):
             y = inverse @ work.index_select(1, columns).view(batch, len(group.members), group.k, 1)
             work.index_copy_(1, columns, y.reshape(batch, -1))
             if negative is not None:
                 work.index_add_(1, rows, (negative @ y).reshape(batch, -1))
         work[:, dof] = 0.0
-        for (group, columns, rows, _, _, _), (inverse, negative) in zip(reversed(groups), reversed(self.blocks)):
+        for (group, columns, rows, _, _), (inverse, negative) in zip(reversed(groups), reversed(self.blocks)):
             n = len(group.members)
             y = work.index_select(1, columns).view(batch, n, group.k, 1)
             if negative is not None:

@@ -35,7 +35,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..systems import SparsePattern
+from ..systems import SparsePattern, ranges
 
 #: the fixed cost of one group in the numeric phase, in multiply-adds (a group costs
 #: ``GROUP_COST + members * (K^3 / 3 + K^2 M + K M^2)``): ~10 tensor operations
@@ -102,14 +102,20 @@ def _ordered_factor_pattern(pattern: SparsePattern) -> Tuple[np.ndarray, Any]:
     factor.sort_indices()
     # a postorder of the elimination tree (the same fill): a parent's last child comes just before
     # it, so chains of small supernodes can be relaxed into one
-    count = np.diff(factor.indptr)
-    parent = np.where(count > 1, factor.indices[np.minimum(factor.indptr[:-1] + 1, factor.nnz - 1)], -1)
-    sequence = _postorder(parent)
+    sequence = _postorder(_parents(factor))
     if not np.array_equal(sequence, np.arange(len(sequence))):
         factor = factor[sequence][:, sequence].tocsc()
         factor.sort_indices()
         order = order[sequence]
     return order, factor
+
+
+def _parents(factor) -> np.ndarray:
+    """Each column's parent in the elimination tree of the CSC factor ``factor`` (sorted indices,
+    diagonal first): its first entry below the diagonal; ``-1`` for a root."""
+    indptr, indices = factor.indptr, factor.indices
+    count = np.diff(indptr)
+    return np.where(count > 1, indices[np.minimum(indptr[:-1] + 1, len(indices) - 1)], -1)
 
 
 def _postorder(parent: np.ndarray) -> np.ndarray:
@@ -137,14 +143,6 @@ def _segment_lookup(keys_sorted: np.ndarray, keys: np.ndarray, owner: str) -> np
     if np.any(where >= len(keys_sorted)) or np.any(keys_sorted[np.minimum(where, len(keys_sorted) - 1)] != keys):
         raise RuntimeError(f"supernodal analysis: {owner} falls outside its panel (inconsistent factor pattern)")
     return where
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``starts[0], starts[0] + 1, ... (lengths[0] of them), starts[1], ...``"""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    before = np.cumsum(lengths) - lengths
-    return (np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths)
-            + np.arange(int(lengths.sum()), dtype=np.int64))
 
 
 def _relaxed_joins(parent: np.ndarray, k: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -175,6 +173,13 @@ def _levels(parent: np.ndarray) -> np.ndarray:
     return height
 
 
+def _work(members: int, k: float, m: float) -> float:
+    """The multiply-adds of factoring ``members`` panels of ``k`` columns over ``m`` rows:
+    Cholesky of the ``k x k`` block, ``L21`` and the update ``L21 L21^T``."""
+    k, m = float(k), float(m)
+    return members * (k ** 3 / 3.0 + k * k * m + k * m * m)
+
+
 def _group_level(members: np.ndarray, k: np.ndarray, m: np.ndarray) -> List[np.ndarray]:
     """Split one level's supernodes into groups (see :data:`GROUP_COST`)."""
     size = k[members] + m[members]
@@ -185,8 +190,7 @@ def _group_level(members: np.ndarray, k: np.ndarray, m: np.ndarray) -> List[np.n
     pieces = np.split(members, cuts)
 
     def cost(piece):
-        kk, mm = float(k[piece].max()), float(m[piece].max())
-        return GROUP_COST + len(piece) * (kk ** 3 / 3.0 + kk * kk * mm + kk * mm * mm)
+        return GROUP_COST + _work(len(piece), k[piece].max(), m[piece].max())
 
     merged = [pieces[-1]] if pieces else []
     for piece in reversed(pieces[:-1]):  # from the largest panels down
@@ -210,7 +214,6 @@ class SupernodalAnalysis:
         identity: flat buffer positions of the padded diagonal (set to 1).
         value_source / value_target: the stored entries of the lower triangle (positions in the
             pattern's values) and their flat positions in the buffer.
-        factor_nnz: the nonzeros of the factor's lower triangle (unpadded).
     """
 
     def __init__(self, pattern: SparsePattern):
@@ -221,13 +224,13 @@ class SupernodalAnalysis:
         nvar = len(order)
         indptr, indices = factor.indptr, factor.indices
         count = np.diff(indptr)  # of each variable's column, the diagonal included
-        parent = np.where(count > 1, indices[np.minimum(indptr[:-1] + 1, len(indices) - 1)], -1)
+        parent = _parents(factor)
         # supernodes of variables (new order): j joins j - 1 when j - 1's structure is j's plus j - 1
         joins = np.zeros(nvar, dtype=bool)
         joins[1:] = (parent[:-1] == np.arange(1, nvar)) & (count[:-1] == count[1:] + 1)
         first = np.flatnonzero(~joins)  # first variable of each supernode
         last = np.append(first[1:], nvar) - 1
-        if not np.array_equal(indices[_ranges(indptr[first], last - first + 1)], np.arange(nvar)):
+        if not np.array_equal(indices[ranges(indptr[first], last - first + 1)], np.arange(nvar)):
             raise RuntimeError("supernodal analysis: a supernode's columns do not nest (inconsistent factor pattern)")
         new_dof = vdof[order]
         new_start = np.concatenate([[0], np.cumsum(new_dof)])
@@ -250,13 +253,12 @@ class SupernodalAnalysis:
         # supernode's columns have no row outside it)
         below_start = indptr[last] + 1
         below_count = indptr[last + 1] - below_start
-        below_vars = indices[_ranges(below_start, below_count)]
+        below_vars = indices[ranges(below_start, below_count)]
         below_owner = np.repeat(np.arange(nsuper), below_count)
         var_rows = new_dof[below_vars]
         m = np.bincount(below_owner, weights=var_rows, minlength=nsuper).astype(np.int64)
-        row_scalar = _ranges(new_start[below_vars], var_rows)
+        row_scalar = ranges(new_start[below_vars], var_rows)
         row_start = np.concatenate([[0], np.cumsum(m)])  # each supernode's rows in row_scalar
-        self.factor_nnz = int((k * (k + 1) // 2 + k * m).sum())
         # levels and groups
         level = _levels(sparent)
         groups: List[Group] = []
@@ -313,7 +315,7 @@ class SupernodalAnalysis:
                 dr, dc = new_dof[rv], new_dof[cv]
                 count = dr * dc
                 block = np.repeat(np.arange(len(rv)), count)
-                local = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+                local = ranges(np.zeros_like(count), count)
                 i, j = local // dc[block], local % dc[block]
             keep = (rv[block] != cv[block]) | (i >= j)
             return block[keep], i[keep], j[keep]
@@ -356,7 +358,7 @@ class SupernodalAnalysis:
             g.update_source = (member[block] * g.m * g.m + (below_at[ia][block] + i) * g.m
                                + below_at[ib][block] + j)
         self.groups = groups
-        self.flops = float(sum(len(g.members) * (g.k ** 3 / 3 + g.k * g.k * g.m + g.k * g.m * g.m) for g in groups))
+        self.flops = sum(_work(len(g.members), g.k, g.m) for g in groups)
         #: whether the arithmetic outweighs the groups' fixed cost (not so on a deep elimination
         #: tree, e.g. a chain's, or on a small matrix): ``SparseCholesky("auto")`` asks
         self.suits = self.flops >= len(groups) * GROUP_COST
@@ -377,6 +379,6 @@ class SupernodalAnalysis:
                 "identity": t(self.identity), "value_source": t(self.value_source),
                 "value_target": t(self.value_target), "permutation": t(self.permutation),
                 "inverse": t(self.inverse),
-                "groups": [(g, t(g.columns.reshape(-1)), t(g.rows.reshape(-1)), None,
+                "groups": [(g, t(g.columns.reshape(-1)), t(g.rows.reshape(-1)),
                             t(g.update_source), t(g.update_target)) for g in self.groups]}
         return self._device_maps[key]
